@@ -1,0 +1,1 @@
+"""conclave.overlay: the attested WireGuard overlay (identity, admission, device, rendezvous)."""

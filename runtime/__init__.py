@@ -1,0 +1,1 @@
+"""conclave.runtime: attestation, node agent, serving, keys and the CLI."""

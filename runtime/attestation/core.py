@@ -1,0 +1,169 @@
+"""Types shared by every evidence format: reasons, errors, steps, VerifiedEvidence, Violation.
+
+The pipeline is parse -> verify -> validate (DESIGN.md convention 1):
+- parse(bytes) -> a format-specific parsed object; raises MalformedEvidence (reason `malformed`).
+- verify(parsed, at=..., ...) -> VerifiedEvidence; stops at the first failed cryptographic
+  step and raises VerificationFailed(reason, ...). Only verification constructs
+  VerifiedEvidence (it requires the module-private _ISSUER token).
+- validate(VerifiedEvidence, policy) -> collects every Violation; raises PolicyViolated.
+Reasons are stable lowercase strings: tests, logs, metrics and --json use them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Mapping
+
+from conclave.runtime.errors import ConclaveError, ExitCode
+
+
+class TeeType(StrEnum):
+    TDX = "tdx"
+    SNP = "snp"
+    NVGPU = "nvgpu"
+    SIM = "sim"
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"
+    SIGNATURE_INVALID = "signature_invalid"
+    CHAIN_UNTRUSTED = "chain_untrusted"
+    CERT_EXPIRED = "cert_expired"
+    CERT_REVOKED = "cert_revoked"
+    CERTS_MISSING = "certs_missing"
+    COLLATERAL_MISSING = "collateral_missing"
+    COLLATERAL_EXPIRED = "collateral_expired"
+    COLLATERAL_INVALID = "collateral_invalid"
+    QE_REPORT_DATA_MISMATCH = "qe_report_data_mismatch"
+    QE_IDENTITY_MISMATCH = "qe_identity_mismatch"
+    TCB_NOT_FOUND = "tcb_not_found"
+    TCB_MISMATCH = "tcb_mismatch"
+    CHIP_ID_MISMATCH = "chip_id_mismatch"
+    TCB_REVOKED = "tcb_revoked"
+    TCB_NOT_ALLOWED = "tcb_not_allowed"
+    TEE_NOT_ALLOWED = "tee_not_allowed"
+    MEASUREMENT_MISMATCH = "measurement_mismatch"
+    SVN_TOO_LOW = "svn_too_low"
+    DEBUG_ENABLED = "debug_enabled"
+    REPORT_DATA_MISMATCH = "report_data_mismatch"
+    NONCE_MISMATCH = "nonce_mismatch"
+    SIMULATED_NOT_ALLOWED = "simulated_not_allowed"
+    POLICY_EMPTY = "policy_empty"
+    POLICY_INVALID = "policy_invalid"
+    EVIDENCE_EXPIRED = "evidence_expired"
+
+
+class AttestationError(ConclaveError):
+    def __init__(self, reason: Reason | str, message: str, *, steps: list["Step"] | None = None):
+        super().__init__(str(reason), message)
+        self.steps = list(steps or [])
+
+
+class MalformedEvidence(AttestationError):
+    exit_code = ExitCode.MALFORMED
+
+    def __init__(self, message: str, *, steps: list["Step"] | None = None):
+        super().__init__(Reason.MALFORMED, message, steps=steps)
+
+
+class VerificationFailed(AttestationError):
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+
+class PolicyError(AttestationError):
+    """The policy itself is unusable (empty, invalid schema, unsafe in production)."""
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class Violation:
+    reason: Reason
+    field: str
+    message: str
+    expected: Any = None
+    actual: Any = None
+
+    def to_json(self) -> dict:
+        return {"reason": str(self.reason), "field": self.field, "message": self.message,
+                "expected": self.expected, "actual": self.actual}
+
+
+class PolicyViolated(AttestationError):
+    exit_code = ExitCode.POLICY_VIOLATED
+
+    def __init__(self, violations: list[Violation]):
+        assert violations, "PolicyViolated needs at least one violation"
+        first = violations[0]
+        super().__init__(first.reason, "; ".join(v.message for v in violations))
+        self.violations = list(violations)
+
+
+@dataclass(frozen=True)
+class Step:
+    step: str
+    ok: bool
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "ok": self.ok}
+
+
+class StepLog:
+    """Records numbered verification steps; `fail` raises at the first cryptographic failure."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def ok(self, name: str) -> None:
+        self.steps.append(Step(name, True))
+
+    def fail(self, name: str, reason: Reason, message: str) -> "VerificationFailed":
+        self.steps.append(Step(name, False))
+        return VerificationFailed(reason, message, steps=self.steps)
+
+
+_ISSUER = object()  # only verification modules pass this; see VerifiedEvidence
+
+
+@dataclass(frozen=True)
+class VerifiedEvidence:
+    """Evidence whose signatures and chains checked out at `verified_at`. Not yet policy-validated.
+
+    claims: normalized names (see the CLI contract): bytes values stay bytes here and are
+    hex-encoded only for JSON. `report_data` is always the 64-byte user data the TEE signed
+    (for nvgpu: the 32-byte nonce).
+    """
+
+    tee: TeeType
+    report_data: bytes
+    claims: Mapping[str, Any]
+    verified_at: datetime
+    simulated: bool
+    steps: tuple[Step, ...]
+    tcb_status: str | None = None
+    advisory_ids: tuple[str, ...] = ()
+    revocation_checked: bool = True
+    notes: tuple[str, ...] = ()
+    _issuer: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._issuer is not _ISSUER:
+            raise TypeError("VerifiedEvidence is constructed only by verification")
+
+
+def claims_to_json(claims: Mapping[str, Any]) -> dict:
+    """Byte fields become lowercase hex; datetimes RFC 3339; nested mappings recursively."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return bytes(v).hex()
+        if isinstance(v, datetime):
+            return v.isoformat().replace("+00:00", "Z")
+        if isinstance(v, Mapping):
+            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, StrEnum):
+            return str(v)
+        return v
+    return conv(dict(claims))
