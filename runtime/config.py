@@ -41,6 +41,11 @@ def log_level() -> str:
     return (_env("CONCLAVE_LOG_LEVEL") or "INFO").upper()
 
 
+def owner_fingerprint() -> str | None:
+    """Pinned deployment-owner key fingerprint (SHA-256 hex) for nodes. CONCLAVE_OWNER_FINGERPRINT."""
+    return _env("CONCLAVE_OWNER_FINGERPRINT")
+
+
 def raw(name: str) -> str | None:
     """Escape hatch for a variable owned by another program (documented at the call site)."""
     return _env(name)

@@ -53,6 +53,8 @@ class Reason(StrEnum):
     POLICY_EMPTY = "policy_empty"
     POLICY_INVALID = "policy_invalid"
     EVIDENCE_EXPIRED = "evidence_expired"
+    SIMULATED_MARKER_MISSING = "simulated_marker_missing"
+    VMPL_NOT_ALLOWED = "vmpl_not_allowed"
 
 
 class AttestationError(ConclaveError):

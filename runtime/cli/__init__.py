@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.mesh",
     "conclave.runtime.cli.manifest",
     "conclave.runtime.cli.verify",
+    "conclave.runtime.cli.report",
+    "conclave.runtime.cli.bench",
 )
 
 

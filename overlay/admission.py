@@ -1,0 +1,193 @@
+"""Admission: answer a challenge with bound evidence, and decide whether to admit a peer.
+
+Verifier side, in order, failing closed at the first problem:
+ 1. structure of the reply (sizes, fields)            -> malformed_message
+ 2. the attested identity is the one we challenged    -> identity_mismatch
+ 3. the echoed nonce is ours, fresh, unused, for them -> nonce_replayed / nonce_expired / nonce_unknown
+ 4. overlay address inside the deployment's CIDR      -> overlay_address_out_of_range
+ 5. TEE type allowed, simulated only if allowed       -> tee_not_allowed / simulated_not_allowed
+ 6. parse + verify the evidence (vendor or sim roots) -> the attestation Reason (chain, signature, ...)
+ 7. binding: REPORT_DATA commits to manifest, both public keys, nonce, role, name, address
+                                                      -> report_data_mismatch
+ 8. policy validation (every violation collected)     -> the first violation's Reason
+GPU evidence items are verified with the nonce derived from the same REPORT_DATA.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cryptography import x509
+
+from conclave.overlay.evidence import EvidenceSource
+from conclave.overlay.identity import Announcement, MalformedAnnouncement, NodeIdentity
+from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
+from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.reasons import OverlayReason
+from conclave.runtime import attestation
+from conclave.runtime.attestation import binding, policy as policy_mod
+from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
+                                               VerifiedEvidence)
+from conclave.runtime.errors import ConclaveError, ExitCode
+
+log = logging.getLogger("conclave.overlay.admission")
+
+CPU_TEES = (TeeType.TDX, TeeType.SNP, TeeType.SIM)
+MAX_EVIDENCE_ITEMS = 9           # one CPU item + up to 8 GPUs
+MAX_EVIDENCE_BYTES = 256 * 1024
+MAX_CERTS = 16
+
+
+class AdmissionRejected(ConclaveError):
+    """A peer was not admitted. `reason` is stable; `reasons` lists every policy violation."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+
+    def __init__(self, reason: str, message: str, reasons: Sequence[str] = ()):
+        super().__init__(str(reason), message)
+        self.reasons = list(reasons) or [str(reason)]
+
+
+@dataclass(frozen=True)
+class AdmittedPeer:
+    """A peer whose evidence verified, validated and bound its keys for our nonce."""
+
+    announcement: Announcement
+    tee: TeeType
+    simulated: bool
+    verified_at: datetime
+    claims_summary: dict = field(default_factory=dict)
+
+
+def report_data_for(manifest_digest: bytes, ann: Announcement, nonce: bytes) -> bytes:
+    return binding.report_data_for(purpose=binding.PURPOSE_NODE, manifest_digest=manifest_digest,
+                                   wg_public_key=ann.wg_public_key.raw,
+                                   hpke_public_key=ann.hpke_public_key.raw, nonce=nonce,
+                                   extra=ann.binding_extra())
+
+
+def answer_challenge(*, me: Announcement, source: EvidenceSource, manifest_digest: bytes,
+                     nonce: bytes) -> pb.AttestReply:
+    """The prover side: evidence over REPORT_DATA binding our keys and the verifier's nonce."""
+    if len(nonce) != NONCE_LEN:
+        raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "nonce must be 32 bytes")
+    rd = report_data_for(manifest_digest, me, nonce)
+    items = source.collect(rd)
+    return pb.AttestReply(identity=me.to_proto(), nonce=nonce, evidence=[
+        pb.EvidenceItem(tee=str(i.tee), data=i.data, certs=list(i.certs), collateral=i.collateral)
+        for i in items])
+
+
+def _load_collateral(tee: TeeType, blob: bytes) -> object | None:
+    """Collateral travels with the evidence (vendor-signed, so untrusted transport is fine)."""
+    if not blob:
+        return None
+    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        return attestation.load_collateral(tee, Path(name))
+    finally:
+        os.unlink(name)
+
+
+class Verifier:
+    """Decides admission for one deployment (policy + manifest digest + overlay CIDR)."""
+
+    def __init__(self, *, policy: policy_mod.Policy, manifest_digest: bytes, overlay: ipaddress.IPv4Network,
+                 trusted_sim_roots: Sequence[x509.Certificate] = (),
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.policy = policy
+        self.manifest_digest = manifest_digest
+        self.overlay = overlay
+        self.trusted_sim_roots = tuple(trusted_sim_roots)
+        self.clock = clock
+
+    def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache) -> AdmittedPeer:
+        # 1. structure
+        try:
+            ann = Announcement.from_proto(reply.identity)
+        except MalformedAnnouncement as exc:
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, f"identity: {exc}") from None
+        items = list(reply.evidence)
+        if not 1 <= len(items) <= MAX_EVIDENCE_ITEMS:
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "wrong number of evidence items")
+        if any(len(i.data) > MAX_EVIDENCE_BYTES or len(i.certs) > MAX_CERTS for i in items):
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "evidence item too large")
+        # 2. identity: the node we challenged, with the keys it announced
+        if not challenged.same_identity(ann):
+            raise AdmissionRejected(OverlayReason.IDENTITY_MISMATCH,
+                                    "attested identity differs from the announcement we challenged")
+        # 3. nonce: ours, fresh, single use
+        try:
+            nonces.consume(bytes(reply.nonce), challenged.node_id)
+        except NonceError as exc:
+            raise AdmissionRejected(exc.reason, f"nonce check failed: {exc.reason}") from None
+        nonce = bytes(reply.nonce)
+        # 4. overlay address
+        if ann.overlay_address not in self.overlay or ann.overlay_address in (
+                self.overlay.network_address, self.overlay.broadcast_address):
+            raise AdmissionRejected(OverlayReason.ADDRESS_OUT_OF_RANGE,
+                                    f"{ann.overlay_address} is outside {self.overlay}")
+        # 5-8. evidence
+        try:
+            tees = [TeeType(i.tee) for i in items]
+        except ValueError:
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "unknown TEE type") from None
+        cpu = [k for k, t in enumerate(tees) if t in CPU_TEES]
+        if len(cpu) != 1 or any(t not in CPU_TEES and t != TeeType.NVGPU for t in tees):
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "need exactly one CPU evidence item")
+        expected_rd = report_data_for(self.manifest_digest, ann, nonce)
+        cpu_item = items[cpu[0]]
+        cpu_tee = tees[cpu[0]]
+        verified = self._verify_item(cpu_item, cpu_tee, nonce=None)
+        try:
+            binding.check_binding(verified, expected_rd)
+        except AttestationError as exc:
+            raise AdmissionRejected(exc.reason, exc.message) from None
+        self._validate(verified)
+        gpu_nonce = binding.gpu_nonce_for(expected_rd)
+        for k, item in enumerate(items):
+            if k == cpu[0]:
+                continue
+            gpu = self._verify_item(item, TeeType.NVGPU, nonce=gpu_nonce)
+            try:
+                binding.check_binding(gpu, gpu_nonce)
+            except AttestationError as exc:
+                raise AdmissionRejected(exc.reason, exc.message) from None
+            self._validate(gpu)
+        claims = verified.claims
+        summary = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in claims.items()
+                   if k in ("measurement", "mr_td", "svn", "tcb_status", "node", "debug")}
+        return AdmittedPeer(announcement=ann, tee=cpu_tee, simulated=verified.simulated,
+                            verified_at=verified.verified_at, claims_summary=summary)
+
+    def _verify_item(self, item: pb.EvidenceItem, tee: TeeType, *, nonce: bytes | None) -> VerifiedEvidence:
+        if tee not in self.policy.allowed_tee:
+            raise AdmissionRejected(Reason.TEE_NOT_ALLOWED, f"TEE {tee} is not allowed by the policy")
+        if tee == TeeType.SIM and not self.policy.unsafe_allow_simulated:
+            raise AdmissionRejected(Reason.SIMULATED_NOT_ALLOWED, "simulated evidence under a production policy")
+        try:
+            certs = [x509.load_der_x509_certificate(bytes(c)) for c in item.certs]
+        except ValueError:
+            raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "certificate is not DER") from None
+        roots = self.trusted_sim_roots if tee == TeeType.SIM else None
+        try:
+            collateral = _load_collateral(tee, bytes(item.collateral))
+            return attestation.verify_evidence(bytes(item.data), tee=tee, at=self.clock(), certs=certs,
+                                               collateral=collateral, nonce=nonce, trusted_roots=roots)
+        except AttestationError as exc:
+            raise AdmissionRejected(exc.reason, exc.message) from None
+
+    def _validate(self, verified: VerifiedEvidence) -> None:
+        try:
+            policy_mod.validate(verified, self.policy)
+        except PolicyViolated as exc:
+            raise AdmissionRejected(exc.reason, exc.message,
+                                    reasons=[str(v.reason) for v in exc.violations]) from None

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules for conclave.proto (see generate.sh)."""

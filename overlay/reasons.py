@@ -1,0 +1,28 @@
+"""Stable reason codes for overlay decisions (admission, rejection, eviction, key release).
+
+Attestation failures keep the attestation Reason strings (measurement_mismatch,
+report_data_mismatch, simulated_not_allowed, debug_enabled, ...); these are the overlay's own.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OverlayReason(StrEnum):
+    NONCE_REPLAYED = "nonce_replayed"          # the echoed nonce was already used
+    NONCE_UNKNOWN = "nonce_unknown"            # never issued by this verifier (or for another peer)
+    NONCE_EXPIRED = "nonce_expired"
+    IDENTITY_MISMATCH = "identity_mismatch"    # announced keys differ from the attested ones
+    MALFORMED_MESSAGE = "malformed_message"    # a wire message failed structural checks
+    ADDRESS_OUT_OF_RANGE = "overlay_address_out_of_range"
+    ADDRESS_CONFLICT = "overlay_address_conflict"
+    ROLE_INVALID = "role_invalid"
+    PEER_UNREACHABLE = "peer_unreachable"
+    EVIDENCE_EXPIRED = "evidence_expired"      # no successful re-attestation within max evidence age
+    REATTESTATION_FAILED = "reattestation_failed"
+    REPLACED = "replaced"                      # same node came back with new keys
+    NOT_ADMITTED = "not_admitted"
+    ROLE_NOT_ALLOWED = "role_not_allowed"
+    UNKNOWN_SECRET = "unknown_secret"
+    KEY_CONFIRMATION_FAILED = "key_confirmation_failed"
+    SELF = "self"                              # our own announcement (ignored)

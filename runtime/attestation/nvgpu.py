@@ -1,0 +1,350 @@
+"""NVIDIA H100/H200 (and NVSwitch) confidential-computing evidence: parse, claims, verify.
+
+Accepted inputs (parse sniffs which):
+- the raw SPDM transcript the driver returns (GET_MEASUREMENTS request || MEASUREMENTS
+  response, see nvgpu_spdm), as binary or as hex text (nvtrust's sample files); the device
+  certificate chain then comes from --certs;
+- the NVIDIA attestation SDK's evidence list (JSON): a list of {"evidence": base64 SPDM
+  transcript, "certificate": base64 PEM chain (leaf first), "arch", "nonce", ...}, one entry
+  per GPU or NVSwitch, or a single such object. The chains travel inside; all entries must
+  answer the same nonce (the SDK attests every device with one nonce).
+
+Verification steps (numbered; cryptographic checks stop at the first failure):
+  nvgpu.01.parse          the transcript parsed (done by parse())
+  nvgpu.02.cert_chain     leaf -> ... -> NVIDIA Device Identity CA (pinned), valid at `at`
+  nvgpu.03.signature      ECDSA P-384 / SHA-384 by the leaf key over request || response
+                          up to the signature (SPDM 1.1 L1 transcript, as nvtrust verifies it)
+  nvgpu.04.fwid           the leaf's DICE FWID equals the FWID in the signed opaque data (when
+                          the firmware reports one: NVSwitches and old drivers do not; like
+                          nvtrust, the comparison is then skipped, with a note)
+  nvgpu.05.nonce          the signed request nonce equals the expected nonce
+With several devices each per-device step name carries "[i]". Revocation (NVIDIA OCSP) and
+RIM (golden measurement) comparison need NVIDIA's online services and are not done here:
+the result says revocation_checked=False with a note, never pretends.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import string
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from conclave.runtime.attestation import core
+from conclave.runtime.attestation.core import MalformedEvidence, Reason, StepLog, TeeType, VerificationFailed
+from conclave.runtime.attestation.nvgpu_chain import (ChainError, arch_from_cert, device_id, leaf_fwid,
+                                                      pinned_roots, select_leaf, dedupe, subject_serial,
+                                                      verify_chain)
+from conclave.runtime.attestation.nvgpu_spdm import (NONCE_LEN, SIGNATURE_LEN, SpdmEvidence, looks_like_spdm,
+                                                     parse_spdm)
+
+TEE = TeeType.NVGPU
+MAX_EVIDENCE_LEN = 4 * 1024 * 1024
+MAX_DEVICES = 64
+SWITCH_ARCHS = frozenset({"LS10"})
+_TEXT_OPAQUE = ("chip_sku", "chip_sku_mod", "project", "project_sku", "project_sku_mod")
+REVOCATION_NOTE = ("revocation not checked: NVIDIA device certificates are checked for revocation "
+                   "only by NVIDIA's online OCSP service, which offline verification does not contact")
+RIM_NOTE = ("measurements not compared with NVIDIA RIM golden values (RIM service is online); "
+            "compare them with the deployment policy")
+
+
+@dataclass(frozen=True)
+class ParsedDevice:
+    """One device's evidence. `chain` is the bundled chain (leaf first; empty for raw input),
+    `declared_arch` the unsigned architecture label of the SDK JSON, if any."""
+
+    spdm: SpdmEvidence
+    chain: tuple[x509.Certificate, ...] = ()
+    declared_arch: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedNvgpu:
+    devices: tuple[ParsedDevice, ...]
+    source: str  # "spdm-binary" | "spdm-hex" | "sdk-json"
+
+    @property
+    def nonce(self) -> bytes:
+        return self.devices[0].spdm.nonce
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """The first device's bundled chain (the common single-GPU case)."""
+        return self.devices[0].chain
+
+
+# --- sniffing and parsing ------------------------------------------------------------------
+
+def _hex_text(data: bytes) -> bytes | None:
+    text = b"".join(data.split())
+    if len(text) < 2 * 45 or len(text) % 2 or any(c not in string.hexdigits.encode() for c in text):
+        return None
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def _json_entries(data: bytes) -> list[dict] | None:
+    stripped = data.lstrip()
+    if not stripped[:1] in (b"[", b"{"):
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    entries = doc if isinstance(doc, list) else [doc]
+    if entries and all(isinstance(e, dict) and "evidence" in e for e in entries):
+        return entries
+    return None
+
+
+def looks_like(data: bytes) -> bool:
+    data = bytes(data[:MAX_EVIDENCE_LEN])
+    if looks_like_spdm(data):
+        return True
+    raw = _hex_text(data)
+    if raw is not None:
+        return looks_like_spdm(raw)
+    entries = _json_entries(data)
+    if entries is None:
+        return False
+    try:
+        return looks_like_spdm(base64.b64decode(entries[0]["evidence"], validate=True))
+    except (binascii.Error, ValueError, TypeError):
+        return False
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedEvidence(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEvidence(f"{what} is not valid base64") from None
+
+
+def load_pem_chain(pem: bytes, what: str = "certificate chain") -> tuple[x509.Certificate, ...]:
+    """PEM certificates in file order (NVIDIA ships leaf first); MalformedEvidence if none."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise MalformedEvidence(f"{what}: not a PEM certificate chain ({exc})") from None
+    return tuple(certs)
+
+
+def _normalize_arch(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedEvidence("'arch' must be a non-empty string")
+    return value.upper().replace("_", "")
+
+
+def _parse_entry(entry: dict, i: int) -> ParsedDevice:
+    spdm = parse_spdm(_b64(entry.get("evidence"), f"entry {i} 'evidence'"))
+    chain: tuple[x509.Certificate, ...] = ()
+    if entry.get("certificate") is not None:
+        cert_field = entry["certificate"]
+        if isinstance(cert_field, str) and cert_field.lstrip().startswith("-----BEGIN"):
+            pem = cert_field.encode("ascii", errors="replace")
+        else:
+            pem = _b64(cert_field, f"entry {i} 'certificate'")
+        chain = load_pem_chain(pem, f"entry {i} certificate chain")
+    declared = _normalize_arch(entry.get("arch"))
+    if chain and declared:
+        leaf_arch = arch_from_cert(chain[0])
+        if leaf_arch is not None and leaf_arch != declared:
+            raise MalformedEvidence(f"entry {i}: 'arch' {declared} contradicts its certificate ({leaf_arch})")
+    if "nonce" in entry:
+        nonce_field = entry["nonce"]
+        try:
+            declared_nonce = bytes.fromhex(nonce_field) if isinstance(nonce_field, str) else None
+        except ValueError:
+            declared_nonce = None
+        if declared_nonce != spdm.nonce:
+            raise MalformedEvidence(f"entry {i}: 'nonce' differs from the nonce in its signed request")
+    return ParsedDevice(spdm=spdm, chain=chain, declared_arch=declared)
+
+
+def parse(data: bytes) -> ParsedNvgpu:
+    """Structure only (no cryptography); MalformedEvidence on anything that is not GPU evidence."""
+    data = bytes(data)
+    if len(data) > MAX_EVIDENCE_LEN:
+        raise MalformedEvidence(f"evidence larger than {MAX_EVIDENCE_LEN} bytes")
+    if not looks_like_spdm(data) and data.lstrip()[:1] not in (b"[", b"{"):
+        hex_decoded = _hex_text(data)
+        if hex_decoded is not None:
+            return ParsedNvgpu(devices=(ParsedDevice(spdm=parse_spdm(hex_decoded)),), source="spdm-hex")
+    if looks_like_spdm(data) or data.lstrip()[:1] not in (b"[", b"{"):
+        # binary (or unknown): the structural parser says precisely what is wrong
+        return ParsedNvgpu(devices=(ParsedDevice(spdm=parse_spdm(data)),), source="spdm-binary")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEvidence(f"evidence JSON does not parse: {exc}") from None
+    entries = doc if isinstance(doc, list) else [doc]
+    if not entries or not all(isinstance(e, dict) for e in entries):
+        raise MalformedEvidence("evidence JSON must be an object or a non-empty list of objects")
+    if len(entries) > MAX_DEVICES:
+        raise MalformedEvidence(f"more than {MAX_DEVICES} devices in one evidence list")
+    devices = tuple(_parse_entry(e, i) for i, e in enumerate(entries))
+    if len({d.spdm.nonce for d in devices}) != 1:
+        raise MalformedEvidence("the devices in the evidence list answered different nonces")
+    return ParsedNvgpu(devices=devices, source="sdk-json")
+
+
+# --- claims --------------------------------------------------------------------------------
+
+def _device_claims(device: ParsedDevice, leaf: x509.Certificate | None) -> dict[str, Any]:
+    spdm = device.spdm
+    arch = arch_from_cert(leaf) if leaf is not None else None
+    out: dict[str, Any] = {
+        "version": spdm.request.spdm_version,
+        "spdm_version": f"{spdm.request.spdm_version >> 4}.{spdm.request.spdm_version & 0xF}",
+        "report_data": spdm.nonce,
+        "nonce": spdm.nonce,
+        "debug": None,  # not reported in the SPDM evidence; policies must not assume False
+        "tcb_status": None,
+        "gpu_arch": arch,
+        "device_kind": None if arch is None else ("switch" if arch in SWITCH_ARCHS else "gpu"),
+        "measurements": spdm.measurements,
+        "measurement_value_types": {b.index: b.value_type for b in spdm.response.blocks},
+        "driver_version": spdm.driver_version,
+        "vbios_version": spdm.vbios_version,
+        "fwid": spdm.fwid,
+        "msrscnt": list(spdm.msrscnt) if spdm.msrscnt is not None else None,
+        "opaque": dict(spdm.opaque),
+        "device_serial": subject_serial(leaf) if leaf is not None else None,
+        "ueid": device_id(leaf) if leaf is not None else None,
+        "trailing_bytes": spdm.trailing,
+    }
+    for name in _TEXT_OPAQUE:
+        raw = spdm.opaque.get(name)
+        out[name] = raw.split(b"\x00", 1)[0].decode("ascii", errors="replace") if raw is not None else None
+    return out
+
+
+def _bundle_claims(per_device: list[dict[str, Any]]) -> dict[str, Any]:
+    """One device: its claims. Several: the claims every device agrees on, plus "devices".
+    A claim on which devices differ is left out of the top level, so a policy that names it
+    fails closed instead of silently judging only the first device."""
+    if len(per_device) == 1:
+        return per_device[0]
+    first = per_device[0]
+    out = {k: v for k, v in first.items() if all(d.get(k) == v for d in per_device[1:])}
+    out["device_count"] = len(per_device)
+    out["devices"] = per_device
+    return out
+
+
+def _chain_leaf(device: ParsedDevice) -> x509.Certificate | None:
+    try:
+        return select_leaf(dedupe(device.chain)) if device.chain else None
+    except ChainError:
+        return None
+
+
+def claims(parsed: ParsedNvgpu) -> dict[str, Any]:
+    """Normalized claims from the parsed (not yet verified) evidence."""
+    return _bundle_claims([_device_claims(d, _chain_leaf(d)) for d in parsed.devices])
+
+
+# --- collateral ----------------------------------------------------------------------------
+
+def load_collateral(path: Path) -> object:
+    """NVIDIA GPU verification takes no collateral here (RIMs are not compared offline)."""
+    raise VerificationFailed(Reason.UNSUPPORTED,
+                             f"nvgpu takes no collateral ({path}): RIM comparison is not implemented")
+
+
+# --- verification --------------------------------------------------------------------------
+
+def _verify_signature(spdm: SpdmEvidence, leaf: x509.Certificate) -> str | None:
+    """None when the leaf's P-384 key signed the transcript, else why not."""
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        return "the device leaf key is not an ECDSA P-384 key"
+    sig = spdm.response.signature
+    if len(sig) != SIGNATURE_LEN:
+        return "the signature is not 96 bytes"
+    half = SIGNATURE_LEN // 2
+    der = encode_dss_signature(int.from_bytes(sig[:half], "big"), int.from_bytes(sig[half:], "big"))
+    try:
+        key.verify(der, spdm.signed_bytes, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        return "the SPDM measurement signature does not verify with the device leaf key"
+    return None
+
+
+def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificate] = (),
+           collateral: object | None = None, nonce: bytes | None = None,
+           trusted_roots: Sequence[x509.Certificate] | None = None) -> core.VerifiedEvidence:
+    if not isinstance(parsed, ParsedNvgpu):
+        raise TypeError("verify() takes the result of nvgpu.parse()")
+    if at.tzinfo is None:
+        raise ValueError("verification time must be timezone-aware (UTC)")
+    if collateral is not None:
+        raise VerificationFailed(Reason.UNSUPPORTED, "nvgpu takes no collateral")
+    roots = tuple(trusted_roots) if trusted_roots is not None else pinned_roots()
+    log = StepLog()
+    log.ok("nvgpu.01.parse")
+    many = len(parsed.devices) > 1
+    per_device: list[dict[str, Any]] = []
+    notes = [REVOCATION_NOTE, RIM_NOTE]
+    for i, device in enumerate(parsed.devices):
+        tag = f"[{i}]" if many else ""
+        step = f"nvgpu.02.cert_chain{tag}"
+        try:
+            path = verify_chain(device.chain, tuple(certs), roots, at)
+        except ChainError as exc:
+            raise log.fail(step, exc.reason, f"device {i}: {exc.message}" if many else exc.message) from None
+        log.ok(step)
+        leaf = path[0]
+
+        step = f"nvgpu.03.signature{tag}"
+        problem = _verify_signature(device.spdm, leaf)
+        if problem:
+            raise log.fail(step, Reason.SIGNATURE_INVALID, problem)
+        log.ok(step)
+
+        step = f"nvgpu.04.fwid{tag}"
+        reported = device.spdm.fwid
+        if reported is None:
+            # As nvtrust does: firmware that reports no FWID (NVSwitch, older GPU drivers) gets no
+            # comparison. The step is not marked ok; the note says so and claims carry fwid=None.
+            notes.append(f"device {i}: no FWID in the signed opaque data; certificate/firmware FWID "
+                         "binding not checked")
+        else:
+            try:
+                certified = leaf_fwid(leaf)
+            except ChainError as exc:
+                raise log.fail(step, exc.reason, exc.message) from None
+            if not hmac.compare_digest(certified, reported):
+                raise log.fail(step, Reason.CHAIN_UNTRUSTED,
+                               "the FWID certified in the device leaf differs from the firmware's reported FWID")
+            log.ok(step)
+        per_device.append(_device_claims(device, leaf))
+
+    if nonce is not None:
+        if len(nonce) != NONCE_LEN or not hmac.compare_digest(bytes(nonce), parsed.nonce):
+            raise log.fail("nvgpu.05.nonce", Reason.NONCE_MISMATCH,
+                           "the GPU signed a different nonce than the one expected")
+        log.ok("nvgpu.05.nonce")
+    else:
+        notes.append("nonce not compared (none expected was given): bind report_data with check_binding")
+    trailing = sum(d.spdm.trailing for d in parsed.devices)
+    if trailing:
+        notes.append(f"{trailing} unsigned byte(s) after the signature ignored")
+    return core.VerifiedEvidence(
+        tee=TEE, report_data=parsed.nonce, claims=_bundle_claims(per_device), verified_at=at,
+        simulated=False, steps=tuple(log.steps), tcb_status=None, revocation_checked=False,
+        notes=tuple(notes), _issuer=core._ISSUER)

@@ -1,0 +1,419 @@
+"""Appraisal policy: which verified evidence a deployment accepts.
+
+Why a separate step: verification answers "is this genuine hardware evidence?"; validation
+answers "is it what *we* want to run?". Validation collects EVERY violation so an operator sees
+all mismatched measurements at once (DESIGN.md convention 3).
+
+Rules that are not negotiable (no policy field can turn them off):
+- debug-mode TEEs are always refused (`debug_enabled`); there is no allow_debug.
+- TCB status "Revoked" is never accepted, even when listed (listing it is `policy_invalid`).
+- `production` is required; `unsafe_allow_simulated: true` together with `production: true`
+  (or "sim" in allowed_tee under production) is `policy_invalid`.
+- A policy that constrains no identity (no measurement-like field for an allowed TEE) is
+  `policy_empty`: "accept any genuine TDX VM" is never what an operator means.
+
+One schema (POLICY_JSON_SCHEMA, exported verbatim to policy.schema.json); YAML or JSON input.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from conclave.runtime.attestation.core import (PolicyError, PolicyViolated, Reason, TeeType,
+                                               VerifiedEvidence, Violation)
+
+SCHEMA_PATH = Path(__file__).with_name("policy.schema.json")
+
+TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
+                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded",
+                "Revoked")
+DEFAULT_TCB_STATUSES = ("UpToDate",)
+# TEEs whose verification yields a TCB status from vendor collateral: an unknown status fails.
+TEES_WITH_TCB_STATUS = frozenset({TeeType.TDX})
+
+# field -> byte length of the claim, per TEE: list-of-allowed-values checks.
+TDX_VALUE_FIELDS = {"mr_td": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48,
+                    "mr_config_id": 48, "mr_owner": 48, "mr_owner_config": 48, "mr_seam": 48,
+                    "mr_signer_seam": 48, "td_attributes": 8, "xfam": 8}
+SNP_VALUE_FIELDS = {"measurement": 48, "host_data": 32, "id_key_digest": 48,
+                    "author_key_digest": 48, "family_id": 16, "image_id": 16, "chip_id": 64}
+SIM_VALUE_FIELDS = {"measurement": 48}
+NVGPU_VALUE_FIELDS: dict[str, int] = {}
+SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+VALUE_FIELDS = {TeeType.TDX: TDX_VALUE_FIELDS, TeeType.SNP: SNP_VALUE_FIELDS,
+                TeeType.SIM: SIM_VALUE_FIELDS, TeeType.NVGPU: NVGPU_VALUE_FIELDS}
+
+
+def _hex_schema(nbytes: int) -> dict:
+    return {"type": "string", "pattern": f"^[0-9a-fA-F]{{{2 * nbytes}}}$"}
+
+
+def _hex_list_schema(nbytes: int) -> dict:
+    return {"type": "array", "minItems": 1, "uniqueItems": True, "items": _hex_schema(nbytes)}
+
+
+def _measurement_set_schema(fields: Mapping[str, int]) -> dict:
+    return {"type": "array", "minItems": 1, "items": {
+        "type": "object", "additionalProperties": False, "minProperties": 1,
+        "properties": {name: _hex_schema(n) for name, n in fields.items()}}}
+
+
+_UINT8 = {"type": "integer", "minimum": 0, "maximum": 255}
+_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+
+POLICY_JSON_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://conclave.invalid/schemas/attestation-policy-v1.json",
+    "title": "Conclave attestation policy",
+    "description": "Which verified TEE evidence a deployment accepts. Debug TEEs and revoked TCBs "
+                   "are always refused; anything weakening checks is named unsafe_*.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["production", "allowed_tee"],
+    "properties": {
+        "production": {"type": "boolean",
+                       "description": "Required. true refuses every unsafe_* setting."},
+        "allowed_tee": {"type": "array", "minItems": 1, "uniqueItems": True,
+                        "items": {"enum": [t.value for t in TeeType]}},
+        "unsafe_allow_simulated": {"type": "boolean", "default": False,
+                                   "description": "Accept simulated evidence (local mode only)."},
+        "allowed_tcb_statuses": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                 "items": {"enum": list(TCB_STATUSES)},
+                                 "description": "Default [UpToDate]. Revoked is never accepted."},
+        "tdx": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                **{name: _hex_list_schema(n) for name, n in TDX_VALUE_FIELDS.items()},
+                "measurement_sets": _measurement_set_schema(TDX_VALUE_FIELDS),
+                "min_tee_tcb_svn": _hex_schema(16),
+            },
+        },
+        "snp": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                **{name: _hex_list_schema(n) for name, n in SNP_VALUE_FIELDS.items()},
+                "measurement_sets": _measurement_set_schema(SNP_VALUE_FIELDS),
+                "min_tcb": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                            "properties": {p: _UINT8 for p in SNP_TCB_PARTS}},
+                "min_guest_svn": _UINT32,
+                "require_committed_tcb_equals_current": {"type": "boolean", "default": False},
+                "allowed_vmpl": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                 "items": {"type": "integer", "minimum": 0, "maximum": 3}},
+                "allowed_signing_keys": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                         "items": {"enum": ["vcek", "vlek"]}},
+            },
+        },
+        "nvgpu": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "measurements": {"type": "object", "minProperties": 1,
+                                 "propertyNames": {"pattern": "^[0-9]{1,3}$"},
+                                 "additionalProperties": {
+                                     "type": "array", "minItems": 1, "uniqueItems": True,
+                                     "items": {"type": "string", "pattern": "^[0-9a-fA-F]{2,256}$"}}},
+                "driver_versions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                    "items": {"type": "string", "minLength": 1}},
+                "vbios_versions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                   "items": {"type": "string", "minLength": 1}},
+            },
+        },
+        "sim": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "measurement": _hex_list_schema(48),
+                "measurement_sets": _measurement_set_schema(SIM_VALUE_FIELDS),
+                "min_svn": _UINT32,
+            },
+        },
+    },
+}
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _lower_hex(obj: Any) -> Any:
+    """Normalize hex strings to lowercase (the schema accepts either case)."""
+    if isinstance(obj, str):
+        try:
+            bytes.fromhex(obj)
+        except ValueError:
+            return obj
+        return obj.lower() if len(obj) % 2 == 0 and obj else obj
+    if isinstance(obj, list):
+        return [_lower_hex(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _lower_hex(v) for k, v in obj.items()}
+    return obj
+
+
+def _constrains_identity(tee: TeeType, section: Mapping[str, Any] | None) -> bool:
+    if not section:
+        return False
+    if tee == TeeType.NVGPU:
+        return any(k in section for k in ("measurements", "driver_versions", "vbios_versions"))
+    keys = set(VALUE_FIELDS[tee]) | {"measurement_sets"}
+    return any(k in section for k in keys)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A schema-valid, internally consistent policy. Build with from_dict / load."""
+
+    data: Mapping[str, Any]
+    digest: bytes = field(repr=False)
+
+    @property
+    def production(self) -> bool:
+        return bool(self.data["production"])
+
+    @property
+    def allowed_tee(self) -> frozenset[TeeType]:
+        return frozenset(TeeType(t) for t in self.data["allowed_tee"])
+
+    @property
+    def unsafe_allow_simulated(self) -> bool:
+        return bool(self.data.get("unsafe_allow_simulated", False))
+
+    @property
+    def allowed_tcb_statuses(self) -> tuple[str, ...]:
+        return tuple(self.data.get("allowed_tcb_statuses", DEFAULT_TCB_STATUSES))
+
+    def section(self, tee: TeeType) -> Mapping[str, Any]:
+        return self.data.get(str(tee)) or {}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Policy":
+        if not isinstance(raw, Mapping):
+            raise PolicyError(Reason.POLICY_INVALID, "policy must be a mapping (YAML or JSON object)")
+        if not raw:
+            raise PolicyError(Reason.POLICY_EMPTY, "policy is empty")
+        try:
+            jsonschema.Draft202012Validator(POLICY_JSON_SCHEMA).validate(raw)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+            raise PolicyError(Reason.POLICY_INVALID, f"policy schema: {where}: {exc.message}") from None
+        data = json.loads(_canonical(raw))
+        for name in ("tdx", "snp", "sim"):  # hex fields: either case in, lowercase inside
+            if name in data:
+                data[name] = _lower_hex(data[name])
+        if "measurements" in data.get("nvgpu", {}):
+            data["nvgpu"]["measurements"] = _lower_hex(data["nvgpu"]["measurements"])
+        production = data["production"]
+        if production and data.get("unsafe_allow_simulated", False):
+            raise PolicyError(Reason.POLICY_INVALID,
+                              "unsafe_allow_simulated is refused in a production policy")
+        if production and TeeType.SIM.value in data["allowed_tee"]:
+            raise PolicyError(Reason.POLICY_INVALID, "a production policy cannot allow the sim TEE")
+        if "Revoked" in data.get("allowed_tcb_statuses", ()):
+            raise PolicyError(Reason.POLICY_INVALID, "TCB status Revoked can never be allowed")
+        for tee in (TeeType(t) for t in data["allowed_tee"]):
+            if not _constrains_identity(tee, data.get(tee.value)):
+                raise PolicyError(Reason.POLICY_EMPTY,
+                                  f"policy allows {tee.value} but constrains none of its measurements")
+        return cls(data=data, digest=hashlib.sha256(_canonical(data)).digest())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(Reason.POLICY_INVALID, f"cannot read policy {path}: {exc}") from None
+        try:
+            raw = yaml.safe_load(text)  # JSON is YAML 1.2 compatible for our purposes
+        except yaml.YAMLError as exc:
+            raise PolicyError(Reason.POLICY_INVALID, f"policy {path} is not YAML/JSON: {exc}") from None
+        if raw is None:
+            raise PolicyError(Reason.POLICY_EMPTY, f"policy {path} is empty")
+        return cls.from_dict(raw)
+
+
+_VALIDATED = object()
+
+
+@dataclass(frozen=True)
+class ValidatedEvidence:
+    """VerifiedEvidence that passed a policy; constructed only by validate()."""
+
+    verified: VerifiedEvidence
+    policy_digest: bytes
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _VALIDATED:
+            raise TypeError("ValidatedEvidence is constructed only by policy.validate")
+
+    @property
+    def tee(self) -> TeeType:
+        return self.verified.tee
+
+    @property
+    def report_data(self) -> bytes:
+        return self.verified.report_data
+
+
+def _as_hex(value: Any) -> str | None:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return None
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def add(self, reason: Reason, field_name: str, message: str, expected: Any = None,
+            actual: Any = None) -> None:
+        self.violations.append(Violation(reason, field_name, message, expected, actual))
+
+
+def _check_value_lists(out: _Collector, tee: TeeType, section: Mapping[str, Any],
+                       claims: Mapping[str, Any]) -> None:
+    for name in VALUE_FIELDS[tee]:
+        allowed = section.get(name)
+        if allowed is None:
+            continue
+        actual = _as_hex(claims.get(name))
+        if actual is None or actual not in allowed:
+            out.add(Reason.MEASUREMENT_MISMATCH, f"{tee.value}.{name}",
+                    f"{name} {actual or '(absent)'} is not an allowed value", allowed, actual)
+    sets = section.get("measurement_sets")
+    if sets is not None:
+        actual_all = {name: _as_hex(claims.get(name)) for s in sets for name in s}
+        if not any(all(actual_all[k] == v for k, v in s.items()) for s in sets):
+            out.add(Reason.MEASUREMENT_MISMATCH, f"{tee.value}.measurement_sets",
+                    "evidence matches none of the allowed measurement sets", sets, actual_all)
+
+
+def _check_tdx(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    minimum = section.get("min_tee_tcb_svn")
+    if minimum is not None:
+        actual = claims.get("tee_tcb_svn")
+        want = bytes.fromhex(minimum)
+        if not isinstance(actual, (bytes, bytearray)) or len(actual) != 16 or any(
+                a < w for a, w in zip(bytes(actual), want)):
+            out.add(Reason.SVN_TOO_LOW, "tdx.min_tee_tcb_svn",
+                    "TEE_TCB_SVN below the minimum (compared component-wise)", minimum, _as_hex(actual))
+
+
+def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    min_tcb = section.get("min_tcb")
+    if min_tcb is not None:
+        reported = claims.get("reported_tcb")
+        for part, want in min_tcb.items():
+            have = reported.get(part) if isinstance(reported, Mapping) else None
+            if not isinstance(have, int) or have < want:
+                out.add(Reason.SVN_TOO_LOW, f"snp.min_tcb.{part}",
+                        f"reported TCB {part} {have} is below the minimum {want}", want, have)
+    min_guest = section.get("min_guest_svn")
+    if min_guest is not None:
+        have = claims.get("guest_svn")
+        if not isinstance(have, int) or have < min_guest:
+            out.add(Reason.SVN_TOO_LOW, "snp.min_guest_svn",
+                    f"guest SVN {have} is below the minimum {min_guest}", min_guest, have)
+    if section.get("require_committed_tcb_equals_current", False):
+        committed, current = claims.get("committed_tcb"), claims.get("current_tcb")
+        if committed is None or committed != current:
+            out.add(Reason.TCB_MISMATCH, "snp.require_committed_tcb_equals_current",
+                    "committed TCB differs from current TCB (firmware not committed)",
+                    current, committed)
+    vmpls = section.get("allowed_vmpl")
+    if vmpls is not None and claims.get("vmpl") not in vmpls:
+        out.add(Reason.VMPL_NOT_ALLOWED, "snp.allowed_vmpl",
+                f"VMPL {claims.get('vmpl')} is not allowed", vmpls, claims.get("vmpl"))
+    keys = section.get("allowed_signing_keys")
+    if keys is not None and claims.get("signing_key") not in keys:
+        out.add(Reason.MEASUREMENT_MISMATCH, "snp.allowed_signing_keys",
+                f"signing key {claims.get('signing_key')} is not allowed", keys, claims.get("signing_key"))
+
+
+def _check_nvgpu(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    measured = claims.get("measurements")
+    for index, allowed in (section.get("measurements") or {}).items():
+        have = measured.get(int(index)) if isinstance(measured, Mapping) else None
+        if have is None and isinstance(measured, Mapping):
+            have = measured.get(str(index))
+        actual = _as_hex(have)
+        if actual is None or actual not in allowed:
+            out.add(Reason.MEASUREMENT_MISMATCH, f"nvgpu.measurements.{index}",
+                    f"GPU measurement {index} is not an allowed value", allowed, actual)
+    for name, claim in (("driver_versions", "driver_version"), ("vbios_versions", "vbios_version")):
+        allowed = section.get(name)
+        if allowed is not None and claims.get(claim) not in allowed:
+            out.add(Reason.MEASUREMENT_MISMATCH, f"nvgpu.{name}",
+                    f"{claim} {claims.get(claim)} is not allowed", allowed, claims.get(claim))
+
+
+def _check_sim(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    minimum = section.get("min_svn")
+    if minimum is not None:
+        have = claims.get("svn")
+        if not isinstance(have, int) or have < minimum:
+            out.add(Reason.SVN_TOO_LOW, "sim.min_svn", f"svn {have} is below the minimum {minimum}",
+                    minimum, have)
+
+
+def violations(verified: VerifiedEvidence, policy: Policy) -> list[Violation]:
+    """Every way `verified` falls short of `policy` (empty list: accepted)."""
+    if not isinstance(verified, VerifiedEvidence):
+        raise TypeError("validation accepts only VerifiedEvidence (run verification first)")
+    if not isinstance(policy, Policy):
+        raise TypeError("policy must be a Policy (Policy.load / Policy.from_dict)")
+    out = _Collector()
+    claims = verified.claims
+    tee = TeeType(verified.tee)
+
+    if verified.simulated or claims.get("simulated"):
+        if not policy.unsafe_allow_simulated:
+            out.add(Reason.SIMULATED_NOT_ALLOWED, "unsafe_allow_simulated",
+                    "simulated TEE evidence is not allowed by this policy", False, True)
+    if tee not in policy.allowed_tee:
+        out.add(Reason.TEE_NOT_ALLOWED, "allowed_tee", f"TEE {tee.value} is not allowed",
+                sorted(t.value for t in policy.allowed_tee), tee.value)
+    debug = claims.get("debug")
+    if debug is not False:  # fail closed: absent or anything but False counts as debug
+        out.add(Reason.DEBUG_ENABLED, "debug", "debug-mode TEE evidence is never accepted", False, debug)
+
+    status = verified.tcb_status if verified.tcb_status is not None else claims.get("tcb_status")
+    if status == "Revoked":
+        out.add(Reason.TCB_REVOKED, "allowed_tcb_statuses", "TCB is revoked",
+                list(policy.allowed_tcb_statuses), status)
+    elif status is None:
+        if tee in TEES_WITH_TCB_STATUS:
+            out.add(Reason.TCB_NOT_ALLOWED, "allowed_tcb_statuses",
+                    "TCB status unknown (verify with collateral)", list(policy.allowed_tcb_statuses), None)
+    elif status not in policy.allowed_tcb_statuses:
+        out.add(Reason.TCB_NOT_ALLOWED, "allowed_tcb_statuses", f"TCB status {status} is not allowed",
+                list(policy.allowed_tcb_statuses), status)
+
+    section = policy.section(tee)
+    if tee in policy.allowed_tee:
+        _check_value_lists(out, tee, section, claims)
+        {TeeType.TDX: _check_tdx, TeeType.SNP: _check_snp, TeeType.NVGPU: _check_nvgpu,
+         TeeType.SIM: _check_sim}[tee](out, section, claims)
+    return out.violations
+
+
+def validate(verified: VerifiedEvidence, policy: Policy) -> ValidatedEvidence:
+    """Accept `verified` under `policy` or raise PolicyViolated listing every violation."""
+    found = violations(verified, policy)
+    if found:
+        raise PolicyViolated(found)
+    return ValidatedEvidence(verified=verified, policy_digest=policy.digest, _token=_VALIDATED)
+
+
+def export_schema(path: Path = SCHEMA_PATH) -> None:
+    """Write POLICY_JSON_SCHEMA to policy.schema.json (the committed copy; a test keeps them equal)."""
+    path.write_text(json.dumps(POLICY_JSON_SCHEMA, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m conclave.runtime.attestation.policy
+    export_schema()

@@ -1,0 +1,1 @@
+"""Hosts: the machines a cluster runs on. Local mode builds them as network namespaces."""

@@ -1,0 +1,1 @@
+"""conclave.runtime.keys: HPKE sealing to attested keys and the secrets broker."""

@@ -1,0 +1,1 @@
+"""Models: GGUF import into a Hugging Face folder, the model manifest (per-layer digests), the registry."""

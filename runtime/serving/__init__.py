@@ -1,0 +1,1 @@
+"""Serving: Ray + vLLM launch over a pluggable cluster network, the local-cluster supervisor."""

@@ -1,0 +1,92 @@
+"""The head's vLLM OpenAI server: `python -m vllm.entrypoints.openai.api_server` over the Ray executor.
+
+One stage runs eager (compiled single-stage output is wrong on CPU here); two or more stages
+run compiled (eager breaks pipeline parallelism on CPU). VLLM_PP_LAYER_PARTITION carries an
+explicit layer split. The API key reaches vLLM only through VLLM_API_KEY.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from conclave.runtime.errors import UsageError
+from conclave.runtime.serving import process, ray_cluster
+from conclave.runtime.serving.network import ClusterAddress
+
+ENGINE_PORT = 8000
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model_path: str
+    served_name: str
+    stages: int
+    dtype: str
+    max_model_len: int = 2048
+    kv_cache_bytes: int = 512 * 1024 * 1024
+    partition: tuple[int, ...] | None = None
+    max_num_seqs: int = 16
+
+
+def parse_partition(text: str | None, stages: int, num_layers: int) -> tuple[int, ...] | None:
+    """'10,10,10' -> (10, 10, 10): one positive count per stage, summing to the model's layers."""
+    if text is None or text == "":
+        return None
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"--partition {text!r}: expected comma-separated layer counts", reason="bad_partition") from None
+    if len(parts) != stages:
+        raise UsageError(f"--partition has {len(parts)} entries for {stages} nodes", reason="bad_partition")
+    if any(p <= 0 for p in parts):
+        raise UsageError("--partition entries must be positive", reason="bad_partition")
+    if sum(parts) != num_layers:
+        raise UsageError(f"--partition sums to {sum(parts)}, the model has {num_layers} layers", reason="bad_partition")
+    return parts
+
+
+def stage_layer_ranges(num_layers: int, stages: int, partition: tuple[int, ...] | None) -> list[tuple[int, int]]:
+    """[start, end) per stage, exactly as vllm.distributed.utils.get_pp_indices splits layers
+    (the remainder goes to the stages before the last one, from the second-to-last backwards)."""
+    if partition is None:
+        base, rem = divmod(num_layers, stages)
+        counts = [base] * stages
+        for i in range(2, rem + 2):
+            counts[-i] += 1
+        partition = tuple(counts)
+    out, start = [], 0
+    for count in partition:
+        out.append((start, start + count))
+        start += count
+    return out
+
+
+def engine_argv(spec: EngineSpec, head: ClusterAddress) -> list[str]:
+    argv = [process.venv_bin("python"), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", spec.model_path, "--served-model-name", spec.served_name,
+            "--host", head.ip, "--port", str(ENGINE_PORT),
+            "--pipeline-parallel-size", str(spec.stages), "--distributed-executor-backend", "ray",
+            "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len),
+            "--kv-cache-memory-bytes", str(spec.kv_cache_bytes), "--max-num-seqs", str(spec.max_num_seqs),
+            "--max-logprobs", "5"]
+    if spec.stages == 1:
+        argv.append("--enforce-eager")
+    return argv
+
+
+def engine_env(spec: EngineSpec, head: ClusterAddress, ray_token: str, api_key: str | None) -> dict[str, str]:
+    env = ray_cluster.ray_env(head, ray_token)
+    env["RAY_ADDRESS"] = f"{head.ip}:{ray_cluster.RAY_PORT}"
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    if spec.partition:
+        env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(p) for p in spec.partition)
+    # No VLLM_CPU_OMP_THREADS_BIND here: the Ray executor copies the driver's VLLM_* variables to
+    # every worker, which would override each node's own core binding.
+    return env
+
+
+def start(spec: EngineSpec, head: ClusterAddress, head_netns: str | None, ray_token: str, api_key: str | None,
+          log_dir: Path) -> process.Started:
+    return process.spawn("engine", engine_argv(spec, head), env=engine_env(spec, head, ray_token, api_key),
+                         log_path=log_dir / "engine.log", netns_name=head_netns)

@@ -1,0 +1,85 @@
+"""THE SEAM between the cluster code and the network its nodes talk over.
+
+The cluster code (ray_cluster, engine, supervisor) never picks addresses or interfaces itself:
+it asks a NetworkLayer for each host's ClusterAddress (the IP Ray binds to, passed as
+--node-ip-address and VLLM_HOST_IP, and the interface gloo uses, GLOO_SOCKET_IFNAME), and for
+the Ray cluster token each host may receive. Today PlainVethNetwork uses the hosts' underlay
+veth directly and generates the token; the attested WireGuard overlay (conclave.overlay) slots
+in as another NetworkLayer: bring_up() admits peers and returns overlay addresses on the wg
+interface, and release_ray_token() hands the token only to attested hosts via its broker.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of the cluster as the network layer sees it (local mode: a network namespace)."""
+    name: str            # "n0", "n1", ...
+    netns: str | None    # namespace to run its processes in (None: this machine's root namespace)
+    underlay_ip: str     # the host's own address on the untrusted network
+    underlay_ifname: str
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """Where a host's Ray node, gloo and vLLM listen and connect: the cluster network endpoint."""
+    ip: str
+    ifname: str
+
+
+@runtime_checkable
+class NetworkLayer(Protocol):
+    """What the cluster needs from the network. Implementations own their interfaces and secrets."""
+
+    kind: str
+
+    def bring_up(self, hosts: Sequence[Host]) -> dict[str, ClusterAddress]:
+        """Make the cluster network usable between `hosts`; return each host's address by host name."""
+        ...
+
+    def release_ray_token(self, host: Host) -> str:
+        """The Ray cluster token for `host` (raises if the host may not have it). Never logged."""
+        ...
+
+    def tear_down(self) -> None:
+        """Remove everything bring_up created (idempotent)."""
+        ...
+
+    def describe(self) -> dict:
+        """Public facts for `conclave status` (no secrets)."""
+        ...
+
+
+class PlainVethNetwork:
+    """Hosts talk over their plain underlay veth (no encryption, no attestation): local development.
+
+    The Ray token is generated per cluster with `secrets` and held only in memory.
+    """
+
+    kind = "plain-veth"
+
+    def __init__(self) -> None:
+        self._token = secrets.token_hex(32)
+        self._hosts: dict[str, ClusterAddress] = {}
+
+    def bring_up(self, hosts: Sequence[Host]) -> dict[str, ClusterAddress]:
+        self._hosts = {h.name: ClusterAddress(h.underlay_ip, h.underlay_ifname) for h in hosts}
+        return dict(self._hosts)
+
+    def release_ray_token(self, host: Host) -> str:
+        if host.name not in self._hosts:
+            raise KeyError(f"host {host.name} is not part of this network")
+        return self._token
+
+    def tear_down(self) -> None:
+        self._hosts = {}
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "encrypted": False, "attested": False}
+
+    def __repr__(self) -> str:
+        return f"PlainVethNetwork(hosts={sorted(self._hosts)}, token=<redacted>)"

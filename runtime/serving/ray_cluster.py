@@ -1,0 +1,101 @@
+"""Ray nodes of a cluster: one `ray start --block` per host, bound to the host's cluster address.
+
+Token authentication is on (RAY_AUTH_MODE=token) and the token travels only in the
+environment. GLOO_SOCKET_IFNAME and VLLM_HOST_IP are set on each node so the vLLM workers its
+raylet spawns inherit them; VLLM_CPU_OMP_THREADS_BIND pins each node's worker to its own core.
+Each node advertises one "GPU" slot (one pipeline stage), see cpu_platform.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.serving import process
+from conclave.runtime.serving.network import ClusterAddress, Host
+
+RAY_PORT = 6379
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RayNodePlan:
+    host: Host
+    address: ClusterAddress
+    head: bool
+    temp_dir: str
+    omp_bind: str
+
+
+def omp_binds(count: int, cores: int) -> list[str]:
+    """Per-node VLLM_CPU_OMP_THREADS_BIND: a lone node gets every core, else node i gets core i % cores."""
+    if count == 1:
+        return [f"0-{cores - 1}" if cores > 1 else "0"]
+    return [str(i % cores) for i in range(count)]
+
+
+def ray_env(address: ClusterAddress, token: str) -> dict[str, str]:
+    env = process.base_env()
+    env.update({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "GLOO_SOCKET_IFNAME": address.ifname,
+        "VLLM_HOST_IP": address.ip,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    })
+    return env
+
+
+def node_argv(plan: RayNodePlan, head_ip: str) -> list[str]:
+    argv = [process.venv_bin("ray"), "start", "--block", "--node-ip-address", plan.address.ip,
+            "--temp-dir", plan.temp_dir, "--num-cpus", "1", "--num-gpus", "1",
+            "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats"]
+    if plan.head:
+        argv += ["--head", "--port", str(RAY_PORT), "--include-dashboard", "false"]
+    else:
+        argv += ["--address", f"{head_ip}:{RAY_PORT}"]
+    return argv
+
+
+def start_node(plan: RayNodePlan, head_ip: str, token: str, log_dir: Path) -> process.Started:
+    env = ray_env(plan.address, token)
+    env["VLLM_CPU_OMP_THREADS_BIND"] = plan.omp_bind
+    Path(plan.temp_dir).mkdir(parents=True, exist_ok=True)
+    return process.spawn(f"ray-{plan.host.name}", node_argv(plan, head_ip), env=env,
+                         log_path=log_dir / f"ray-{plan.host.name}.log", netns_name=plan.host.netns)
+
+
+_WAIT_SNIPPET = """
+import sys, time, ray
+want, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+while True:
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    if len(alive) >= want:
+        print(len(alive)); sys.exit(0)
+    if time.monotonic() > deadline:
+        print(len(alive)); sys.exit(3)
+    time.sleep(1)
+"""
+
+
+def wait_for_nodes(head: RayNodePlan, token: str, count: int, timeout: float, is_alive) -> None:
+    """Block until `count` Ray nodes are alive (checked from the head's namespace, as a driver)."""
+    deadline = time.monotonic() + timeout
+    # The head's GCS must accept connections before a driver can attach.
+    while True:
+        if not is_alive():
+            raise ConclaveError("ray_failed", "a Ray node exited during start (see the ray-*.log files)")
+        probe = subprocess.run(["ip", "netns", "exec", head.host.netns, process.venv_bin("python"), "-c",
+                                _WAIT_SNIPPET, f"{head.address.ip}:{RAY_PORT}", str(count),
+                                str(max(5.0, deadline - time.monotonic()))],
+                               env=ray_env(head.address, token), capture_output=True, text=True,
+                               timeout=timeout + 30)
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise ConclaveError("ray_timeout", f"only {probe.stdout.strip() or 0} of {count} Ray nodes joined "
+                                f"within {timeout:.0f}s: {probe.stderr.strip()[-300:]}")
+        time.sleep(2)
