@@ -16,9 +16,9 @@ from conclave.runtime.errors import ConclaveError
 NETNS_DIR = Path("/var/run/netns")
 
 
-def require_root_and_netns() -> None:
-    """Fail with a clear reason when local hosts cannot be built here."""
-    if os.geteuid() != 0:
+def require_root_and_netns(geteuid=os.geteuid) -> None:
+    """Fail with a clear reason when local hosts cannot be built here (geteuid: a seam for tests)."""
+    if geteuid() != 0:
         raise ConclaveError("not_root", "local hosts need root (network namespaces, veth, WireGuard); run as root")
     if shutil.which("ip") is None:
         raise ConclaveError("no_iproute2", "the `ip` command (iproute2) is missing; install iproute2")

@@ -52,7 +52,8 @@ TEE = TeeType.NVGPU
 MAX_EVIDENCE_LEN = 4 * 1024 * 1024
 MAX_DEVICES = 64
 SWITCH_ARCHS = frozenset({"LS10"})
-_TEXT_OPAQUE = ("chip_sku", "chip_sku_mod", "project", "project_sku", "project_sku_mod")
+# NUL-padded ASCII opaque fields (decoded as trustee/nvtrust do); the rest stay bytes in "opaque".
+_TEXT_OPAQUE = ("chip_sku", "chip_sku_mod", "project", "project_sku")
 REVOCATION_NOTE = ("revocation not checked: NVIDIA device certificates are checked for revocation "
                    "only by NVIDIA's online OCSP service, which offline verification does not contact")
 RIM_NOTE = ("measurements not compared with NVIDIA RIM golden values (RIM service is online); "
@@ -225,6 +226,7 @@ def _device_claims(device: ParsedDevice, leaf: x509.Certificate | None) -> dict[
         "opaque": dict(spdm.opaque),
         "device_serial": subject_serial(leaf) if leaf is not None else None,
         "ueid": device_id(leaf) if leaf is not None else None,
+        "leaf_subject": leaf.subject.rfc4514_string() if leaf is not None else None,
         "trailing_bytes": spdm.trailing,
     }
     for name in _TEXT_OPAQUE:

@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from conclave.runtime.attestation.core import Reason, VerificationFailed
@@ -55,8 +56,7 @@ class ChainError(Exception):
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    return hashlib.sha256(_der(cert)).hexdigest()
 
 
 def pinned_roots(roots_dir: Path = ROOTS_DIR) -> tuple[x509.Certificate, ...]:
@@ -76,7 +76,6 @@ def pinned_roots(roots_dir: Path = ROOTS_DIR) -> tuple[x509.Certificate, ...]:
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
     return cert.public_bytes(Encoding.DER)
 
 

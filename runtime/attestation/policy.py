@@ -36,6 +36,9 @@ TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
 DEFAULT_TCB_STATUSES = ("UpToDate",)
 # TEEs whose verification yields a TCB status from vendor collateral: an unknown status fails.
 TEES_WITH_TCB_STATUS = frozenset({TeeType.TDX})
+# TEEs whose evidence has no debug flag (claim "debug" is None). Their policies must constrain
+# measurements (policy_empty otherwise), which is where a GPU's CC/devtools mode shows.
+TEES_WITHOUT_DEBUG_FLAG = frozenset({TeeType.NVGPU})
 
 # field -> byte length of the claim, per TEE: list-of-allowed-values checks.
 TDX_VALUE_FIELDS = {"mr_td": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48,
@@ -379,7 +382,9 @@ def violations(verified: VerifiedEvidence, policy: Policy) -> list[Violation]:
         out.add(Reason.TEE_NOT_ALLOWED, "allowed_tee", f"TEE {tee.value} is not allowed",
                 sorted(t.value for t in policy.allowed_tee), tee.value)
     debug = claims.get("debug")
-    if debug is not False:  # fail closed: absent or anything but False counts as debug
+    if debug is None and tee in TEES_WITHOUT_DEBUG_FLAG:
+        pass  # GPU evidence has no debug flag: its CC/devtools mode shows in the measurements
+    elif debug is not False:  # fail closed: absent or anything but False counts as debug
         out.add(Reason.DEBUG_ENABLED, "debug", "debug-mode TEE evidence is never accepted", False, debug)
 
     status = verified.tcb_status if verified.tcb_status is not None else claims.get("tcb_status")

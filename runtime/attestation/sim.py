@@ -301,6 +301,19 @@ def _hex(value: Any, length: int, what: str) -> bytes:
     return out
 
 
+def _load_cert(der: bytes, what: str) -> x509.Certificate:
+    """Load AND fully decode a certificate: cryptography parses names and extensions lazily,
+    so a corrupt issuer would otherwise surface as a ValueError deep inside verify()."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject, cert.issuer, cert.public_key()  # noqa: B018 - force decoding
+        cert.not_valid_before_utc, cert.not_valid_after_utc  # noqa: B018
+        list(cert.extensions)
+    except (ValueError, TypeError) as exc:
+        raise core.MalformedEvidence(f"{what} is not a well-formed DER certificate") from exc
+    return cert
+
+
 def parse(data: bytes) -> ParsedSim:
     """Structure only (no crypto). Only MalformedEvidence escapes."""
     try:
@@ -334,12 +347,7 @@ def _parse(data: bytes) -> ParsedSim:
     chain_raw = env["chain"]
     if not isinstance(chain_raw, list) or not 1 <= len(chain_raw) <= MAX_CHAIN_LEN:
         raise core.MalformedEvidence("chain must list 1 to 4 certificates")
-    chain = []
-    for i, item in enumerate(chain_raw):
-        try:
-            chain.append(x509.load_der_x509_certificate(_b64(item, f"chain[{i}]")))
-        except ValueError as exc:
-            raise core.MalformedEvidence(f"chain[{i}] is not a DER certificate") from exc
+    chain = [_load_cert(_b64(item, f"chain[{i}]"), f"chain[{i}]") for i, item in enumerate(chain_raw)]
     try:
         body = json.loads(payload.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from conclave.runtime.attestation import snp_certs, snp_collateral, snp_report
 from conclave.runtime.attestation.core import (
-    _ISSUER, MalformedEvidence, Reason, StepLog, TeeType, VerificationFailed, VerifiedEvidence,
+    _ISSUER, Reason, StepLog, TeeType, VerificationFailed, VerifiedEvidence,
 )
 from conclave.runtime.attestation.snp_certs import CertError, Role, role_of
 from conclave.runtime.attestation.snp_collateral import SnpCollateral

@@ -6,6 +6,8 @@ All integers are little-endian. The report is 0x4A0 (1184) bytes; the signature 
   2: base layout (firmware 1.51+).
   3: adds CPUID_FAM_ID / CPUID_MOD_ID / CPUID_STEP at 0x188-0x18A (firmware 1.55+).
   5: adds LAUNCH_MIT_VECTOR (0x1F8) and CURRENT_MIT_VECTOR (0x200).
+  4: emitted by some firmware between the two; read like 5 (mitigation-vector bytes allowed;
+     they are zero where the firmware does not fill them), as virtee/sev reads 3 and 4 alike.
 Reserved ranges must be zero for the version that produced them (as go-sev-guest checks), so
 a flipped reserved byte is rejected here, before any cryptography.
 
@@ -30,7 +32,7 @@ SIGNED_END = 0x2A0
 SIGNATURE_OFFSET = 0x2A0
 ECDSA_COMPONENT_SIZE = 72  # r and s, each a little-endian 72-byte field
 P384_BYTES = 48
-SUPPORTED_VERSIONS = (2, 3, 5)
+SUPPORTED_VERSIONS = (2, 3, 4, 5)
 SIG_ALGO_ECDSA_P384_SHA384 = 1
 
 SIGNING_KEY_VCEK = 0
@@ -174,7 +176,7 @@ def parse(data: bytes) -> ParsedSnpReport:
 
     version, guest_svn, policy = struct.unpack_from("<IIQ", report, 0x00)
     if version not in SUPPORTED_VERSIONS:
-        raise MalformedEvidence(f"SNP report version {version} is not supported (2, 3, 5)")
+        raise MalformedEvidence(f"SNP report version {version} is not supported (2, 3, 4, 5)")
     vmpl, sig_algo, current_tcb, platform_info, signer_info = struct.unpack_from("<IIQQI", report, 0x30)
     if vmpl > 3:
         raise MalformedEvidence(f"SNP report VMPL {vmpl} out of range 0-3")
@@ -198,7 +200,7 @@ def parse(data: bytes) -> ParsedSnpReport:
     committed_version = (report[0x1EE], report[0x1ED], report[0x1EC])
     _mbz(report, 0x1EF, 0x1F0, "after COMMITTED_VERSION")
     launch_tcb, = struct.unpack_from("<Q", report, 0x1F0)
-    if version >= 5:
+    if version >= 4:
         launch_mit, current_mit = struct.unpack_from("<QQ", report, 0x1F8)
         _mbz(report, 0x208, SIGNED_END, "after CURRENT_MIT_VECTOR")
     else:

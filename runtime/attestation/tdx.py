@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -153,7 +153,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
         return True
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
 
 
@@ -206,6 +206,13 @@ def _pck_chain(log: StepLog, parsed: ParsedTdxQuote, at: datetime, certs: Sequen
     root = _root_for(intermediate, roots)
     if root is None:
         raise log.fail(step, Reason.CHAIN_UNTRUSTED, "the PCK CA is not signed by a trusted Intel SGX Root CA")
+    # Whatever else the quote embeds must be exactly the CA just used or a trusted root: a
+    # modified copy of the root in the quote is refused rather than silently ignored.
+    known = {intermediate.public_bytes(serialization.Encoding.DER)}
+    known |= {r.public_bytes(serialization.Encoding.DER) for r in roots}
+    if any(c.public_bytes(serialization.Encoding.DER) not in known for c in parsed.pck_chain[1:]):
+        raise log.fail(step, Reason.CHAIN_UNTRUSTED, "the quote's PCK chain holds a certificate that is neither "
+                       "the PCK CA nor a trusted root")
     for cert, what in ((leaf, "PCK certificate"), (intermediate, "PCK CA certificate"), (root, "root CA")):
         _check_dates(log, step, cert, at, what)
     log.ok(step)

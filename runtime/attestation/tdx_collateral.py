@@ -123,7 +123,7 @@ def _hex(d: Any, key: str, size: int, where: str) -> bytes:
 
 
 def _date(d: Any, key: str, where: str, required: bool = True) -> datetime | None:
-    if not required and key not in d:
+    if not required and (not isinstance(d, dict) or key not in d):
         return None
     text = _get(d, key, str, where)
     try:
@@ -143,7 +143,7 @@ def _status(d: Any, where: str) -> str:
 
 
 def _advisories(d: Any, where: str) -> tuple[str, ...]:
-    ids = d.get("advisoryIDs", [])
+    ids = d.get("advisoryIDs", []) if isinstance(d, dict) else None
     if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
         raise _invalid(f"{where}: advisoryIDs must be a list of strings")
     return tuple(ids)
@@ -189,19 +189,27 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
         d = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _invalid("tcbInfo is not JSON") from None
+    if not isinstance(d, dict):
+        raise _invalid("tcbInfo is not a JSON object")
     tdx_module = _module_identity(d["tdxModule"], "tcbInfo.tdxModule", False) if "tdxModule" in d else None
-    identities = tuple(_module_identity(m, "tcbInfo.tdxModuleIdentities", True)
-                       for m in d.get("tdxModuleIdentities", []) or [])
+    raw_identities = d.get("tdxModuleIdentities", [])
+    if not isinstance(raw_identities, list):
+        raise _invalid("tcbInfo: tdxModuleIdentities must be a list")
+    identities = tuple(_module_identity(m, "tcbInfo.tdxModuleIdentities", True) for m in raw_identities)
+    is_tdx = d.get("id") == "TDX" if isinstance(d, dict) else False
     levels = []
     for level in _get(d, "tcbLevels", list, where):
         tcb = _get(level, "tcb", dict, where)
-        tdx = _components(tcb, "tdxtcbcomponents", where) if "tdxtcbcomponents" in tcb else (0,) * 16
+        # a TDX level without TDX components would match every TD: fail closed
+        tdx = _components(tcb, "tdxtcbcomponents", where) if is_tdx or "tdxtcbcomponents" in tcb else (0,) * 16
         levels.append(TcbLevel(_components(tcb, "sgxtcbcomponents", where),
                                _svn(_get(tcb, "pcesvn", int, where), where, 0xFFFF), tdx,
                                _status(level, where), _date(level, "tcbDate", where, required=False),
                                _advisories(level, where)))
     if not levels:
         raise _invalid("tcbInfo has no TCB levels")
+    if _get(d, "tcbType", int, where) != 0:
+        raise _invalid("tcbInfo: only tcbType 0 is defined")
     return TcbInfo(
         id=_get(d, "id", str, where) if "id" in d else "",
         version=_get(d, "version", int, where),
@@ -222,6 +230,8 @@ def parse_qe_identity(raw: bytes) -> QeIdentity:
         d = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _invalid("QE identity is not JSON") from None
+    if not isinstance(d, dict):
+        raise _invalid("QE identity is not a JSON object")
     return QeIdentity(
         id=_get(d, "id", str, where),
         version=_get(d, "version", int, where),
@@ -273,7 +283,7 @@ def _signature(value: str, what: str) -> bytes:
 
 def _chain(text: str | bytes, what: str) -> tuple[x509.Certificate, ...]:
     data = text.encode() if isinstance(text, str) else text
-    if b"-----BEGIN" not in data and b"%2D" in data.upper():
+    if b"-----BEGIN CERTIFICATE-----" not in data and b"%" in data:  # URL-encoded PCS response header
         data = urllib.parse.unquote_to_bytes(data.strip())
     if not data.strip():
         return ()

@@ -208,6 +208,16 @@ def parse_pem_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
         raise MalformedEvidence(f"PCK certificate chain is not valid PEM/DER: {exc}") from None
     if not certs:
         raise MalformedEvidence("PCK certificate chain is empty")
+    for cert in certs:
+        try:  # decode every key and extension now so that verification never meets an unreadable one
+            cert.public_key()
+            cert.extensions  # noqa: B018
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number  # noqa: B018
+        except Exception as exc:  # cryptography raises ValueError, UnsupportedAlgorithm, ...
+            raise MalformedEvidence(f"PCK certificate chain holds an unreadable certificate: "
+                                    f"{type(exc).__name__}") from None
     return certs
 
 

@@ -2,11 +2,16 @@
 
 Follows Intel's Quote Verification Library (QVL) section numbers in "Intel SGX/TDX DCAP
 Attestation Library" (4.1.2.4.11 TDX module, 4.1.2.4.15 / 4.1.2.9.x QE identity, 4.1.2.4.17 TCB
-level). Known differences of dcap-qvl 0.7.0 (the cross-check used in tests):
-- dcap-qvl compares all 16 TEE_TCB_SVN bytes against a level's tdxtcbcomponents; Intel's
-  isTdxTcbHigherOrEqual skips bytes 0-1 (the TDX module's SVN and major version) when byte 1 is
-  non-zero, because the module is then judged by its TDX module identity (TDX_<major>) instead.
-  This module follows Intel.
+level). TEE_TCB_SVN: Intel's isTdxTcbHigherOrEqual skips bytes 0-1 (the TDX module's SVN and major
+version) when byte 1 is non-zero, because the module is then judged by its TDX module identity
+(TDX_<major>) instead; this module follows Intel. Older dcap-qvl releases compared all 16 bytes;
+dcap-qvl 0.7.0 agrees with Intel on the vector built to tell them apart
+(tests/data/tdx cases.json: tcb_module_identity_skip_bytes).
+Known differences of dcap-qvl 0.7.0 (the cross-check used in tests):
+- QE REPORTDATA: dcap-qvl (like Intel's QVL) compares only the first 32 bytes with the hash;
+  this verifier also requires the last 32 bytes to be zero (tdx.06.qe_report_data).
+- a Revoked TCB level: dcap-qvl fails verification; here tcb_status is "Revoked" and the
+  policy refuses it.
 - dcap-qvl refuses debug TDs (TD_ATTRIBUTES.DEBUG) inside verification; here debug is a claim and
   the policy refuses it, so one verifier serves both production and debug tooling.
 TCB levels are taken in the order Intel PCS publishes them (newest first), as dcap-qvl and

@@ -252,3 +252,13 @@ def test_sim_measurement_svn_and_debug(sim_root):
     with pytest.raises(core.PolicyViolated) as info:
         validate(_sim_verified(sim_root, att), p)
     assert _reasons(info.value) == ["debug_enabled", "measurement_mismatch", "svn_too_low"]
+
+
+def test_nvgpu_has_no_debug_flag_but_true_is_refused():
+    p = Policy.from_dict({"production": True, "allowed_tee": ["nvgpu"],
+                          "nvgpu": {"driver_versions": ["550.90.07"]}})
+    claims = {"debug": None, "report_data": bytes(32), "driver_version": "550.90.07"}
+    validate(_verified(TeeType.NVGPU, claims), p)
+    with pytest.raises(core.PolicyViolated) as info:
+        validate(_verified(TeeType.NVGPU, {**claims, "debug": True}), p)
+    assert _reasons(info.value) == ["debug_enabled"]

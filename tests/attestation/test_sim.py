@@ -258,3 +258,16 @@ def test_verified_evidence_cannot_be_forged():
     with pytest.raises(TypeError):
         core.VerifiedEvidence(tee=core.TeeType.SIM, report_data=b"", claims={}, verified_at=NOW,
                               simulated=False, steps=())
+
+
+def test_lazily_decoded_certificate_defect_is_malformed(sim_root, sim_attester, sim_evidence):
+    """Found by benchmarks/fuzz_evidence.py: a certificate whose issuer Name is corrupt still loads
+    (cryptography decodes names lazily); parse must reject it, not crash inside verify."""
+    der = sim_attester.certificate.public_bytes(serialization.Encoding.DER)
+    name = sim_root.certificate.subject.public_bytes()
+    bad = bytearray(der)
+    bad[der.index(name) + 11] = 0x00
+    env = _envelope(sim_evidence)
+    env["chain"] = [base64.b64encode(bytes(bad)).decode()]
+    with pytest.raises(core.MalformedEvidence):
+        sim.parse(sim.canonical_json(env))

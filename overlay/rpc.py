@@ -1,0 +1,41 @@
+"""gRPC plumbing shared by the node service and the rendezvous: size limits, servers, channels.
+
+Limits are explicit so a malformed or oversized message is refused by gRPC before our code
+sees it: requests to a node are small (nonces, keys, sealed 32-byte secrets); replies may carry
+evidence with certificate chains and collateral.
+"""
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+
+MAX_REQUEST_BYTES = 16 * 1024          # anything a node or the rendezvous receives as a server
+MAX_REPLY_BYTES = 2 * 1024 * 1024       # evidence + chains + collateral
+RPC_TIMEOUT = 5.0
+
+
+def server(workers: int = 8) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conclave-rpc"),
+        options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                 ("grpc.max_send_message_length", MAX_REPLY_BYTES),
+                 ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=64)
+
+
+def channel(target: str) -> grpc.Channel:
+    """A plaintext channel: everything on it is public or HPKE-sealed, and believed only via evidence."""
+    return grpc.insecure_channel(target, options=[
+        ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
+        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+        ("grpc.enable_http_proxy", 0)])
+
+
+def bind(srv: grpc.Server, host: str, port: int) -> int:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = srv.add_insecure_port(target)
+    if bound == 0:
+        from conclave.runtime.errors import ConclaveError
+        raise ConclaveError("bind_failed", f"cannot listen on {target}")
+    return bound

@@ -1,0 +1,1 @@
+"""conclave.runtime.agent: the node agent (boot -> attested -> meshed -> serving -> draining)."""

@@ -1,0 +1,628 @@
+"""The node agent: attest itself, announce, admit peers mutually, agree PSKs, keep the device
+in line with the admitted set, re-attest on a schedule, and evict whoever stops passing.
+
+Threads: one main loop (discovery, scheduling, evidence-age checks, reconcile), a small pool
+for per-peer network work (challenge, key release, secrets), gRPC's server pool, the status
+socket. The peer table is guarded by one lock; no network call happens while holding it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import grpc
+
+from conclave.overlay import keyrelease, rpc
+from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge
+from conclave.overlay.desired import AdmittedPeerConfig, desired_device
+from conclave.overlay.device import WgDevice
+from conclave.overlay.firewall import Firewall, ruleset
+from conclave.overlay.identity import Announcement, NodeIdentity, Role
+from conclave.overlay.keys import PresharedKey, WgPublicKey
+from conclave.overlay.nonces import NonceCache
+from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
+from conclave.overlay.reasons import OverlayReason
+from conclave.overlay.reconcile import Reconciler
+from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
+from conclave.runtime.agent.config import NodeConfig
+from conclave.runtime.agent.metrics import AgentMetrics
+from conclave.runtime.agent.peers import PeerRecord, PeerState
+from conclave.runtime.agent.state import AgentState, check_transition
+from conclave.runtime.agent.status import StatusServer
+from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, open_secret
+from conclave.runtime.keys.hpke import SealError, seal
+from conclave.runtime.keys.secret import SecretValue
+
+log = logging.getLogger("conclave.agent")
+MAX_RECORDS = 512
+
+
+class NodeAgent:
+    def __init__(self, cfg: NodeConfig, *, identity: NodeIdentity | None = None):
+        self.cfg = cfg
+        self.identity = identity or NodeIdentity.generate()
+        self.me = Announcement(
+            node_id=cfg.node_name, owner=cfg.owner, role=cfg.role, underlay_host=cfg.underlay_host,
+            admission_port=cfg.admission_port, wireguard_port=cfg.wireguard_port,
+            wg_public_key=self.identity.wg_public, hpke_public_key=self.identity.hpke_public,
+            overlay_address=cfg.overlay_address)
+        self.verifier = Verifier(policy=cfg.policy, manifest_digest=cfg.manifest_digest,
+                                 overlay=cfg.overlay_cidr, trusted_sim_roots=cfg.trusted_sim_roots)
+        self.nonces = NonceCache(ttl=cfg.timing.nonce_ttl)
+        self.broker = SecretsBroker(cfg.secrets, cfg.allowed_roles) if cfg.secrets else None
+        self.received_secrets: dict[str, tuple[SecretValue, str]] = {}
+        self.secret_errors: dict[str, str] = {}
+        self.peers: dict[tuple[str, bytes], PeerRecord] = {}
+        self.state = AgentState.BOOT
+        self.metrics = AgentMetrics()
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._dirty = threading.Event()   # the admitted set changed: reconcile on the next wake-up
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="conclave-peer")
+        self._channels: dict[str, grpc.Channel] = {}
+        self._device = None
+        self._reconciler: Reconciler | None = None
+        self._device_lock = threading.Lock()
+        self._firewall: Firewall | None = None
+        self._server: grpc.Server | None = None
+        self._rdv_server: grpc.Server | None = None
+        self._status: StatusServer | None = None
+        self._rendezvous: RendezvousClient | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._last_reconcile = 0.0
+        self._last_announce = 0.0
+        self._reconcile_error: str | None = None
+        self.started_wall = time.time()
+        self.own_evidence_ok_wall: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _transition(self, new: AgentState) -> None:
+        check_transition(self.state, new)
+        log.info("agent state %s -> %s", self.state, new)
+        self.state = new
+
+    def self_attest(self) -> None:
+        """Collect our own evidence for a fresh nonce and admit ourselves under our own policy:
+        a misconfigured node (wrong measurement, sim under production) stops here, loudly."""
+        nonce = self.nonces.issue(self.me.node_id)
+        try:
+            reply = answer_challenge(me=self.me, source=self.cfg.evidence_source,
+                                     manifest_digest=self.cfg.manifest_digest, nonce=nonce)
+            self.verifier.admit(challenged=self.me, reply=reply, nonces=self.nonces)
+        except AdmissionRejected as exc:
+            raise ConclaveError("self_attestation_failed", f"own evidence is not admissible: [{exc.reason}]",
+                                exit_code=ExitCode.VERIFICATION_FAILED) from None
+        finally:
+            self.nonces.retire(nonce)
+        self.own_evidence_ok_wall = time.time()
+
+    def start(self) -> None:
+        """boot -> attested -> meshed: evidence, device, firewall, servers, loop."""
+        self.self_attest()
+        self._transition(AgentState.ATTESTED)
+        try:
+            self._start_device()
+            self._start_firewall()
+            self._start_servers()
+            self._transition(AgentState.MESHED)
+        except Exception:
+            self.stop()
+            raise
+        self._loop_thread = threading.Thread(target=self._loop, name="conclave-agent", daemon=True)
+        self._loop_thread.start()
+
+    def _start_device(self) -> None:
+        cfg = self.cfg
+        if cfg.device_factory is not None:
+            self._device = cfg.device_factory(cfg, self.identity, cfg.overlay_address)
+        else:
+            self._device = WgDevice(cfg.interface, private_key=self.identity.wg_private,
+                                    listen_port=cfg.wireguard_port, address=cfg.overlay_address,
+                                    overlay=cfg.overlay_cidr)
+        self._reconciler = Reconciler(self._device)
+
+    def _start_firewall(self) -> None:
+        mode = self.cfg.firewall
+        if mode == "none" or self.cfg.device_factory is not None:
+            return
+        if not Firewall.available():
+            if mode == "nft":
+                raise ConclaveError("nft_unavailable", "nftables requested but `nft` is not usable here")
+            log.warning("nftables not available: relying on overlay-only binding")
+            return
+        ports = [self.cfg.admission_port] + ([self.cfg.serve_rendezvous_port] if self.cfg.serve_rendezvous_port else [])
+        self._firewall = Firewall(self.cfg.interface)
+        self._firewall.apply(ruleset(interface=self.cfg.interface, wireguard_port=self.cfg.wireguard_port,
+                                     tcp_ports=ports, overlay=self.cfg.overlay_cidr))
+
+    def _start_servers(self) -> None:
+        from conclave.runtime.agent.service import NodeService
+        cfg = self.cfg
+        self._server = rpc.server()
+        pb_grpc.add_NodeServicer_to_server(NodeService(self), self._server)
+        rpc.bind(self._server, cfg.listen_host, cfg.admission_port)
+        if cfg.serve_rendezvous_port:
+            self._rdv_server = rpc.server(workers=4)
+            pb_grpc.add_RendezvousServicer_to_server(RendezvousService(), self._rdv_server)
+            rpc.bind(self._rdv_server, cfg.listen_host, cfg.serve_rendezvous_port)
+            self._rdv_server.start()
+        self._server.start()
+        targets = list(cfg.rendezvous)
+        self._rendezvous = RendezvousClient(targets)
+        if cfg.metrics_port and cfg.device_factory is None:
+            self.metrics.serve(str(cfg.overlay_address), cfg.metrics_port)  # overlay address only
+        self._status = StatusServer(cfg.status_socket, self.handle_status_command)
+        self._status.start()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """draining -> stopped: remove every peer, close servers and the device."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            if self.state not in (AgentState.DRAINING, AgentState.STOPPED):
+                self._transition(AgentState.DRAINING)
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for closer in (lambda: self._server and self._server.stop(0.5),
+                       lambda: self._rdv_server and self._rdv_server.stop(0.5),
+                       lambda: self._status and self._status.close(),
+                       lambda: self.metrics.close(),
+                       lambda: self._rendezvous and self._rendezvous.close(),
+                       lambda: self._firewall and self._firewall.remove(),
+                       lambda: self._device is not None and hasattr(self._device, "close") and self._device.close()):
+            try:
+                closer()
+            except Exception as exc:  # keep tearing down the rest
+                log.warning("teardown step failed: %s", exc)
+        for ch in list(self._channels.values()):
+            ch.close()
+        with self._lock:
+            if self.state == AgentState.DRAINING:
+                self._transition(AgentState.STOPPED)
+
+    def mark_serving(self, serving: bool = True) -> None:
+        with self._lock:
+            self._transition(AgentState.SERVING if serving else AgentState.MESHED)
+
+    # ------------------------------------------------------------------ main loop
+    def _loop(self) -> None:
+        t = self.cfg.timing
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:
+                log.exception("agent tick failed")
+            now = time.monotonic()
+            if self._dirty.is_set() or now - self._last_reconcile >= t.reconcile_interval:
+                self._dirty.clear()
+                self.reconcile()
+            self._wake.wait(t.tick)
+            self._wake.clear()
+
+    def _stub(self, target: str) -> pb_grpc.NodeStub:
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = self._channels[target] = rpc.channel(target)
+        return pb_grpc.NodeStub(ch)
+
+    def _tick(self) -> None:
+        t = self.cfg.timing
+        now = time.monotonic()
+        if self._rendezvous and self._rendezvous.targets:
+            if now - self._last_announce >= t.announce_interval:
+                self._rendezvous.announce(self.me)
+                self._last_announce = now
+            self._merge(self._rendezvous.list())
+        age_limit = t.evidence_age_limit()
+        with self._lock:
+            for rec in list(self.peers.values()):
+                if rec.in_flight:
+                    continue
+                if rec.state in (PeerState.ADMITTED, PeerState.MESHED):
+                    age = now - (rec.last_verified_mono or 0)
+                    if age > age_limit:
+                        self._evict(rec, OverlayReason.EVIDENCE_EXPIRED, "evidence_expired")
+                        continue
+                    if age >= t.reattest_interval:
+                        self._submit(rec, self._attest_peer, True)
+                    elif not rec.admitted_me and keyrelease.is_leader(rec.key, self.identity.wg_public) \
+                            and now >= rec.next_attempt_mono:
+                        self._submit(rec, self._request_key)
+                    elif rec.state == PeerState.MESHED and self._wants_secrets_from(rec) \
+                            and now >= rec.next_attempt_mono:
+                        self._submit(rec, self._fetch_secrets)
+                elif now >= rec.next_attempt_mono and self.state in (AgentState.MESHED, AgentState.SERVING):
+                    self._submit(rec, self._attest_peer, False)
+
+    def _merge(self, announcements: list[Announcement]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for ann in announcements:
+                if ann.wg_public_key == self.identity.wg_public or ann.node_id == self.me.node_id:
+                    continue
+                key = (ann.node_id, ann.wg_public_key.raw)
+                rec = self.peers.get(key)
+                if rec is None:
+                    if len(self.peers) >= MAX_RECORDS:
+                        self._prune()
+                        if len(self.peers) >= MAX_RECORDS:
+                            continue
+                    rec = self.peers[key] = PeerRecord(announcement=ann)
+                    rec.event("discovered")
+                elif rec.state == PeerState.DISCOVERED or rec.state == PeerState.REJECTED:
+                    rec.announcement = ann  # endpoints may move; keys are the record's identity
+                rec.last_seen_mono = now
+
+    def _prune(self) -> None:
+        stale = sorted((r for r in self.peers.values() if r.state not in (PeerState.ADMITTED, PeerState.MESHED)),
+                       key=lambda r: r.last_seen_mono)
+        for rec in stale[: max(1, len(stale) // 4)]:
+            self.peers.pop((rec.node_id, rec.key.raw), None)
+
+    def _submit(self, rec: PeerRecord, fn, *args) -> None:
+        rec.in_flight = True
+
+        def run() -> None:
+            try:
+                fn(rec, *args)
+            except Exception:
+                log.exception("peer task failed for %s", rec.node_id)
+            finally:
+                with self._lock:
+                    rec.in_flight = False
+                self._wake.set()
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # pool shut down while stopping
+            rec.in_flight = False
+
+    # ------------------------------------------------------------------ admission (we verify them)
+    def _attest_peer(self, rec: PeerRecord, reattest: bool) -> None:
+        ann = rec.announcement
+        nonce = self.nonces.issue(ann.node_id)
+        started = time.monotonic()
+        try:
+            try:
+                reply = self._stub(ann.admission_target).Attest(
+                    pb.AttestRequest(nonce=nonce, verifier_wg_public_key=self.identity.wg_public.raw),
+                    timeout=rpc.RPC_TIMEOUT)
+            except grpc.RpcError as exc:
+                with self._lock:
+                    rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
+                    if not reattest:
+                        rec.reason = str(OverlayReason.PEER_UNREACHABLE)
+                        rec.reasons = [rec.reason]
+                    else:  # keep the peer until its evidence is too old; try again soon
+                        rec.last_verified_mono = rec.last_verified_mono  # unchanged
+                log.info("peer %s unreachable for %s: %s", ann.node_id,
+                         "re-attestation" if reattest else "admission", exc.code().name)
+                return
+            try:
+                admitted = self.verifier.admit(challenged=ann, reply=reply, nonces=self.nonces)
+            except AdmissionRejected as exc:
+                with self._lock:
+                    if reattest:
+                        self._evict(rec, exc.reason, "reattestation_failed", exc.reasons)
+                    else:
+                        self._reject(rec, exc.reason, exc.reasons)
+                return
+        finally:
+            self.nonces.retire(nonce)
+        with self._lock:
+            conflict = self._address_conflict(rec)
+            if conflict is not None:
+                self._reject(rec, OverlayReason.ADDRESS_CONFLICT, [str(OverlayReason.ADDRESS_CONFLICT)])
+                return
+            for other in list(self.peers.values()):
+                if other is not rec and other.node_id == rec.node_id and \
+                        other.state in (PeerState.ADMITTED, PeerState.MESHED):
+                    self._evict(other, OverlayReason.REPLACED, "replaced")
+            rec.admitted = admitted
+            rec.last_verified_mono = time.monotonic()
+            rec.last_verified_wall = time.time()
+            rec.reason, rec.reasons = None, []
+            if rec.state != PeerState.MESHED:
+                rec.state = PeerState.ADMITTED
+            if reattest:
+                rec.reattestations += 1
+            else:
+                rec.event("admitted")
+        self.metrics.admitted(time.monotonic() - started, reattest)
+        log.info("peer %s %s (tee=%s)", ann.node_id, "re-attested" if reattest else "admitted", admitted.tee)
+        # follower: pull (or re-confirm) the PSK right away; leader: wait for the follower
+        if not keyrelease.is_leader(self.identity.wg_public, rec.key):
+            if reattest and rec.psk is not None:
+                self._reconfirm_key(rec)
+            else:
+                self._request_key(rec)
+
+    def _address_conflict(self, rec: PeerRecord) -> PeerRecord | None:
+        addr = rec.announcement.overlay_address
+        if addr == self.me.overlay_address:
+            return rec
+        for other in self.peers.values():
+            if other is not rec and other.node_id != rec.node_id and other.announcement.overlay_address == addr \
+                    and other.state in (PeerState.ADMITTED, PeerState.MESHED):
+                return other
+        return None
+
+    def _reject(self, rec: PeerRecord, reason: str, reasons: list[str]) -> None:
+        # an evicted peer that fails again stays "evicted" (with the newest reason)
+        if rec.state != PeerState.EVICTED:
+            rec.state = PeerState.REJECTED
+        rec.admitted = None
+        rec.forget_keys()
+        rec.reason, rec.reasons = str(reason), [str(r) for r in reasons]
+        rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
+        rec.event("rejected", str(reason))
+        self.metrics.rejected(str(reason))
+        log.warning("peer %s rejected: reason=%s", rec.node_id, reason, extra={"reason": str(reason), "peer": rec.node_id})
+
+    def _evict(self, rec: PeerRecord, reason: str, event: str, reasons: list[str] | None = None) -> None:
+        rec.state = PeerState.EVICTED
+        rec.admitted = None
+        rec.forget_keys()
+        rec.reason = str(reason)
+        rec.reasons = [str(r) for r in (reasons or [reason])]
+        rec.last_verified_mono = None
+        rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
+        rec.event(event, str(reason))
+        self.metrics.evicted(str(reason))
+        log.warning("peer %s evicted (%s): reason=%s", rec.node_id, event, reason,
+                    extra={"reason": str(reason), "peer": rec.node_id})
+        self._dirty.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ key release (follower side)
+    def _request_key(self, rec: PeerRecord) -> None:
+        leader = rec.key
+        me = self.identity.wg_public
+        stub = self._stub(rec.announcement.admission_target)
+        try:
+            reply = stub.ReleaseKey(pb.KeyReleaseRequest(requester_wg_public_key=me.raw,
+                                                         leader_wg_public_key=leader.raw), timeout=rpc.RPC_TIMEOUT)
+        except grpc.RpcError:
+            self._retry_soon(rec)
+            return
+        if reply.status != pb.OK:
+            self._retry_soon(rec)  # typically NOT_ADMITTED: the leader has not admitted us yet
+            return
+        try:
+            psk = PresharedKey(self.identity.hpke_private.open(reply.sealed_psk,
+                                                               info=keyrelease.psk_info(leader, me)))
+        except (SealError, ValueError):
+            with self._lock:
+                rec.event("key_release_failed", "unseal_failed")
+            self._retry_soon(rec)
+            return
+        try:
+            conf = stub.ConfirmKey(pb.KeyConfirmRequest(
+                requester_wg_public_key=me.raw, leader_wg_public_key=leader.raw,
+                confirmation=keyrelease.confirmation(psk, leader, me)), timeout=rpc.RPC_TIMEOUT)
+        except grpc.RpcError:
+            self._retry_soon(rec)
+            return
+        if conf.status != pb.OK:
+            self._retry_soon(rec)
+            return
+        with self._lock:
+            if rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
+                return  # evicted meanwhile
+            rec.psk = psk
+            rec.admitted_me = True
+            rec.state = PeerState.MESHED
+            rec.event("meshed")
+        self._dirty.set()
+        self._wake.set()
+
+    def _reconfirm_key(self, rec: PeerRecord) -> None:
+        """After a re-attestation: check the leader still holds our PSK; if not, agree a new one."""
+        leader, me, psk = rec.key, self.identity.wg_public, rec.psk
+        try:
+            conf = self._stub(rec.announcement.admission_target).ConfirmKey(pb.KeyConfirmRequest(
+                requester_wg_public_key=me.raw, leader_wg_public_key=leader.raw,
+                confirmation=keyrelease.confirmation(psk, leader, me)), timeout=rpc.RPC_TIMEOUT)
+        except grpc.RpcError:
+            return
+        if conf.status != pb.OK:
+            with self._lock:
+                rec.forget_keys()
+                if rec.state == PeerState.MESHED:
+                    rec.state = PeerState.ADMITTED
+                rec.event("rekey", conf.reason)
+            self._request_key(rec)
+
+    def _retry_soon(self, rec: PeerRecord) -> None:
+        with self._lock:
+            rec.next_attempt_mono = time.monotonic() + min(self.cfg.timing.tick * 2, 1.0)
+
+    # ------------------------------------------------------------------ secrets (consumer side)
+    def _wants_secrets_from(self, rec: PeerRecord) -> bool:
+        return (rec.announcement.role == Role.HEAD and not rec.secrets_fetched
+                and any(n not in self.received_secrets for n in self.cfg.want_secrets))
+
+    def _fetch_secrets(self, rec: PeerRecord) -> None:
+        me = self.identity.wg_public
+        for name in self.cfg.want_secrets:
+            if name in self.received_secrets:
+                continue
+            try:
+                reply = self._stub(rec.announcement.admission_target).GetSecret(
+                    pb.SecretRequest(requester_wg_public_key=me.raw, name=name), timeout=rpc.RPC_TIMEOUT)
+            except grpc.RpcError:
+                return
+            if reply.status == pb.NOT_ADMITTED:
+                # the head may not have finished its side of the key exchange yet: try later
+                self.secret_errors[name] = reply.reason or "not_admitted"
+                self._retry_soon(rec)
+                return
+            if reply.status != pb.OK:
+                self.secret_errors[name] = reply.reason or pb.Status.Name(reply.status).lower()
+                continue
+            try:
+                value = open_secret(self.identity.hpke_private, reply.sealed_secret, name=name,
+                                    broker_wg=rec.key.raw, requester_wg=me.raw)
+            except (SealError, ValueError):
+                self.secret_errors[name] = "unseal_failed"
+                continue
+            self.received_secrets[name] = (value, rec.node_id)
+            self.secret_errors.pop(name, None)
+            log.info("secret %s received from %s", name, rec.node_id)
+        with self._lock:
+            rec.secrets_fetched = True
+
+    # ------------------------------------------------------------------ served RPCs (they ask us)
+    def handle_attest(self, nonce: bytes) -> pb.AttestReply:
+        return answer_challenge(me=self.me, source=self.cfg.evidence_source,
+                                manifest_digest=self.cfg.manifest_digest, nonce=nonce)
+
+    def _admitted_by_key(self, key: WgPublicKey) -> PeerRecord | None:
+        for rec in self.peers.values():
+            if rec.key == key and rec.state in (PeerState.ADMITTED, PeerState.MESHED):
+                return rec
+        return None
+
+    def handle_release_key(self, requester: WgPublicKey, leader: WgPublicKey) -> tuple[int, bytes, str]:
+        me = self.identity.wg_public
+        if leader != me or not keyrelease.is_leader(me, requester):
+            return pb.REFUSED, b"", "wrong_leader"
+        with self._lock:
+            rec = self._admitted_by_key(requester)
+            if rec is None:
+                return pb.NOT_ADMITTED, b"", str(OverlayReason.NOT_ADMITTED)
+            if rec.pending_psk is None:
+                rec.pending_psk = PresharedKey.generate()
+            psk = rec.pending_psk
+            hpke = rec.announcement.hpke_public_key   # the attested key (same_identity checked)
+        sealed = seal(hpke, psk.secret_bytes(), info=keyrelease.psk_info(me, requester))
+        return pb.OK, sealed, ""
+
+    def handle_confirm_key(self, requester: WgPublicKey, leader: WgPublicKey, proof: bytes) -> tuple[int, str]:
+        me = self.identity.wg_public
+        if leader != me:
+            return pb.REFUSED, "wrong_leader"
+        with self._lock:
+            rec = self._admitted_by_key(requester)
+            if rec is None:
+                return pb.NOT_ADMITTED, str(OverlayReason.NOT_ADMITTED)
+            if rec.pending_psk is not None and keyrelease.check_confirmation(rec.pending_psk, me, requester, proof):
+                rec.psk, rec.pending_psk = rec.pending_psk, None
+            elif not (rec.psk is not None and keyrelease.check_confirmation(rec.psk, me, requester, proof)):
+                return pb.REFUSED, str(OverlayReason.KEY_CONFIRMATION_FAILED)
+            changed = rec.state != PeerState.MESHED
+            rec.admitted_me = True
+            rec.state = PeerState.MESHED
+            if changed:
+                rec.event("meshed")
+        if changed:
+            # Configure our side BEFORE answering: the follower adds us when it gets OK, and its
+            # first handshake then finds us ready (otherwise WireGuard waits a 5 s rekey timeout).
+            self.reconcile()
+            self._wake.set()
+        return pb.OK, ""
+
+    def handle_get_secret(self, requester: WgPublicKey, name: str) -> tuple[int, bytes, str]:
+        if self.broker is None:
+            return pb.REFUSED, b"", str(OverlayReason.UNKNOWN_SECRET)
+        with self._lock:
+            rec = self._admitted_by_key(requester)
+            if rec is None or rec.state != PeerState.MESHED:
+                self.metrics.secret_refused("not_admitted")
+                return pb.NOT_ADMITTED, b"", str(OverlayReason.NOT_ADMITTED)
+            role, hpke = str(rec.announcement.role), rec.announcement.hpke_public_key
+        try:
+            sealed = self.broker.release(name, requester_role=role, requester_hpke=hpke,
+                                         requester_wg=requester.raw, broker_wg=self.identity.wg_public.raw)
+        except SecretRefused as exc:
+            self.metrics.secret_refused(exc.reason)
+            return pb.REFUSED, b"", exc.reason
+        log.info("secret %s released to %s", name, rec.node_id)
+        return pb.OK, sealed, ""
+
+    # ------------------------------------------------------------------ device
+    def desired(self):
+        with self._lock:
+            admitted = [AdmittedPeerConfig(public_key=r.key, overlay_address=r.announcement.overlay_address,
+                                           endpoint=r.announcement.wireguard_endpoint, psk=r.psk)
+                        for r in self.peers.values() if r.state == PeerState.MESHED and r.psk is not None]
+        return desired_device(interface=self.cfg.interface, listen_port=self.cfg.wireguard_port,
+                              self_key=self.identity.wg_public, self_address=self.cfg.overlay_address,
+                              overlay=self.cfg.overlay_cidr, admitted=admitted)
+
+    def reconcile(self) -> None:
+        if self._reconciler is None:
+            return
+        with self._device_lock:
+            self._last_reconcile = time.monotonic()
+            try:
+                self._reconciler.step(self.desired())
+                self._reconcile_error = None
+            except ConclaveError as exc:
+                self._reconcile_error = exc.reason
+                log.error("reconcile failed: %s", exc)
+
+    def reattest_now(self) -> None:
+        """On-demand re-attestation of every admitted peer (next tick)."""
+        with self._lock:
+            for rec in self.peers.values():
+                if rec.state in (PeerState.ADMITTED, PeerState.MESHED) and rec.last_verified_mono is not None:
+                    rec.last_verified_mono -= self.cfg.timing.reattest_interval
+        self._wake.set()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        now = time.monotonic()
+        observed = self._reconciler.last_observed if self._reconciler else None
+        with self._lock:
+            peers = []
+            for rec in sorted(self.peers.values(), key=lambda r: (r.node_id, r.key.raw)):
+                obs = observed.peers.get(rec.key) if observed else None
+                peers.append(rec.to_json(now, obs))
+        return {
+            "ok": True, "node": self.cfg.node_name, "role": str(self.cfg.role), "owner": self.cfg.owner,
+            "state": str(self.state), "wg_public_key": self.identity.wg_public.to_base64(),
+            "overlay_address": str(self.cfg.overlay_address), "overlay_cidr": str(self.cfg.overlay_cidr),
+            "interface": self.cfg.interface,
+            "device": getattr(self._device, "implementation", "fake"),
+            "firewall": "nft" if self._firewall is not None and self._firewall.applied else "none",
+            "underlay": self.me.admission_target, "wireguard_port": self.cfg.wireguard_port,
+            "reconcile_interval_s": self.cfg.timing.reconcile_interval,
+            "reattest_interval_s": self.cfg.timing.reattest_interval,
+            "reconcile_error": self._reconcile_error,
+            "device_peers": sorted(k.to_base64() for k in observed.peers) if observed else [],
+            "rendezvous_errors": dict(self._rendezvous.errors) if self._rendezvous else {},
+            "secrets_received": {n: {"fingerprint": v.fingerprint(), "from": src}
+                                 for n, (v, src) in sorted(self.received_secrets.items())},
+            "secret_errors": dict(self.secret_errors),
+            "secrets_served": self.broker.fingerprints() if self.broker else {},
+            "peers": peers,
+            "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        }
+
+    def handle_status_command(self, request: dict) -> dict:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "reattest":
+            self.reattest_now()
+            return {"ok": True}
+        return {"ok": False, "reason": "unknown_command"}

@@ -1,0 +1,81 @@
+"""The agent's view of every peer it has heard of: admission state, keys, reasons, history."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from conclave.overlay.admission import AdmittedPeer
+from conclave.overlay.identity import Announcement
+from conclave.overlay.keys import PresharedKey, WgPublicKey
+
+MAX_EVENTS = 8
+
+
+class PeerState(StrEnum):
+    DISCOVERED = "discovered"   # seen via rendezvous, not yet attested
+    ADMITTED = "admitted"       # we admitted it; waiting for its confirmation / PSK
+    MESHED = "meshed"           # both sides admitted, PSK agreed: on the device
+    REJECTED = "rejected"       # admission failed (reason kept)
+    EVICTED = "evicted"         # was admitted, then re-attestation failed / expired / policy
+
+
+@dataclass
+class PeerRecord:
+    announcement: Announcement
+    state: PeerState = PeerState.DISCOVERED
+    admitted: AdmittedPeer | None = None
+    last_verified_mono: float | None = None     # monotonic time of the last successful attestation
+    last_verified_wall: float | None = None
+    reason: str | None = None                   # of the last rejection / eviction
+    reasons: list[str] = field(default_factory=list)
+    psk: PresharedKey | None = None             # agreed (confirmed) PSK
+    pending_psk: PresharedKey | None = None     # leader: issued, not yet confirmed
+    admitted_me: bool = False                   # the peer confirmed it admitted us
+    next_attempt_mono: float = 0.0
+    in_flight: bool = False
+    last_seen_mono: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (wall, event, reason)
+    secrets_fetched: bool = False
+    reattestations: int = 0
+
+    @property
+    def key(self) -> WgPublicKey:
+        return self.announcement.wg_public_key
+
+    @property
+    def node_id(self) -> str:
+        return self.announcement.node_id
+
+    def event(self, what: str, reason: str = "") -> None:
+        self.events.append((time.time(), what, reason))
+        del self.events[:-MAX_EVENTS]
+
+    def forget_keys(self) -> None:
+        self.psk = None
+        self.pending_psk = None
+        self.admitted_me = False
+        self.secrets_fetched = False
+
+    def to_json(self, now_mono: float, observed=None) -> dict:
+        ann = self.announcement
+        out = {
+            "node_id": ann.node_id, "owner": ann.owner, "role": str(ann.role),
+            "wg_public_key": ann.wg_public_key.to_base64(), "overlay_address": str(ann.overlay_address),
+            "endpoint": ann.wireguard_endpoint, "state": str(self.state),
+            "admitted_by_us": self.state in (PeerState.ADMITTED, PeerState.MESHED),
+            "admitted_us": self.admitted_me,
+            "evidence_age_s": None if self.last_verified_mono is None else round(now_mono - self.last_verified_mono, 3),
+            "reason": self.reason, "reasons": list(self.reasons),
+            "reattestations": self.reattestations,
+            "tee": str(self.admitted.tee) if self.admitted else None,
+            "simulated": self.admitted.simulated if self.admitted else None,
+            "events": [{"at": round(t, 3), "event": e, "reason": r} for t, e, r in self.events],
+            "on_device": observed is not None,
+            "latest_handshake": None, "rx_bytes": None, "tx_bytes": None,
+        }
+        if observed is not None:
+            out["latest_handshake"] = observed.latest_handshake
+            out["rx_bytes"] = observed.rx_bytes
+            out["tx_bytes"] = observed.tx_bytes
+        return out

@@ -1,0 +1,55 @@
+"""The gRPC Node service: strict structural checks, then the agent decides.
+
+Every request field is size-checked here (gRPC already caps the whole message); a malformed
+request gets INVALID_ARGUMENT or Status MALFORMED and changes no state.
+"""
+from __future__ import annotations
+
+import re
+
+import grpc
+
+from conclave.overlay.keys import WgPublicKey
+from conclave.overlay.nonces import NONCE_LEN
+from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
+
+SECRET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _key(raw: bytes) -> WgPublicKey | None:
+    try:
+        return WgPublicKey(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+class NodeService(pb_grpc.NodeServicer):
+    def __init__(self, agent):
+        self.agent = agent
+
+    def Attest(self, request: pb.AttestRequest, context) -> pb.AttestReply:
+        if len(request.nonce) != NONCE_LEN:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nonce must be 32 bytes")
+        return self.agent.handle_attest(bytes(request.nonce))
+
+    def ReleaseKey(self, request: pb.KeyReleaseRequest, context) -> pb.KeyReleaseReply:
+        requester, leader = _key(request.requester_wg_public_key), _key(request.leader_wg_public_key)
+        if requester is None or leader is None:
+            return pb.KeyReleaseReply(status=pb.MALFORMED, reason="malformed_message")
+        status, sealed, reason = self.agent.handle_release_key(requester, leader)
+        return pb.KeyReleaseReply(status=status, sealed_psk=sealed, reason=reason)
+
+    def ConfirmKey(self, request: pb.KeyConfirmRequest, context) -> pb.KeyConfirmReply:
+        requester, leader = _key(request.requester_wg_public_key), _key(request.leader_wg_public_key)
+        if requester is None or leader is None or len(request.confirmation) != 32:
+            return pb.KeyConfirmReply(status=pb.MALFORMED, reason="malformed_message")
+        status, reason = self.agent.handle_confirm_key(requester, leader, bytes(request.confirmation))
+        return pb.KeyConfirmReply(status=status, reason=reason)
+
+    def GetSecret(self, request: pb.SecretRequest, context) -> pb.SecretReply:
+        requester = _key(request.requester_wg_public_key)
+        if requester is None or not SECRET_NAME_RE.match(request.name):
+            return pb.SecretReply(status=pb.MALFORMED, reason="malformed_message")
+        status, sealed, reason = self.agent.handle_get_secret(requester, request.name)
+        return pb.SecretReply(status=status, sealed_secret=sealed, reason=reason)

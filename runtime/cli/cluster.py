@@ -1,0 +1,256 @@
+"""`conclave up --local | down | status`: the local multi-host cluster (namespaces + Ray + vLLM)."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conclave.runtime import log, netns
+from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
+from conclave.runtime.hosts import local as local_hosts
+from conclave.runtime.model import registry
+from conclave.runtime.serving import engine, process, state as state_mod, supervisor
+
+DEFAULT_PORT = 8000
+DETACH_TIMEOUT = 1200.0
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a TCP port", reason="bad_port")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConclaveError("port_in_use", f"127.0.0.1:{port} is already in use; pick another --port",
+                                exit_code=ExitCode.USAGE) from None
+
+
+def _read_api_key(args) -> str | None:
+    if args.no_api_key and args.api_key_file:
+        raise UsageError("--no-api-key and --api-key-file exclude each other", reason="bad_api_key")
+    if args.no_api_key:
+        return None
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --api-key-file: {exc.strerror}", reason="bad_api_key") from None
+        if not key or any(c.isspace() for c in key):
+            raise UsageError("--api-key-file must hold one non-empty key without whitespace", reason="bad_api_key")
+        return key
+    return secrets.token_urlsafe(32)
+
+
+def _existing_cluster() -> dict | None:
+    st = state_mod.read()
+    if st is None:
+        return None
+    pid = st.get("supervisor_pid")
+    if pid and process.alive(int(pid)):
+        raise ConclaveError("cluster_running", f"a local cluster is already running ({st.get('endpoint')}); "
+                            "run `conclave down` first", exit_code=ExitCode.USAGE)
+    raise ConclaveError("stale_cluster", "a previous cluster left state behind; run `conclave down` first",
+                        exit_code=ExitCode.USAGE)
+
+
+def build_spec(args) -> dict:
+    """Validate every argument and resolve the model before anything is created."""
+    if not args.local:
+        raise UsageError("only --local clusters are supported by `conclave up` today", reason="not_local")
+    if args.nodes < 1 or args.nodes > 16:
+        raise UsageError("--nodes must be between 1 and 16", reason="bad_nodes")
+    if args.max_model_len < 16 or args.kv_cache_mb < 16:
+        raise UsageError("--max-model-len and --kv-cache-mb are too small", reason="bad_engine_args")
+    folder, manifest = registry.lookup(args.model)
+    partition = engine.parse_partition(args.partition, args.nodes, int(manifest["num_layers"]))
+    if args.nodes > int(manifest["num_layers"]):
+        raise UsageError(f"--nodes {args.nodes} exceeds the model's {manifest['num_layers']} layers", reason="bad_nodes")
+    pool = local_hosts.parse_underlay(args.underlay_cidr)
+    api_key = _read_api_key(args)
+    netns.require_root_and_netns()
+    _existing_cluster()
+    _check_port(args.port)
+    subnet = local_hosts.pick_subnet(pool, local_hosts.routes_in_root())
+    cluster_id = secrets.token_hex(3)
+    dtype = manifest["dtype"] if manifest["dtype"] in ("float32", "bfloat16") else "auto"
+    return {
+        "cluster_id": cluster_id,
+        "phase": "launching",
+        "stages": args.nodes,
+        "partition": list(partition) if partition else None,
+        "port": args.port,
+        "endpoint": f"http://127.0.0.1:{args.port}/v1",
+        "api_key": api_key,
+        "underlay": str(subnet),
+        "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
+                  "num_layers": int(manifest["num_layers"]), "dtype": dtype},
+        "max_model_len": args.max_model_len,
+        "kv_cache_mb": args.kv_cache_mb,
+        "run_dir": f"/tmp/cv{cluster_id}",
+        "nodes": [],
+        "groups": [],
+        "created": {"netns": [], "links": []},
+    }
+
+
+def _up(args) -> int:
+    spec = build_spec(args)
+    state_mod.write(spec)
+    path = state_mod.state_path()
+    if not args.detach:
+        code = supervisor.run(path)
+        st = state_mod.read(path)
+        if st is not None and st.get("phase") == "failed" and not st.get("left_behind"):
+            state_mod.remove(path)
+        return code
+    Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = Path(spec["run_dir"]) / "supervisor.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "conclave.runtime.serving.supervisor", str(path)],
+                                env=process.base_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    return _follow(proc, log_path, path, json_out=args.json)
+
+
+def _follow(proc: subprocess.Popen, log_path: Path, path: Path, *, json_out: bool) -> int:
+    """Echo the detached supervisor's progress until the endpoint answers (or the start fails)."""
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    offset = 0
+    try:
+        while True:
+            try:
+                with open(log_path, "rb") as fh:
+                    fh.seek(offset)
+                    for line in fh.read().decode(errors="replace").splitlines(keepends=True):
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line.encode())
+                        if line.startswith("conclave: "):
+                            sys.stderr.write(line)
+            except OSError:
+                pass
+            st = state_mod.read(path) or {}
+            if st.get("phase") == "ready":
+                if json_out:
+                    print(json.dumps(state_mod.public_view(st)))
+                else:
+                    print(st["endpoint"])
+                return 0
+            exited = proc.poll() is not None
+            if st.get("phase") == "failed" or exited or time.monotonic() > deadline:
+                err = st.get("error") or {"reason": "supervisor_exited", "message": "the cluster supervisor exited"}
+                if not exited:
+                    _stop_supervisor(st, proc.pid)
+                if not (state_mod.read(path) or {}).get("left_behind"):
+                    supervisor.teardown(state_mod.read(path) or {})
+                    state_mod.remove(path)
+                raise ConclaveError(err["reason"], err["message"])
+            time.sleep(1)
+    except KeyboardInterrupt:
+        _stop_supervisor(state_mod.read(path) or {}, proc.pid)
+        raise
+
+
+def _stop_supervisor(st: dict, pid: int | None, timeout: float = 120.0) -> None:
+    if not pid or not process.alive(pid):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"conclave" not in cmdline:
+        return  # pid reused by something else
+    try:
+        os.kill(pid, signal.SIGTERM)
+        signal_ok = True
+    except ProcessLookupError:
+        signal_ok = False
+    deadline = time.monotonic() + timeout
+    while signal_ok and time.monotonic() < deadline and process.alive(pid):
+        process.reap()
+        time.sleep(0.5)
+
+
+def _down(args) -> int:
+    st = state_mod.read()
+    if st is None:
+        if args.json:
+            print(json.dumps({"ok": True, "removed": False}))
+        else:
+            log.progress("no local cluster is running")
+        return 0
+    log.progress("stopping the cluster supervisor")
+    _stop_supervisor(st, st.get("supervisor_pid"))
+    st = state_mod.read() or st  # the supervisor may have updated or removed it
+    log.progress("removing processes, namespaces, interfaces and temporary files")
+    left = supervisor.teardown(st)
+    if left:
+        raise ConclaveError("teardown_incomplete", f"could not remove: {', '.join(left)}")
+    state_mod.remove()
+    if args.json:
+        print(json.dumps({"ok": True, "removed": True, "cluster_id": st.get("cluster_id")}))
+    else:
+        log.progress(f"cluster {st.get('cluster_id')} removed")
+    return 0
+
+
+def _status(args) -> int:
+    st = state_mod.read()
+    if st is None:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print("no local cluster")
+        return 0
+    view = state_mod.public_view(st)
+    pid = st.get("supervisor_pid")
+    view["running"] = bool(pid and process.alive(int(pid)))
+    for node in view.get("nodes") or []:
+        node["ray_alive"] = bool(node.get("ray_pid") and process.alive(int(node["ray_pid"])))
+    if args.json:
+        print(json.dumps(view))
+        return 0
+    print(f"cluster {view['cluster_id']}: {view['phase']} ({'running' if view['running'] else 'not running'})")
+    print(f"endpoint: {view['endpoint']}  model: {view['model']['name']}  stages: {view['stages']}")
+    print(f"api key: {'set (see --json)' if view['api_key'] else 'none'}")
+    for node in view.get("nodes") or []:
+        print(f"  {node['name']:4} {node['role']:6} netns={node['netns']} underlay={node['underlay_ip']} "
+              f"cluster={node['cluster_ip']}@{node['ifname']} layers={node['layers']} "
+              f"ray={'up' if node['ray_alive'] else 'down'}")
+    if view.get("error"):
+        print(f"error [{view['error']['reason']}]: {view['error']['message']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    up = subparsers.add_parser("up", help="start a cluster (--local: N network-namespace hosts on this machine)")
+    up.add_argument("--local", action="store_true", help="build the hosts as local network namespaces")
+    up.add_argument("--nodes", type=int, default=2, help="number of hosts = pipeline stages (default 2)")
+    up.add_argument("--model", default=registry.DEFAULT_MODEL, help="imported model name (default smollm2)")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT, help="endpoint port on 127.0.0.1 (default 8000)")
+    up.add_argument("--partition", help="layers per stage, e.g. 10,10,10 (VLLM_PP_LAYER_PARTITION)")
+    up.add_argument("--detach", action="store_true", help="return once the endpoint answers")
+    up.add_argument("--api-key-file", help="file holding the API key (default: generate one)")
+    up.add_argument("--no-api-key", action="store_true", help="serve without an API key")
+    up.add_argument("--underlay-cidr", default=local_hosts.DEFAULT_UNDERLAY_POOL,
+                    help="pool for host addresses; a free /24 is picked (default 198.18.0.0/15)")
+    up.add_argument("--max-model-len", type=int, default=2048)
+    up.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache per stage in MiB (default 256)")
+    up.add_argument("--json", action="store_true")
+    up.set_defaults(func=_up)
+
+    down = subparsers.add_parser("down", help="stop the local cluster and remove everything it created")
+    down.add_argument("--json", action="store_true")
+    down.set_defaults(func=_down)
+
+    status = subparsers.add_parser("status", help="the local cluster's endpoint, API key and nodes")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)

@@ -1,0 +1,188 @@
+"""`conclave node`: run one node agent (the same program in a CVM and in local mode).
+
+Secret material never comes through argv: in local mode the parent hands over the simulated
+attester (and any secrets to broker) as a JSON bundle on stdin (--bundle-stdin), on an
+inherited fd (--bundle-fd N), or in a 0600 temp file that is deleted as soon as it is read
+(--bundle-file PATH). Bundle: {"sim_attester": base64, "secrets": {"name": base64}}.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import secrets as pysecrets
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from conclave.runtime import log as clog
+from conclave.runtime.errors import ConclaveError, UsageError
+
+MAX_BUNDLE = 256 * 1024
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("node", help="run one node agent (attest, admit peers, WireGuard overlay)")
+    p.add_argument("--role", required=True, choices=["head", "worker"])
+    p.add_argument("--name", default=None, help="node name (default: hostname)")
+    p.add_argument("--owner", default="", help="owner label shown to peers")
+    p.add_argument("--policy", required=True, type=Path, help="attestation policy (YAML/JSON)")
+    p.add_argument("--manifest-digest", required=True,
+                   help="hex SHA-256 (or longer) of the deployment manifest, bound into evidence")
+    p.add_argument("--underlay-host", required=True, help="address peers reach this node at")
+    p.add_argument("--listen-host", default=None, help="bind address for admission (default: underlay host)")
+    p.add_argument("--overlay-cidr", default=None)
+    p.add_argument("--overlay-address", default=None)
+    p.add_argument("--wg-port", type=int, default=None)
+    p.add_argument("--admission-port", type=int, default=None)
+    p.add_argument("--rendezvous", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--serve-rendezvous", type=int, default=None, metavar="PORT",
+                   help="also host a rendezvous on this port (underlay)")
+    p.add_argument("--evidence", choices=["sim", "configfs-tsm"], default="configfs-tsm")
+    p.add_argument("--tee", choices=["tdx", "snp"], default=None, help="with --evidence configfs-tsm")
+    p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bundle-stdin", action="store_true")
+    src.add_argument("--bundle-fd", type=int, default=None)
+    src.add_argument("--bundle-file", type=Path, default=None, help="0600 file, deleted once read")
+    p.add_argument("--generate-secret", action="append", default=[], metavar="NAME",
+                   help="broker a fresh random secret NAME (e.g. ray_token) generated in memory")
+    p.add_argument("--want-secret", action="append", default=None, metavar="NAME",
+                   help="secrets to fetch from the head (workers default: ray_token)")
+    p.add_argument("--secret-roles", action="append", default=[], metavar="NAME=ROLE[,ROLE]")
+    p.add_argument("--reattest-interval", type=float, default=600.0)
+    p.add_argument("--reconcile-interval", type=float, default=2.0)
+    p.add_argument("--max-evidence-age", type=float, default=None)
+    p.add_argument("--retry-interval", type=float, default=5.0)
+    p.add_argument("--tick", type=float, default=0.25)
+    p.add_argument("--firewall", choices=["auto", "nft", "none"], default="auto")
+    p.add_argument("--metrics-port", type=int, default=None, help="0 disables (overlay address only)")
+    p.add_argument("--interface", default=None)
+    p.add_argument("--status-socket", type=Path, default=None)
+    p.set_defaults(func=run_node)
+
+
+def _read_bundle(args) -> dict:
+    if args.bundle_stdin:
+        data = sys.stdin.buffer.read(MAX_BUNDLE + 1)
+    elif args.bundle_fd is not None:
+        with os.fdopen(args.bundle_fd, "rb", closefd=True) as fh:
+            data = fh.read(MAX_BUNDLE + 1)
+    elif args.bundle_file is not None:
+        path = args.bundle_file
+        try:
+            st = path.stat()
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise UsageError(f"{path} must be mode 0600", reason="bundle_permissions")
+            data = path.read_bytes()[: MAX_BUNDLE + 1]
+        finally:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+    else:
+        return {}
+    if len(data) > MAX_BUNDLE:
+        raise UsageError("bundle too large", reason="bundle_invalid")
+    try:
+        bundle = json.loads(data)
+        if not isinstance(bundle, dict):
+            raise ValueError
+        return bundle
+    except ValueError:
+        raise UsageError("bundle is not a JSON object", reason="bundle_invalid") from None
+
+
+def _b64(value, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise UsageError(f"bundle {what} is not base64", reason="bundle_invalid") from None
+
+
+def build_config(args):
+    from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, parse_cidr
+    from conclave.overlay.evidence import ConfigfsTsmSource, SimEvidenceSource
+    from conclave.runtime.agent import config as ac
+    from conclave.runtime.attestation.core import TeeType
+    from conclave.runtime.attestation.policy import Policy
+    from conclave.runtime.attestation.sim import SimulatedAttester
+    from conclave.runtime.keys.broker import DEFAULT_ALLOWED_ROLES
+    from conclave.runtime.keys.secret import SecretValue
+
+    bundle = _read_bundle(args)
+    policy = Policy.load(args.policy)
+    try:
+        digest = bytes.fromhex(args.manifest_digest)
+    except ValueError:
+        raise UsageError("--manifest-digest must be hex", reason="manifest_digest_invalid") from None
+    roots: list[x509.Certificate] = []
+    if args.evidence == "sim":
+        if "sim_attester" not in bundle:
+            raise UsageError("--evidence sim needs the simulated attester in the bundle (never argv)",
+                             reason="attester_missing")
+        source = SimEvidenceSource(SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester")))
+    else:
+        if args.tee is None:
+            raise UsageError("--evidence configfs-tsm needs --tee tdx|snp")
+        source = ConfigfsTsmSource(TeeType(args.tee))
+    if args.sim_root is not None:
+        try:
+            roots = x509.load_pem_x509_certificates(args.sim_root.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read --sim-root: {exc}", reason="sim_root_invalid") from None
+    secrets_map = {}
+    for name, value in (bundle.get("secrets") or {}).items():
+        secrets_map[str(name)] = SecretValue(_b64(value, f"secret {name}"))
+    for name in args.generate_secret:
+        secrets_map[name] = SecretValue(pysecrets.token_bytes(32))
+    roles = dict(DEFAULT_ALLOWED_ROLES)
+    for item in args.secret_roles:
+        name, _, spec = item.partition("=")
+        allowed = frozenset(r for r in spec.split(",") if r)
+        if not name or not allowed <= {"head", "worker"}:
+            raise UsageError(f"--secret-roles {item!r}: NAME=head,worker")
+        roles[name] = allowed
+    want = args.want_secret if args.want_secret is not None else (["ray_token"] if args.role == "worker" else [])
+    timing = ac.Timing(tick=args.tick, reconcile_interval=args.reconcile_interval,
+                       reattest_interval=args.reattest_interval, max_evidence_age=args.max_evidence_age,
+                       retry_interval=args.retry_interval)
+    kwargs = {}
+    if args.wg_port is not None:
+        kwargs["wireguard_port"] = args.wg_port
+    if args.admission_port is not None:
+        kwargs["admission_port"] = args.admission_port
+    if args.metrics_port is not None:
+        kwargs["metrics_port"] = args.metrics_port or None
+    try:
+        cidr = parse_cidr(args.overlay_cidr or DEFAULT_OVERLAY_CIDR)
+        addr = ipaddress.IPv4Address(args.overlay_address) if args.overlay_address else None
+    except ValueError as exc:
+        raise UsageError(f"overlay address/CIDR: {exc}", reason="overlay_invalid") from None
+    return ac.NodeConfig(
+        node_name=args.name or socket.gethostname(), role=args.role, owner=args.owner, policy=policy,
+        manifest_digest=digest, evidence_source=source, underlay_host=args.underlay_host,
+        listen_host=args.listen_host, overlay_cidr=cidr, overlay_address=addr,
+        rendezvous=args.rendezvous, serve_rendezvous_port=args.serve_rendezvous, trusted_sim_roots=roots,
+        secrets=secrets_map, allowed_roles=roles, want_secrets=want, interface=args.interface,
+        firewall=args.firewall, status_socket=args.status_socket, timing=timing, **kwargs)
+
+
+def run_node(args) -> int:
+    from conclave.runtime.agent.agent import NodeAgent
+
+    clog.setup()
+    cfg = build_config(args)
+    agent = NodeAgent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    clog.progress(f"node {cfg.node_name} ({cfg.role}) overlay {cfg.overlay_address} on {cfg.interface}")
+    agent.run_forever()
+    return 0

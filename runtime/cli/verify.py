@@ -1,0 +1,109 @@
+"""`conclave verify URL` (check a head before trusting it) and `conclave proxy` (keep checking).
+
+Both take the deployment manifest the client got from the owner out of band (optionally pinning
+the owner key), the simulated root for local clusters (--sim-root), and --ca for extra PKI checks.
+`verify` prints {"ok","tee","reason","claims","violations","steps","nodes",...} with --json and
+exits like `conclave attest verify`: 0 ok, 2 verification failed, 4 policy violated, 5 malformed,
+3 endpoint unreachable. On success it prints the key pin (curl --pinnedpubkey form).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from conclave.runtime import log as clog
+from conclave.runtime.endpoint.client import load_certificates, verify_endpoint
+from conclave.runtime.endpoint.proxy import AttestedProxy, parse_listen, serve_forever
+from conclave.runtime.errors import UsageError
+from conclave.runtime.manifest import document as mdoc
+from conclave.runtime.manifest import ed25519_keys as keys
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, required=True, help="signed deployment manifest")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--owner-pubkey", type=Path, help="pin the manifest owner (PEM or base64 file)")
+    pin.add_argument("--owner-fingerprint", help="pin the manifest owner (SHA-256 hex)")
+    p.add_argument("--sim-root", type=Path, help="simulated TEE root certificate (local clusters)")
+    p.add_argument("--ca", type=Path, help="also require the TLS certificate to chain to this CA")
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    v = subparsers.add_parser("verify", help="verify a Conclave endpoint's attestation")
+    v.add_argument("url", metavar="https://HOST:PORT")
+    _common(v)
+    v.add_argument("--max-cached-age", type=float, metavar="SECONDS",
+                   help="refuse cached worker evidence older than this (when it carries a time)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_verify)
+
+    p = subparsers.add_parser("proxy", help="local OpenAI endpoint that forwards only to a verified head")
+    p.add_argument("--upstream", required=True, metavar="https://HOST:PORT")
+    _common(p)
+    p.add_argument("--listen", default="127.0.0.1:8088", help="HOST:PORT (default 127.0.0.1:8088)")
+    p.add_argument("--reverify", type=float, default=60.0, metavar="SECONDS",
+                   help="re-verification period (default 60)")
+    p.set_defaults(func=_cmd_proxy)
+
+
+def _manifest(args) -> mdoc.VerifiedManifest:
+    pin = keys.load_public_key_file(args.owner_pubkey) if args.owner_pubkey else args.owner_fingerprint
+    try:
+        data = args.manifest.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {args.manifest}: {exc.strerror}") from None
+    manifest = mdoc.verify_bytes(data, trusted_owner=pin, allow_unpinned=True)
+    if not manifest.owner_pinned:
+        print(f"conclave: note: manifest owner not pinned (fingerprint {manifest.owner_fingerprint})",
+              file=sys.stderr)
+    return manifest
+
+
+def _roots(args):
+    return load_certificates(args.sim_root) if args.sim_root else None
+
+
+def _cmd_verify(args) -> int:
+    manifest = _manifest(args)
+    outcome = verify_endpoint(args.url, manifest=manifest, trusted_roots=_roots(args), ca=args.ca,
+                              timeout=args.timeout,
+                              max_cached_age=(timedelta(seconds=args.max_cached_age)
+                                              if args.max_cached_age is not None else None))
+    out = outcome.to_json()
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    elif outcome.ok:
+        pin = base64.b64encode(outcome.fetched.tls_spki_sha256).decode()
+        print(f"endpoint OK: {args.url}")
+        print(f"manifest {out['manifest_digest']}")
+        for n in out["nodes"]:
+            print(f"  {n['name']:<16} {n['role']:<7} owner={n['owner']} tee={n['tee']} "
+                  f"{n['freshness']}{' SIMULATED' if n['simulated'] else ''}")
+        print(f"pin: sha256//{pin}")
+    else:
+        print(f"endpoint NOT verified [{out['reason']}]: {out['error']}", file=sys.stderr)
+        for n in out["nodes"]:
+            if not n["ok"]:
+                print(f"  {n['name']}: [{n['reason']}] {n['error']}", file=sys.stderr)
+    return 0 if outcome.ok else int(outcome.result.exit_code)
+
+
+def _cmd_proxy(args) -> int:
+    clog.setup()
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"conclave: warning: proxy listens on {host}; anyone who reaches it uses your "
+              "verified upstream", file=sys.stderr)
+    proxy = AttestedProxy(args.upstream, _manifest(args), trusted_roots=_roots(args), ca=args.ca,
+                          reverify_interval=args.reverify, timeout=args.timeout)
+    asyncio.run(serve_forever(proxy, host, port))
+    return 0

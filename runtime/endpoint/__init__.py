@@ -1,0 +1,8 @@
+"""Client-verifiable endpoint: attestation bundle (head side), verification, `conclave verify`, proxy."""
+from conclave.runtime.endpoint.binding import (PURPOSE_HEAD, head_report_data, node_report_data,
+                                               spki_sha256)
+from conclave.runtime.endpoint.bundle import BundleBuilder, parse_bundle
+from conclave.runtime.endpoint.verify import BundleResult, EndpointReason, NodeResult, verify_bundle
+
+__all__ = ["PURPOSE_HEAD", "head_report_data", "node_report_data", "spki_sha256", "BundleBuilder",
+           "parse_bundle", "BundleResult", "EndpointReason", "NodeResult", "verify_bundle"]

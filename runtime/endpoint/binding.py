@@ -1,0 +1,49 @@
+"""What the head binds into its evidence for clients: the TLS key and the run-report key.
+
+Why: a client talks to the head over TLS. The head's evidence (REPORT_DATA) commits, besides the
+usual manifest digest, WireGuard and HPKE keys, to the SHA-256 of the TLS certificate's public key
+(SubjectPublicKeyInfo DER) and to the Ed25519 key that signs run reports, for the client's own
+nonce. A client that checks this and then pins that TLS key knows its prompts reach the attested
+head and nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from conclave.runtime.attestation import binding
+
+PURPOSE_HEAD = "conclave/head/v1"
+PURPOSE_NODE = binding.PURPOSE_NODE
+EXTRA_TLS = "tls_spki_sha256"
+EXTRA_REPORT_KEY = "report_key"
+
+
+def spki_sha256(cert: x509.Certificate | bytes) -> bytes:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (DER); accepts a certificate or its DER."""
+    if isinstance(cert, (bytes, bytearray)):
+        cert = x509.load_der_x509_certificate(bytes(cert))
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
+
+
+def head_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,
+                     nonce: bytes, tls_spki_sha256: bytes, report_key: bytes) -> bytes:
+    """The head's 64-byte REPORT_DATA for a client's nonce."""
+    if len(tls_spki_sha256) != 32 or len(report_key) != 32:
+        raise ValueError("tls_spki_sha256 and report_key are 32 bytes each")
+    return binding.report_data_for(
+        purpose=PURPOSE_HEAD, manifest_digest=manifest_digest, wg_public_key=wg_public_key,
+        hpke_public_key=hpke_public_key, nonce=nonce,
+        extra={EXTRA_TLS: bytes(tls_spki_sha256), EXTRA_REPORT_KEY: bytes(report_key)})
+
+
+def node_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,
+                     nonce: bytes) -> bytes:
+    """A stage node's REPORT_DATA (the admission binding, purpose conclave/node/v1)."""
+    return binding.report_data_for(purpose=PURPOSE_NODE, manifest_digest=manifest_digest,
+                                   wg_public_key=wg_public_key, hpke_public_key=hpke_public_key,
+                                   nonce=nonce)

@@ -1,0 +1,295 @@
+"""Client-side verification of an attestation bundle (pure: the caller supplies time and TLS key).
+
+Order (bundle-level checks stop at the first failure; then every node is checked and reported):
+    endpoint.01.parse     structure                                      -> malformed
+    endpoint.02.manifest  served manifest/model/stages == the client's     -> manifest_mismatch
+    endpoint.03.nonce     bundle answers the client's nonce              -> nonce_mismatch
+    endpoint.04.tls_key   the head's advertised TLS key == the one seen   -> tls_key_mismatch
+    endpoint.05.stages    one entry per manifest stage, roles/owners agree -> manifest_mismatch / node_missing
+  per node (parse -> verify -> validate -> check binding, as in peer admission):
+    <node>.01.evidence    vendor/sim signatures and chains (attestation reasons)
+    <node>.02.policy      the manifest's policy, every violation collected
+    <node>.03.inputs      head: purpose, nonce == client's, TLS key == seen, report key == advertised;
+                          fresh entries: nonce == client's; cached: age limit when the evidence dates itself
+    <node>.04.binding     REPORT_DATA == H(manifest digest, keys, nonce[, TLS, report key]) -> report_data_mismatch
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Sequence
+
+from cryptography import x509
+
+from conclave.runtime import attestation
+from conclave.runtime.attestation import binding as att_binding
+from conclave.runtime.attestation.policy import validate
+from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
+                                               claims_to_json)
+from conclave.runtime.endpoint.binding import (PURPOSE_HEAD, PURPOSE_NODE, head_report_data,
+                                               node_report_data)
+from conclave.runtime.endpoint.bundle import NodeEntry, ParsedBundle, parse_bundle
+from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.manifest.canonical import CanonicalError
+from conclave.runtime.manifest.document import VerifiedManifest, content_digest
+
+
+class EndpointReason:
+    MALFORMED = "malformed"
+    MANIFEST_MISMATCH = "manifest_mismatch"
+    NONCE_MISMATCH = "nonce_mismatch"
+    TLS_KEY_MISMATCH = "tls_key_mismatch"
+    REPORT_DATA_MISMATCH = "report_data_mismatch"
+    NODE_MISSING = "node_missing"
+    EVIDENCE_EXPIRED = str(Reason.EVIDENCE_EXPIRED)
+    UNREACHABLE = "endpoint_unreachable"
+
+
+_EXIT_BY_REASON = {"malformed": ExitCode.MALFORMED}
+
+
+@dataclass
+class NodeResult:
+    name: str
+    role: str
+    owner: str
+    tee: str
+    freshness: str
+    ok: bool = False
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int = int(ExitCode.VERIFICATION_FAILED)
+    claims: dict = field(default_factory=dict)
+    violations: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    simulated: bool | None = None
+    notes: list = field(default_factory=list)
+
+    def fail(self, step: str, reason: str, message: str, *, exit_code: int | None = None) -> "NodeResult":
+        self.steps.append({"step": f"{self.name}.{step}", "ok": False})
+        self.ok, self.reason, self.message = False, str(reason), message
+        self.exit_code = int(exit_code if exit_code is not None
+                             else _EXIT_BY_REASON.get(str(reason), ExitCode.VERIFICATION_FAILED))
+        return self
+
+    def passed(self, step: str) -> None:
+        self.steps.append({"step": f"{self.name}.{step}", "ok": True})
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "role": self.role, "owner": self.owner, "tee": self.tee,
+                "freshness": self.freshness, "ok": self.ok, "reason": self.reason,
+                "error": self.message, "claims": self.claims, "violations": self.violations,
+                "steps": self.steps, "simulated": self.simulated, "notes": self.notes}
+
+
+@dataclass
+class BundleResult:
+    ok: bool
+    reason: str | None
+    message: str | None
+    exit_code: int
+    steps: list
+    nodes: list[NodeResult]
+    manifest_digest: str
+    head: dict | None = None
+
+    @property
+    def head_result(self) -> NodeResult | None:
+        return next((n for n in self.nodes if n.role == "head"), None)
+
+    def to_json(self) -> dict:
+        head = self.head_result
+        violations = [dict(v, node=n.name) for n in self.nodes for v in n.violations]
+        return {"ok": self.ok, "reason": self.reason, "error": self.message,
+                "tee": head.tee if head else None, "claims": head.claims if head else {},
+                "violations": violations, "steps": self.steps,
+                "nodes": [n.to_json() for n in self.nodes],
+                "manifest_digest": self.manifest_digest, "head": self.head}
+
+
+def _eq(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(bytes(a), bytes(b))
+
+
+class _Fail(Exception):
+    def __init__(self, step: str, reason: str, message: str):
+        self.step, self.reason, self.message = step, reason, message
+
+
+def _stage_layout(stages: Any) -> list:
+    return [(s.get("node"), s.get("owner"), s.get("role"), tuple(s.get("layers") or ()))
+            if isinstance(s, dict) else None for s in stages]
+
+
+def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_spki_sha256: bytes,
+                        nonce: bytes, steps: list) -> None:
+    content = parsed.manifest_file.get("manifest")
+    try:
+        served = content_digest(content) if isinstance(content, dict) else b""
+    except CanonicalError:
+        served = b""
+    if not _eq(served, manifest.digest):
+        raise _Fail("endpoint.02.manifest", EndpointReason.MANIFEST_MISMATCH,
+                    "the endpoint serves a different deployment manifest")
+    if parsed.model_digest != manifest.model_digest or \
+            _stage_layout(parsed.stages) != _stage_layout([s.to_json() for s in manifest.stages]):
+        raise _Fail("endpoint.02.manifest", EndpointReason.MANIFEST_MISMATCH,
+                    "model digest or stage layout differs from the manifest")
+    steps.append({"step": "endpoint.02.manifest", "ok": True})
+    if not _eq(parsed.nonce, nonce):
+        raise _Fail("endpoint.03.nonce", EndpointReason.NONCE_MISMATCH,
+                    "the bundle does not answer this client's nonce")
+    steps.append({"step": "endpoint.03.nonce", "ok": True})
+    if not _eq(parsed.head.tls_spki_sha256, tls_spki_sha256):
+        raise _Fail("endpoint.04.tls_key", EndpointReason.TLS_KEY_MISMATCH,
+                    "the TLS key on this connection is not the head's attested TLS key")
+    steps.append({"step": "endpoint.04.tls_key", "ok": True})
+    by_name = {n.name: n for n in parsed.nodes}
+    for s in manifest.stages:
+        entry = by_name.get(s.node)
+        if entry is None:
+            raise _Fail("endpoint.05.stages", EndpointReason.NODE_MISSING,
+                        f"no evidence for stage node {s.node}")
+        if entry.role != s.role or entry.owner != s.owner:
+            raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
+                        f"node {s.node}: role/owner differ from the manifest")
+    extra = set(by_name) - {s.node for s in manifest.stages}
+    if extra or parsed.head.name != manifest.head.node:
+        raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
+                    "bundle lists nodes outside the manifest or another head")
+    steps.append({"step": "endpoint.05.stages", "ok": True})
+
+
+def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedManifest, policy,
+                tls_spki_sha256: bytes, nonce: bytes, at: datetime,
+                trusted_roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
+                collateral: object | None, max_cached_age: timedelta | None) -> NodeResult:
+    r = NodeResult(entry.name, entry.role, entry.owner, entry.tee, entry.freshness)
+    try:
+        tee = TeeType(entry.tee)
+    except ValueError:
+        return r.fail("01.evidence", EndpointReason.MALFORMED, f"unknown TEE type {entry.tee!r}")
+    # 01: parse + verify (signatures, chains, validity at `at`)
+    try:
+        verified = attestation.verify_evidence(entry.evidence, tee=tee, at=at, certs=certs,
+                                               collateral=collateral, trusted_roots=trusted_roots)
+    except AttestationError as exc:
+        r.steps.extend({"step": f"{entry.name}.{s.step}", "ok": s.ok} for s in exc.steps)
+        return r.fail("01.evidence", exc.reason, exc.message, exit_code=int(exc.exit_code))
+    r.steps.extend({"step": f"{entry.name}.{s.step}", "ok": s.ok} for s in verified.steps)
+    r.claims = claims_to_json(verified.claims)
+    r.simulated = verified.simulated
+    r.notes = list(verified.notes)
+    r.passed("01.evidence")
+    # 02: the manifest's policy (collects every violation)
+    try:
+        validate(verified, policy)
+    except PolicyViolated as exc:
+        r.violations = [v.to_json() for v in exc.violations]
+        return r.fail("02.policy", exc.reason, exc.message, exit_code=int(ExitCode.POLICY_VIOLATED))
+    r.passed("02.policy")
+    # 03: the binding inputs the entry presents are the ones this client expects
+    inputs = entry.inputs
+    if entry.role == "head":
+        if inputs.purpose != PURPOSE_HEAD or entry.freshness != "fresh":
+            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH,
+                          "head evidence is not fresh head evidence for this client")
+        if not _eq(inputs.nonce, nonce):
+            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH, "head evidence is for another nonce")
+        if inputs.tls_spki_sha256 is None or not _eq(inputs.tls_spki_sha256, tls_spki_sha256):
+            return r.fail("03.inputs", EndpointReason.TLS_KEY_MISMATCH,
+                          "head evidence binds another TLS key than the one on this connection")
+        if inputs.report_key is None or not _eq(inputs.report_key, parsed.head.report_pubkey):
+            return r.fail("03.inputs", EndpointReason.REPORT_DATA_MISMATCH,
+                          "head evidence binds another report key than the advertised one")
+    else:
+        if inputs.purpose != PURPOSE_NODE or inputs.tls_spki_sha256 is not None:
+            return r.fail("03.inputs", EndpointReason.REPORT_DATA_MISMATCH,
+                          "worker evidence must use the node binding")
+        if entry.freshness == "fresh" and not _eq(inputs.nonce, nonce):
+            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH,
+                          "evidence marked fresh is for another nonce")
+        issued = verified.claims.get("issued_at")
+        if entry.freshness == "cached" and max_cached_age is not None:
+            if not isinstance(issued, datetime):
+                r.notes.append("cached evidence carries no issue time; age not checked")
+            elif at - issued > max_cached_age:
+                return r.fail("03.inputs", EndpointReason.EVIDENCE_EXPIRED,
+                              f"cached evidence is older than {max_cached_age}")
+    r.passed("03.inputs")
+    # 04: REPORT_DATA commits to exactly those inputs and the client's manifest
+    try:
+        if entry.role == "head":
+            expected = head_report_data(manifest_digest=manifest.digest,
+                                        wg_public_key=inputs.wg_public_key,
+                                        hpke_public_key=inputs.hpke_public_key, nonce=inputs.nonce,
+                                        tls_spki_sha256=inputs.tls_spki_sha256,
+                                        report_key=inputs.report_key)
+        else:
+            expected = node_report_data(manifest_digest=manifest.digest,
+                                        wg_public_key=inputs.wg_public_key,
+                                        hpke_public_key=inputs.hpke_public_key, nonce=inputs.nonce)
+        if verified.tee == TeeType.NVGPU:
+            expected = att_binding.gpu_nonce_for(expected)
+        att_binding.check_binding(verified, expected)
+    except (ValueError, AttestationError) as exc:
+        return r.fail("04.binding", EndpointReason.REPORT_DATA_MISMATCH,
+                      getattr(exc, "message", "binding inputs unusable"))
+    r.passed("04.binding")
+    r.ok, r.reason, r.message, r.exit_code = True, None, None, 0
+    return r
+
+
+def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest: VerifiedManifest,
+                  tls_spki_sha256: bytes, nonce: bytes, at: datetime,
+                  trusted_roots: Sequence[x509.Certificate] | None = None,
+                  certs: Sequence[x509.Certificate] = (),
+                  collateral: Mapping[str, object] | None = None,
+                  max_cached_age: timedelta | None = None) -> BundleResult:
+    """Verify a bundle for this client's nonce and the TLS key observed on its connection.
+
+    Never raises for a bad bundle: the result says ok/reason (and per-node results).
+    collateral: per node name, the format's collateral object (TDX/SNP), when the client has it.
+    """
+    if not isinstance(manifest, VerifiedManifest):
+        raise TypeError("manifest must be a VerifiedManifest (DeploymentManifest.load)")
+    if at.tzinfo is None:
+        raise ValueError("`at` must be timezone-aware")
+    steps: list = []
+    digest = manifest.digest.hex()
+
+    def failed(step: str, reason: str, message: str, nodes=(), exit_code=None) -> BundleResult:
+        steps.append({"step": step, "ok": False})
+        code = exit_code if exit_code is not None else _EXIT_BY_REASON.get(reason, ExitCode.VERIFICATION_FAILED)
+        return BundleResult(False, reason, message, int(code), steps, list(nodes), digest)
+
+    try:
+        parsed = bundle if isinstance(bundle, ParsedBundle) else parse_bundle(bundle)
+    except ConclaveError as exc:
+        return failed("endpoint.01.parse", exc.reason, exc.message)
+    steps.append({"step": "endpoint.01.parse", "ok": True})
+    try:
+        policy = manifest.policy
+    except ConclaveError as exc:
+        return failed("endpoint.02.manifest", exc.reason, f"manifest policy unusable: {exc.message}",
+                      exit_code=int(exc.exit_code))
+    try:
+        _check_bundle_level(parsed, manifest, bytes(tls_spki_sha256), bytes(nonce), steps)
+    except _Fail as f:
+        return failed(f.step, f.reason, f.message)
+    by_name = {n.name: n for n in parsed.nodes}
+    ordered = sorted(manifest.stages, key=lambda s: s.role != "head")  # head first, then pipeline order
+    results = [_check_node(by_name[s.node], parsed, manifest=manifest, policy=policy,
+                           tls_spki_sha256=bytes(tls_spki_sha256), nonce=bytes(nonce), at=at,
+                           trusted_roots=trusted_roots, certs=certs,
+                           collateral=(collateral or {}).get(s.node), max_cached_age=max_cached_age)
+               for s in ordered]
+    first_bad = next((r for r in results if not r.ok), None)
+    head = parsed.head.to_json()
+    if first_bad is not None:
+        steps.append({"step": "endpoint.06.nodes", "ok": False})
+        return BundleResult(False, first_bad.reason, f"node {first_bad.name}: {first_bad.message}",
+                            first_bad.exit_code, steps, results, digest, head)
+    steps.append({"step": "endpoint.06.nodes", "ok": True})
+    return BundleResult(True, None, None, 0, steps, results, digest, head)

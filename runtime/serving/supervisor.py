@@ -1,0 +1,271 @@
+"""The local cluster supervisor: hosts -> network -> Ray -> vLLM -> endpoint, then teardown.
+
+`conclave up` writes the cluster spec into the state file and either runs `run()` in the
+foreground or starts this module detached (`python -m conclave.runtime.serving.supervisor
+STATE_FILE`): one code path either way. The supervisor owns the forwarder, so the endpoint
+lives exactly as long as it does. `teardown()` works from the state file alone, so
+`conclave down` can clean up even after the supervisor died.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conclave.runtime import log
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.hosts import local as local_hosts
+from conclave.runtime.serving import engine, process, ray_cluster, state as state_mod
+from conclave.runtime.serving.forwarder import Forwarder
+from conclave.runtime.serving.network import NetworkLayer, PlainVethNetwork
+
+RAY_JOIN_TIMEOUT = 180.0
+ENGINE_READY_TIMEOUT = 900.0
+
+# Engine log lines worth a progress line while starting (first occurrence only).
+_ENGINE_MILESTONES = (
+    ("Loading weights", "engine: loading weights"),
+    ("Loading model", "engine: loading model"),
+    ("torch.compile", "engine: compiling (torch.compile; the first start takes minutes on 2 cores)"),
+    ("Compiling a graph", "engine: compiling graphs"),
+    ("KV cache", "engine: allocating the KV cache"),
+    ("Starting vLLM API server", "engine: API server starting"),
+)
+
+
+def _models_ready(url: str, api_key: str | None) -> bool:
+    request = urllib.request.Request(url)
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status == 200 and bool(json.loads(resp.read()).get("data"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _log_tail(path: str, lines: int = 25) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Supervisor:
+    def __init__(self, state_file: Path, network: NetworkLayer | None = None) -> None:
+        self.state_file = state_file
+        self.state = state_mod.read(state_file) or {}
+        self.network = network or PlainVethNetwork()
+        self.forwarder: Forwarder | None = None
+        self.stop_requested = threading.Event()
+
+    # -- state -------------------------------------------------------------------------
+    def _save(self) -> None:
+        state_mod.write(self.state, self.state_file)
+
+    def _phase(self, phase: str, message: str | None = None) -> None:
+        self.state["phase"] = phase
+        self._save()
+        if message:
+            log.progress(message)
+
+    def _check_stop(self) -> None:
+        if self.stop_requested.is_set():
+            raise ConclaveError("interrupted", "cluster start interrupted")
+
+    # -- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        st = self.state
+        stages = int(st["stages"])
+        run_dir = Path(st["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        logs = run_dir / "logs"
+
+        self._phase("hosts", f"hosts: creating {stages} network namespaces on {st['underlay']}")
+        hosts = local_hosts.LocalHosts(st["cluster_id"], local_hosts.parse_underlay(st["underlay"]))
+        try:
+            hosts.create(stages)
+        finally:
+            st["created"] = hosts.created
+            st["bridge"], st["bridge_ip"] = hosts.bridge, hosts.bridge_ip if hosts.bridge else None
+            self._save()
+        self._check_stop()
+
+        self._phase("network", f"network: {self.network.kind}")
+        addresses = self.network.bring_up(hosts.hosts)
+        st["network"] = self.network.describe()
+        plans = []
+        binds = ray_cluster.omp_binds(stages, os.cpu_count() or 1)
+        ranges = engine.stage_layer_ranges(int(st["model"]["num_layers"]), stages,
+                                           tuple(st["partition"]) if st.get("partition") else None)
+        st["nodes"] = []
+        for i, host in enumerate(hosts.hosts):
+            plan = ray_cluster.RayNodePlan(host, addresses[host.name], head=(i == 0),
+                                           temp_dir=str(run_dir / host.name), omp_bind=binds[i])
+            plans.append(plan)
+            st["nodes"].append({"name": host.name, "role": "head" if i == 0 else "worker", "netns": host.netns,
+                                "underlay_ip": host.underlay_ip, "cluster_ip": plan.address.ip,
+                                "ifname": plan.address.ifname, "omp_bind": plan.omp_bind,
+                                "layers": list(ranges[i]), "ray_pid": None})
+        self._save()
+
+        head = plans[0]
+        st["groups"] = []
+        for plan, node in zip(plans, st["nodes"]):
+            self._check_stop()
+            log.progress(f"ray: starting {'head' if plan.head else 'worker'} on {node['name']} "
+                         f"({plan.address.ip}, {plan.address.ifname})")
+            started = ray_cluster.start_node(plan, head.address.ip, self.network.release_ray_token(plan.host), logs)
+            node["ray_pid"] = started.pid
+            st["groups"].append({"name": started.name, "pid": started.pid, "start": _start_time(started.pid)})
+            self._save()
+            if plan.head:
+                time.sleep(3)  # let the GCS bind before the workers dial it
+        self._phase("ray", f"ray: waiting for {stages} nodes to join")
+        ray_cluster.wait_for_nodes(head, self.network.release_ray_token(head.host), stages, RAY_JOIN_TIMEOUT,
+                                   lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]))
+        self._check_stop()
+
+        spec = engine.EngineSpec(model_path=st["model"]["path"], served_name=st["model"]["name"], stages=stages,
+                                 dtype=st["model"]["dtype"], max_model_len=int(st["max_model_len"]),
+                                 kv_cache_bytes=int(st["kv_cache_mb"]) * 1024 * 1024,
+                                 partition=tuple(st["partition"]) if st.get("partition") else None)
+        mode = "eager (one stage)" if stages == 1 else "compiled"
+        self._phase("engine", f"engine: launching vLLM OpenAI server, pipeline_parallel_size={stages}, {mode}")
+        started = engine.start(spec, head.address, head.host.netns, self.network.release_ray_token(head.host),
+                               st.get("api_key"), logs)
+        st["engine_pid"] = started.pid
+        st["engine_log"] = started.log
+        st["groups"].append({"name": "engine", "pid": started.pid, "start": _start_time(started.pid)})
+        self._save()
+
+        self.forwarder = Forwarder("127.0.0.1", int(st["port"]), head.address.ip, engine.ENGINE_PORT)
+        self.forwarder.start()
+        self._wait_engine(f"http://{head.address.ip}:{engine.ENGINE_PORT}/v1/models", started.log)
+        self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+
+    def _wait_engine(self, url: str, log_path: str) -> None:
+        deadline = time.monotonic() + ENGINE_READY_TIMEOUT
+        seen: set[str] = set()
+        offset = 0
+        while time.monotonic() < deadline:
+            self._check_stop()
+            if not process.alive(int(self.state["engine_pid"])):
+                raise ConclaveError("engine_failed", "the vLLM server exited while starting:\n" + _log_tail(log_path))
+            for n in self.state["nodes"]:
+                if not process.alive(int(n["ray_pid"])):
+                    raise ConclaveError("ray_failed", f"the Ray node on {n['name']} exited while the engine started")
+            try:
+                with open(log_path, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read().decode(errors="replace")
+                    offset = fh.tell()
+            except OSError:
+                chunk = ""
+            for needle, message in _ENGINE_MILESTONES:
+                if needle not in seen and needle in chunk:
+                    seen.add(needle)
+                    log.progress(message)
+            if _models_ready(url, self.state.get("api_key")):
+                return
+            time.sleep(2)
+        raise ConclaveError("engine_timeout", f"the vLLM server did not answer within {ENGINE_READY_TIMEOUT:.0f}s:\n"
+                            + _log_tail(log_path))
+
+    # -- run / stop ----------------------------------------------------------------------
+    def serve_until_stopped(self) -> None:
+        while not self.stop_requested.wait(1.0):
+            process.reap()
+            if not process.alive(int(self.state["engine_pid"])):
+                raise ConclaveError("engine_failed", "the vLLM server exited:\n" + _log_tail(self.state["engine_log"]))
+
+    def shutdown(self) -> list[str]:
+        self.state["phase"] = "stopping"
+        self._save()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        left = teardown(self.state)
+        self.network.tear_down()
+        return left
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def teardown(st: dict) -> list[str]:
+    """Stop every recorded process group and namespace process; remove namespaces, links, run dir.
+
+    Idempotent; returns what is left behind (empty when everything is gone).
+    """
+    for group in reversed(st.get("groups", [])):
+        pid = int(group["pid"])
+        if process.alive(pid) and group.get("start") is not None and _start_time(pid) != group["start"]:
+            continue  # pid reused by an unrelated process: its original group is gone
+        process.stop_group(pid)
+    for name in st.get("created", {}).get("netns", []):
+        process.kill_netns_processes(name)
+    left = local_hosts.destroy(st.get("created", {}))
+    run_dir = st.get("run_dir")
+    if run_dir and Path(run_dir).name.startswith("cv") and Path(run_dir).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if Path(run_dir).exists():
+            left.append(f"dir:{run_dir}")
+    for group in st.get("groups", []):
+        if process.alive(int(group["pid"])) and _start_time(int(group["pid"])) == group.get("start"):
+            left.append(f"pid:{group['pid']}")
+    return left
+
+
+def run(state_file: Path, network: NetworkLayer | None = None) -> int:
+    """Start the cluster and serve until SIGTERM/SIGINT or a failure; always tear down."""
+    sup = Supervisor(state_file, network)
+    sup.state["supervisor_pid"] = os.getpid()
+    sup._save()
+
+    def _stop(signum, frame):  # noqa: ARG001 - signal API
+        sup.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = 0
+    try:
+        sup.start()
+        sup.serve_until_stopped()
+    except ConclaveError as exc:
+        if exc.reason != "interrupted":
+            sup.state["error"] = {"reason": exc.reason, "message": exc.message}
+            log.progress(f"error [{exc.reason}]: {exc.message}")
+            code = int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - recorded, then torn down
+        sup.state["error"] = {"reason": "supervisor_crashed", "message": repr(exc)}
+        log.progress(f"error [supervisor_crashed]: {exc!r}")
+        code = 3
+    finally:
+        log.progress("stopping: tearing the cluster down")
+        left = sup.shutdown()
+        if left:
+            sup.state["left_behind"] = left
+            log.progress(f"teardown left: {', '.join(left)}")
+        if sup.state.get("error"):
+            sup.state["phase"] = "failed"
+            sup.state["groups"], sup.state["created"] = [], {"netns": [], "links": []} if not left else sup.state.get("created")
+            sup._save()
+        else:
+            state_mod.remove(state_file)
+        log.progress("stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,42 @@
+"""Session fixtures: each local cluster starts ONCE per test session, through the real CLI.
+
+Order matters for memory on a 24 GB machine: the 1- and 2-stage clusters run one after the
+other (and are gone) before the 3-stage cluster starts; `cluster3` depends on `golden_small`
+to force that order whichever test asks first. Every cluster is torn down with `conclave
+down` even when a test fails, and what it left behind is recorded for the teardown tests.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from . import harness
+
+
+@pytest.fixture(scope="session")
+def cluster_root(tmp_path_factory) -> Path:
+    if os.geteuid() != 0:
+        pytest.fail("the cluster tests need root (network namespaces); run the suite as root as CI does")
+    return tmp_path_factory.mktemp("conclave-state")
+
+
+@pytest.fixture(scope="session")
+def golden_small(cluster_root) -> dict:
+    """Greedy outputs, chat answers and teardown results of the 1- and 2-stage clusters."""
+    results = {}
+    for stages in (1, 2):
+        with harness.running_cluster(stages, cluster_root / f"n{stages}") as cluster:
+            results[stages] = {"ids": harness.greedy_token_ids(cluster), "chat": harness.chat_answer(cluster),
+                               "status": cluster.status}
+        results[stages]["footprint"] = cluster.footprint
+        results[stages]["left"] = cluster.left_after_down
+    return results
+
+
+@pytest.fixture(scope="session")
+def cluster3(golden_small, cluster_root):
+    with harness.running_cluster(3, cluster_root / "n3") as cluster:
+        yield cluster
+    assert not cluster.left_after_down, f"conclave down left: {cluster.left_after_down}"
