@@ -69,7 +69,7 @@ def test_equality_is_by_value_and_constant_time(monkeypatch):
     assert WgPublicKey(raw) != WgPublicKey(b"\x08" * 32)
     assert PresharedKey(raw) == PresharedKey(raw)
     assert WgPrivateKey(raw) == WgPrivateKey(raw)
-    assert len(calls) == 5
+    assert len(calls) == 4
     assert WgPublicKey(raw) != raw  # a key never equals plain bytes
 
 
