@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from cryptography import x509
 
 from conclave.overlay.evidence import EvidenceSource
-from conclave.overlay.identity import Announcement, MalformedAnnouncement, NodeIdentity
+from conclave.overlay.identity import Announcement, MalformedAnnouncement
 from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.reasons import OverlayReason
@@ -169,10 +169,10 @@ class Verifier:
                             verified_at=verified.verified_at, claims_summary=summary)
 
     def _verify_item(self, item: pb.EvidenceItem, tee: TeeType, *, nonce: bytes | None) -> VerifiedEvidence:
-        if tee not in self.policy.allowed_tee:
-            raise AdmissionRejected(Reason.TEE_NOT_ALLOWED, f"TEE {tee} is not allowed by the policy")
         if tee == TeeType.SIM and not self.policy.unsafe_allow_simulated:
             raise AdmissionRejected(Reason.SIMULATED_NOT_ALLOWED, "simulated evidence under a production policy")
+        if tee not in self.policy.allowed_tee:
+            raise AdmissionRejected(Reason.TEE_NOT_ALLOWED, f"TEE {tee} is not allowed by the policy")
         try:
             certs = [x509.load_der_x509_certificate(bytes(c)) for c in item.certs]
         except ValueError:

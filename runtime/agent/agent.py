@@ -26,7 +26,7 @@ from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import OverlayReason
-from conclave.overlay.reconcile import Reconciler
+from conclave.overlay.reconcile import Reconciler, RemovePeer
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
 from conclave.runtime.agent.config import NodeConfig
 from conclave.runtime.agent.metrics import AgentMetrics
@@ -40,6 +40,7 @@ from conclave.runtime.keys.secret import SecretValue
 
 log = logging.getLogger("conclave.agent")
 MAX_RECORDS = 512
+STALE_AFTER = 120.0   # seconds without an announcement before a non-admitted peer is left alone
 
 
 class NodeAgent:
@@ -80,6 +81,10 @@ class NodeAgent:
         self._reconcile_error: str | None = None
         self.started_wall = time.time()
         self.own_evidence_ok_wall: float | None = None
+        self.first_announce_wall: float | None = None
+        self._removed_at: dict[WgPublicKey, float] = {}   # when the device last dropped a peer
+        self.own_evidence_error: str | None = None
+        self._last_self_check = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
     def _transition(self, new: AgentState) -> None:
@@ -227,9 +232,13 @@ class NodeAgent:
     def _tick(self) -> None:
         t = self.cfg.timing
         now = time.monotonic()
+        if now - self._last_self_check >= t.reattest_interval:
+            self._last_self_check = now
+            self._submit_self_check()
         if self._rendezvous and self._rendezvous.targets:
             if now - self._last_announce >= t.announce_interval:
-                self._rendezvous.announce(self.me)
+                if self._rendezvous.announce(self.me) and self.first_announce_wall is None:
+                    self.first_announce_wall = time.time()
                 self._last_announce = now
             self._merge(self._rendezvous.list())
         age_limit = t.evidence_age_limit()
@@ -250,6 +259,8 @@ class NodeAgent:
                     elif rec.state == PeerState.MESHED and self._wants_secrets_from(rec) \
                             and now >= rec.next_attempt_mono:
                         self._submit(rec, self._fetch_secrets)
+                elif now - rec.last_seen_mono > STALE_AFTER:
+                    continue  # no longer announced anywhere: stop knocking (kept for status until pruned)
                 elif now >= rec.next_attempt_mono and self.state in (AgentState.MESHED, AgentState.SERVING):
                     self._submit(rec, self._attest_peer, False)
 
@@ -295,6 +306,21 @@ class NodeAgent:
         except RuntimeError:  # pool shut down while stopping
             rec.in_flight = False
 
+    def _submit_self_check(self) -> None:
+        """Re-check our own evidence on the re-attestation schedule: peers will evict us if it
+        fails, and the operator should see why here first (status `own_evidence_error`)."""
+        def run() -> None:
+            try:
+                self.self_attest()
+                self.own_evidence_error = None
+            except ConclaveError as exc:
+                self.own_evidence_error = exc.message
+                log.error("own evidence no longer admissible: %s", exc.message)
+        try:
+            self._pool.submit(run)
+        except RuntimeError:
+            pass
+
     # ------------------------------------------------------------------ admission (we verify them)
     def _attest_peer(self, rec: PeerRecord, reattest: bool) -> None:
         ann = rec.announcement
@@ -337,6 +363,7 @@ class NodeAgent:
                         other.state in (PeerState.ADMITTED, PeerState.MESHED):
                     self._evict(other, OverlayReason.REPLACED, "replaced")
             rec.admitted = admitted
+            rec.last_admission_s = time.monotonic() - started
             rec.last_verified_mono = time.monotonic()
             rec.last_verified_wall = time.time()
             rec.reason, rec.reasons = None, []
@@ -574,8 +601,12 @@ class NodeAgent:
         with self._device_lock:
             self._last_reconcile = time.monotonic()
             try:
-                self._reconciler.step(self.desired())
+                actions, _ = self._reconciler.step(self.desired())
                 self._reconcile_error = None
+                now = time.time()
+                for action in actions:
+                    if isinstance(action, RemovePeer):
+                        self._removed_at[action.public_key] = now
             except ConclaveError as exc:
                 self._reconcile_error = exc.reason
                 log.error("reconcile failed: %s", exc)
@@ -596,7 +627,9 @@ class NodeAgent:
             peers = []
             for rec in sorted(self.peers.values(), key=lambda r: (r.node_id, r.key.raw)):
                 obs = observed.peers.get(rec.key) if observed else None
-                peers.append(rec.to_json(now, obs))
+                entry = rec.to_json(now, obs)
+                entry["device_removed_at"] = self._removed_at.get(rec.key)
+                peers.append(entry)
         return {
             "ok": True, "node": self.cfg.node_name, "role": str(self.cfg.role), "owner": self.cfg.owner,
             "state": str(self.state), "wg_public_key": self.identity.wg_public.to_base64(),
@@ -605,9 +638,11 @@ class NodeAgent:
             "device": getattr(self._device, "implementation", "fake"),
             "firewall": "nft" if self._firewall is not None and self._firewall.applied else "none",
             "underlay": self.me.admission_target, "wireguard_port": self.cfg.wireguard_port,
+            "started_at": self.started_wall, "announced_at": self.first_announce_wall,
             "reconcile_interval_s": self.cfg.timing.reconcile_interval,
             "reattest_interval_s": self.cfg.timing.reattest_interval,
             "reconcile_error": self._reconcile_error,
+            "own_evidence_error": self.own_evidence_error,
             "device_peers": sorted(k.to_base64() for k in observed.peers) if observed else [],
             "rendezvous_errors": dict(self._rendezvous.errors) if self._rendezvous else {},
             "secrets_received": {n: {"fingerprint": v.fingerprint(), "from": src}

@@ -38,6 +38,7 @@ class PeerRecord:
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (wall, event, reason)
     secrets_fetched: bool = False
     reattestations: int = 0
+    last_admission_s: float | None = None      # challenge sent -> admitted decision
 
     @property
     def key(self) -> WgPublicKey:
@@ -68,6 +69,7 @@ class PeerRecord:
             "evidence_age_s": None if self.last_verified_mono is None else round(now_mono - self.last_verified_mono, 3),
             "reason": self.reason, "reasons": list(self.reasons),
             "reattestations": self.reattestations,
+            "admission_ms": None if self.last_admission_s is None else round(self.last_admission_s * 1000, 1),
             "tee": str(self.admitted.tee) if self.admitted else None,
             "simulated": self.admitted.simulated if self.admitted else None,
             "events": [{"at": round(t, 3), "event": e, "reason": r} for t, e, r in self.events],

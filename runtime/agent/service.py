@@ -6,6 +6,8 @@ request gets INVALID_ARGUMENT or Status MALFORMED and changes no state.
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import grpc
 
@@ -24,13 +26,36 @@ def _key(raw: bytes) -> WgPublicKey | None:
         return None
 
 
+class RateLimit:
+    """Token bucket: evidence generation costs the TEE real work, so challenges are rationed."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.last = clock()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
 class NodeService(pb_grpc.NodeServicer):
-    def __init__(self, agent):
+    def __init__(self, agent, *, attest_rate: float = 50.0, attest_burst: int = 100):
         self.agent = agent
+        self.attest_limit = RateLimit(attest_rate, attest_burst)
 
     def Attest(self, request: pb.AttestRequest, context) -> pb.AttestReply:
         if len(request.nonce) != NONCE_LEN:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nonce must be 32 bytes")
+        if not self.attest_limit.allow():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many challenges; retry later")
         return self.agent.handle_attest(bytes(request.nonce))
 
     def ReleaseKey(self, request: pb.KeyReleaseRequest, context) -> pb.KeyReleaseReply:

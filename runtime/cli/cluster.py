@@ -90,6 +90,7 @@ def build_spec(args) -> dict:
         "endpoint": f"http://127.0.0.1:{args.port}/v1",
         "api_key": api_key,
         "underlay": str(subnet),
+        "network_kind": "plain-veth",
         "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
                   "num_layers": int(manifest["num_layers"]), "dtype": dtype},
         "max_model_len": args.max_model_len,

@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     k = sub.add_parser("keygen", help="create a deployment-owner key (PEM, mode 0600)")
     k.add_argument("key", type=Path, help="path of the new private key file")
+    k.add_argument("--pubkey-out", type=Path, help="also write the public key (PEM) here, to hand out")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=_cmd_keygen)
 
@@ -111,6 +112,8 @@ def _owner_key(path: Path, *, create: bool):
 def _cmd_keygen(args) -> int:
     key = keys.generate_key_file(args.key)
     fp = keys.fingerprint(key.public_key())
+    if args.pubkey_out:
+        _write_atomic(args.pubkey_out, keys.public_key_pem(keys.public_key_bytes(key)))
     if args.json:
         print(json.dumps({"ok": True, "key": str(args.key), "fingerprint": fp,
                           "public_key": keys.b64(keys.public_key_bytes(key))}))

@@ -7,7 +7,6 @@ inherited fd (--bundle-fd N), or in a 0600 temp file that is deleted as soon as 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import ipaddress
@@ -23,7 +22,7 @@ from pathlib import Path
 from cryptography import x509
 
 from conclave.runtime import log as clog
-from conclave.runtime.errors import ConclaveError, UsageError
+from conclave.runtime.errors import UsageError
 
 MAX_BUNDLE = 256 * 1024
 

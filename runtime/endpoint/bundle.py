@@ -2,16 +2,20 @@
 
     {"version": 1, "nonce": hex, "manifest": {signed manifest file object},
      "model_digest": hex, "stages": [manifest stages],
-     "nodes": [{"name", "role", "owner", "tee", "evidence": b64, "freshness": "fresh"|"cached",
-                "collected_at": RFC 3339 | null,
+     "nodes": [{"name", "role", "owner", "tee",
+                "evidence": b64 (CPU evidence), "certs": [b64 DER], "collateral": b64 | null,
+                "gpu_evidence": [{"evidence": b64, "certs": [b64 DER], "collateral": b64 | null}],
+                "freshness": "fresh" | "cached", "collected_at": RFC 3339 | null,
                 "report_data_inputs": {"purpose", "wg_public_key": b64, "hpke_public_key": b64,
-                                       "nonce": hex, ["tls_spki_sha256": hex, "report_key": b64]}}],
+                                       "nonce": hex, "extra": {name: b64}}}],
      "head": {"name", "tls_spki_sha256": hex, "report_pubkey": b64}}
 
 The head's entry is always fresh: its evidence is produced for the client's nonce with purpose
-conclave/head/v1 and binds the TLS and report keys. Worker entries are usually the evidence the
-head admitted them with ("cached", purpose conclave/node/v1, the head's admission nonce).
-Everything in the bundle is public; nothing here is trusted until verify.verify_bundle says so.
+conclave/head/v1 and extra {"tls_spki_sha256", "report_key"}. Worker entries are usually the
+evidence the head admitted them with ("cached", purpose conclave/node/v1, the head's admission
+nonce, and whatever extra the admission binding used, e.g. node_id/role/overlay_address).
+GPU items are bound through binding.gpu_nonce_for(the node's REPORT_DATA). Collateral travels
+with the evidence (it is vendor-signed). Nothing here is trusted until verify.verify_bundle says so.
 """
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from conclave.runtime.endpoint.binding import PURPOSE_HEAD, PURPOSE_NODE, head_report_data
+from conclave.runtime.attestation.core import TeeType
+from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_TLS, PURPOSE_HEAD,
+                                               PURPOSE_NODE, head_report_data)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest.canonical import CanonicalError, strict_loads
@@ -31,11 +37,53 @@ BUNDLE_VERSION = 1
 MAX_BUNDLE_LEN = 16 * 1024 * 1024
 MIN_NONCE_LEN, MAX_NONCE_LEN = 16, 64
 FRESHNESS = ("fresh", "cached")
+MAX_GPUS = 8
+MAX_CERTS = 16
+MAX_EXTRA = 16
+MAX_EXTRA_VALUE = 1024
+CPU_TEES = (TeeType.TDX, TeeType.SNP, TeeType.SIM)
 
 
 class BundleMalformed(ConclaveError):
     def __init__(self, message: str):
         super().__init__("malformed", message, exit_code=ExitCode.MALFORMED)
+
+
+@dataclass(frozen=True)
+class EvidenceBlob:
+    """One piece of evidence with what verifying it needs (extra certificates, collateral)."""
+
+    data: bytes
+    certs: tuple[bytes, ...] = ()      # DER
+    collateral: bytes | None = None
+
+    def to_json(self) -> dict:
+        return {"evidence": keys.b64(self.data), "certs": [keys.b64(c) for c in self.certs],
+                "collateral": keys.b64(self.collateral) if self.collateral else None}
+
+
+@dataclass(frozen=True)
+class NodeEvidence:
+    """A node's evidence for one REPORT_DATA: one CPU TEE item plus its GPUs' items."""
+
+    tee: str
+    cpu: EvidenceBlob
+    gpus: tuple[EvidenceBlob, ...] = ()
+
+    @classmethod
+    def from_items(cls, items: Iterable[Any]) -> "NodeEvidence":
+        """From objects with .tee/.data/.certs/.collateral (overlay EvidenceItemData, proto items)."""
+        cpu, gpus = [], []
+        for item in items:
+            blob = EvidenceBlob(bytes(item.data), tuple(bytes(c) for c in item.certs),
+                                bytes(item.collateral) or None)
+            tee = TeeType(str(item.tee))
+            (cpu if tee in CPU_TEES else gpus).append((tee, blob))
+            if tee not in CPU_TEES and tee != TeeType.NVGPU:
+                raise ValueError(f"unsupported evidence item {tee}")
+        if len(cpu) != 1:
+            raise ValueError("need exactly one CPU TEE evidence item")
+        return cls(str(cpu[0][0]), cpu[0][1], tuple(b for _, b in gpus))
 
 
 @dataclass(frozen=True)
@@ -46,37 +94,36 @@ class BindingInputs:
     wg_public_key: bytes
     hpke_public_key: bytes
     nonce: bytes
-    tls_spki_sha256: bytes | None = None   # head only
-    report_key: bytes | None = None        # head only
+    extra: Mapping[str, bytes]
 
     def to_json(self) -> dict:
-        out = {"purpose": self.purpose, "wg_public_key": keys.b64(self.wg_public_key),
-               "hpke_public_key": keys.b64(self.hpke_public_key), "nonce": self.nonce.hex()}
-        if self.tls_spki_sha256 is not None:
-            out["tls_spki_sha256"] = self.tls_spki_sha256.hex()
-        if self.report_key is not None:
-            out["report_key"] = keys.b64(self.report_key)
-        return out
+        return {"purpose": self.purpose, "wg_public_key": keys.b64(self.wg_public_key),
+                "hpke_public_key": keys.b64(self.hpke_public_key), "nonce": self.nonce.hex(),
+                "extra": {k: keys.b64(v) for k, v in sorted(self.extra.items())}}
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> "BindingInputs":
-        base = {"purpose", "wg_public_key", "hpke_public_key", "nonce"}
-        head = base | {"tls_spki_sha256", "report_key"}
-        if not isinstance(obj, dict) or set(obj) not in (base, head):
+        if not isinstance(obj, dict) or set(obj) != {"purpose", "wg_public_key", "hpke_public_key",
+                                                      "nonce", "extra"}:
             raise BundleMalformed(f"{where}.report_data_inputs has wrong fields")
         if obj["purpose"] not in (PURPOSE_HEAD, PURPOSE_NODE):
             raise BundleMalformed(f"{where}: unknown binding purpose")
+        raw_extra = obj["extra"]
+        if not isinstance(raw_extra, dict) or len(raw_extra) > MAX_EXTRA or \
+                not all(isinstance(k, str) and k for k in raw_extra):
+            raise BundleMalformed(f"{where}.extra must map up to {MAX_EXTRA} names to base64")
         try:
             wg = keys.unb64(obj["wg_public_key"], "wg_public_key", length=32)
             hpke = keys.unb64(obj["hpke_public_key"], "hpke_public_key")
             nonce = _hex(obj["nonce"], f"{where}.nonce")
-            tls = _hex(obj["tls_spki_sha256"], f"{where}.tls_spki_sha256", 32) if "tls_spki_sha256" in obj else None
-            rk = keys.unb64(obj["report_key"], "report_key", length=32) if "report_key" in obj else None
+            extra = {k: keys.unb64(v, f"extra[{k}]") for k, v in raw_extra.items()}
         except ValueError as exc:
             raise BundleMalformed(f"{where}: {exc}") from None
         if not MIN_NONCE_LEN <= len(nonce) <= MAX_NONCE_LEN:
             raise BundleMalformed(f"{where}: nonce must be 16 to 64 bytes")
-        return cls(obj["purpose"], wg, hpke, nonce, tls, rk)
+        if any(len(v) > MAX_EXTRA_VALUE for v in extra.values()):
+            raise BundleMalformed(f"{where}: extra value too long")
+        return cls(obj["purpose"], wg, hpke, nonce, extra)
 
 
 @dataclass(frozen=True)
@@ -84,16 +131,22 @@ class NodeEntry:
     name: str
     role: str
     owner: str
-    tee: str
-    evidence: bytes
+    evidence: NodeEvidence
     freshness: str
     inputs: BindingInputs
     collected_at: str | None = None
 
+    @property
+    def tee(self) -> str:
+        return self.evidence.tee
+
     def to_json(self) -> dict:
+        cpu = self.evidence.cpu.to_json()
         return {"name": self.name, "role": self.role, "owner": self.owner, "tee": self.tee,
-                "evidence": keys.b64(self.evidence), "freshness": self.freshness,
-                "collected_at": self.collected_at, "report_data_inputs": self.inputs.to_json()}
+                "evidence": cpu["evidence"], "certs": cpu["certs"], "collateral": cpu["collateral"],
+                "gpu_evidence": [g.to_json() for g in self.evidence.gpus],
+                "freshness": self.freshness, "collected_at": self.collected_at,
+                "report_data_inputs": self.inputs.to_json()}
 
 
 @dataclass(frozen=True)
@@ -130,6 +183,46 @@ def _hex(value: Any, what: str, length: int | None = None) -> bytes:
     return out
 
 
+def _blob(obj: Mapping[str, Any], where: str) -> EvidenceBlob:
+    certs = obj["certs"]
+    if not isinstance(certs, list) or len(certs) > MAX_CERTS:
+        raise BundleMalformed(f"{where}.certs must be a list of at most {MAX_CERTS}")
+    try:
+        data = keys.unb64(obj["evidence"], f"{where}.evidence")
+        der = tuple(keys.unb64(c, f"{where}.certs[]") for c in certs)
+        coll = obj["collateral"]
+        collateral = None if coll is None else keys.unb64(coll, f"{where}.collateral")
+    except ValueError as exc:
+        raise BundleMalformed(str(exc)) from None
+    return EvidenceBlob(data, der, collateral)
+
+
+_NODE_FIELDS = {"name", "role", "owner", "tee", "evidence", "certs", "collateral", "gpu_evidence",
+                "freshness", "collected_at", "report_data_inputs"}
+
+
+def _node(n: Any, where: str) -> NodeEntry:
+    if not isinstance(n, dict) or set(n) != _NODE_FIELDS:
+        raise BundleMalformed(f"{where} must have exactly " + ", ".join(sorted(_NODE_FIELDS)))
+    if not all(isinstance(n[k], str) and n[k] for k in ("name", "role", "owner", "tee")):
+        raise BundleMalformed(f"{where}: name, role, owner, tee must be strings")
+    if n["freshness"] not in FRESHNESS:
+        raise BundleMalformed(f"{where}.freshness must be fresh or cached")
+    if n["collected_at"] is not None and not isinstance(n["collected_at"], str):
+        raise BundleMalformed(f"{where}.collected_at must be a string or null")
+    gpus = n["gpu_evidence"]
+    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS:
+        raise BundleMalformed(f"{where}.gpu_evidence must be a list of at most {MAX_GPUS}")
+    gpu_blobs = []
+    for i, g in enumerate(gpus):
+        if not isinstance(g, dict) or set(g) != {"evidence", "certs", "collateral"}:
+            raise BundleMalformed(f"{where}.gpu_evidence[{i}] has wrong fields")
+        gpu_blobs.append(_blob(g, f"{where}.gpu_evidence[{i}]"))
+    evidence = NodeEvidence(n["tee"], _blob(n, where), tuple(gpu_blobs))
+    return NodeEntry(n["name"], n["role"], n["owner"], evidence, n["freshness"],
+                     BindingInputs.from_json(n["report_data_inputs"], where), n["collected_at"])
+
+
 def parse_bundle(data: bytes | Mapping[str, Any]) -> ParsedBundle:
     """Structure only. Raises BundleMalformed (reason malformed)."""
     if isinstance(data, (bytes, bytearray)):
@@ -161,50 +254,61 @@ def parse_bundle(data: bytes | Mapping[str, Any]) -> ParsedBundle:
         raise BundleMalformed(str(exc)) from None
     if not isinstance(obj["nodes"], list) or not obj["nodes"]:
         raise BundleMalformed("nodes must be a non-empty list")
-    nodes = []
-    for i, n in enumerate(obj["nodes"]):
-        where = f"nodes[{i}]"
-        want_n = {"name", "role", "owner", "tee", "evidence", "freshness", "collected_at",
-                  "report_data_inputs"}
-        if not isinstance(n, dict) or set(n) != want_n:
-            raise BundleMalformed(f"{where} must have exactly " + ", ".join(sorted(want_n)))
-        if not all(isinstance(n[k], str) and n[k] for k in ("name", "role", "owner", "tee")):
-            raise BundleMalformed(f"{where}: name, role, owner, tee must be strings")
-        if n["freshness"] not in FRESHNESS:
-            raise BundleMalformed(f"{where}.freshness must be fresh or cached")
-        if n["collected_at"] is not None and not isinstance(n["collected_at"], str):
-            raise BundleMalformed(f"{where}.collected_at must be a string or null")
-        try:
-            evidence = keys.unb64(n["evidence"], f"{where}.evidence")
-        except ValueError as exc:
-            raise BundleMalformed(str(exc)) from None
-        nodes.append(NodeEntry(n["name"], n["role"], n["owner"], n["tee"], evidence, n["freshness"],
-                               BindingInputs.from_json(n["report_data_inputs"], where),
-                               n["collected_at"]))
+    nodes = tuple(_node(n, f"nodes[{i}]") for i, n in enumerate(obj["nodes"]))
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise BundleMalformed("node names in the bundle must be unique")
     return ParsedBundle(obj["version"], nonce, dict(obj["manifest"]), obj["model_digest"],
-                        list(obj["stages"]), tuple(nodes), head_info)
+                        list(obj["stages"]), nodes, head_info)
+
+
+def nonce_from_query(value: str | None) -> bytes:
+    """The client's nonce from ?nonce=HEX (16 to 64 bytes); ValueError -> answer HTTP 400."""
+    if not value or len(value) > 2 * MAX_NONCE_LEN:
+        raise ValueError("nonce query parameter missing or too long")
+    nonce = bytes.fromhex(value)
+    if len(nonce) < MIN_NONCE_LEN:
+        raise ValueError("nonce must be 16 to 64 bytes")
+    return nonce
+
+
+def respond(builder: "BundleBuilder", query_nonce: str | None) -> tuple[int, dict]:
+    """Framework-neutral handler body for GET /v1/attestation?nonce=HEX: (HTTP status, JSON body)."""
+    try:
+        nonce = nonce_from_query(query_nonce)
+    except ValueError as exc:
+        return 400, {"error": {"message": str(exc), "type": "invalid_request_error",
+                               "code": "bad_nonce", "param": "nonce"}}
+    return 200, builder.build(nonce)
+
+
+def _as_node_evidence(value: bytes | NodeEvidence, tee: str | None) -> NodeEvidence:
+    if isinstance(value, NodeEvidence):
+        return value
+    if tee is None:
+        raise ValueError("tee is required when evidence is raw bytes")
+    return NodeEvidence(str(tee), EvidenceBlob(bytes(value)))
 
 
 class BundleBuilder:
     """Head side: assembles a bundle per client nonce.
 
-    attest(report_data) -> evidence bytes is the head's TEE (configfs-tsm, SEV/TDX guest device,
-    or a SimulatedAttester.evidence). Worker entries are registered as they are admitted
-    (set_peer) and replaced on re-attestation (or dropped on eviction: drop_peer).
+    attest(report_data) -> CPU evidence bytes, or a NodeEvidence (CPU + GPU items; GPU items over
+    binding.gpu_nonce_for(report_data)), is the head's TEE: e.g.
+    `lambda rd: NodeEvidence.from_items(source.collect(rd))` with an overlay EvidenceSource.
+    Worker entries are registered as they are admitted (set_peer) and replaced on re-attestation
+    or dropped on eviction (drop_peer): an evicted stage makes clients refuse (node_missing).
     """
 
-    def __init__(self, *, manifest: VerifiedManifest, head_node: str, tee: str,
-                 attest: Callable[[bytes], bytes], wg_public_key: bytes, hpke_public_key: bytes,
-                 tls_spki_sha256: bytes, report_key: bytes):
+    def __init__(self, *, manifest: VerifiedManifest, head_node: str, tee: str | None,
+                 attest: Callable[[bytes], bytes | NodeEvidence], wg_public_key: bytes,
+                 hpke_public_key: bytes, tls_spki_sha256: bytes, report_key: bytes):
         stage = manifest.stage_for(head_node)
         if stage is None or stage.role != "head":
             raise ValueError(f"{head_node!r} is not the head stage of the manifest")
         self._manifest = manifest
         self._stage = stage
-        self._tee = str(tee)
+        self._tee = None if tee is None else str(tee)
         self._attest = attest
         self._wg, self._hpke = bytes(wg_public_key), bytes(hpke_public_key)
         self._tls = bytes(tls_spki_sha256)
@@ -212,14 +316,17 @@ class BundleBuilder:
         self._peers: dict[str, NodeEntry] = {}
         self._lock = threading.Lock()
 
-    def set_peer(self, name: str, *, tee: str, evidence: bytes, wg_public_key: bytes,
-                 hpke_public_key: bytes, nonce: bytes, collected_at: datetime | None = None) -> None:
+    def set_peer(self, name: str, *, evidence: bytes | NodeEvidence, wg_public_key: bytes,
+                 hpke_public_key: bytes, nonce: bytes, tee: str | None = None,
+                 extra: Mapping[str, bytes] | None = None,
+                 collected_at: datetime | None = None) -> None:
+        """Record the evidence a worker was admitted with, and the exact binding inputs used."""
         stage = self._manifest.stage_for(name)
         if stage is None or stage.role == "head":
             raise ValueError(f"{name!r} is not a worker stage of the manifest")
-        entry = NodeEntry(name, stage.role, stage.owner, str(tee), bytes(evidence), "cached",
+        entry = NodeEntry(name, stage.role, stage.owner, _as_node_evidence(evidence, tee), "cached",
                           BindingInputs(PURPOSE_NODE, bytes(wg_public_key), bytes(hpke_public_key),
-                                        bytes(nonce)),
+                                        bytes(nonce), {k: bytes(v) for k, v in (extra or {}).items()}),
                           rfc3339(collected_at) if collected_at else None)
         with self._lock:
             self._peers[name] = entry
@@ -234,9 +341,10 @@ class BundleBuilder:
         rd = head_report_data(manifest_digest=self._manifest.digest, wg_public_key=self._wg,
                               hpke_public_key=self._hpke, nonce=nonce,
                               tls_spki_sha256=self._tls, report_key=self._report_key)
-        head = NodeEntry(self._stage.node, "head", self._stage.owner, self._tee, self._attest(rd),
-                         "fresh", BindingInputs(PURPOSE_HEAD, self._wg, self._hpke, bytes(nonce),
-                                                self._tls, self._report_key),
+        head = NodeEntry(self._stage.node, "head", self._stage.owner,
+                         _as_node_evidence(self._attest(rd), self._tee), "fresh",
+                         BindingInputs(PURPOSE_HEAD, self._wg, self._hpke, bytes(nonce),
+                                       {EXTRA_TLS: self._tls, EXTRA_REPORT_KEY: self._report_key}),
                          rfc3339(now or datetime.now(timezone.utc)))
         with self._lock:
             peers = dict(self._peers)

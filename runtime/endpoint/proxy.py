@@ -137,6 +137,8 @@ class AttestedProxy:
         assert self._session is not None and pinned.cert_sha256 is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()
+        if not self.usable() or self.state.cert_sha256 != pinned.cert_sha256:
+            return self._refusal()  # verification changed while the request body arrived
         url = self.upstream.base + request.rel_url.path_qs
         try:
             async with self._session.request(request.method, url, headers=headers, data=body,

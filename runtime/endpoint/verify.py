@@ -154,6 +154,10 @@ def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_sp
         if entry.role != s.role or entry.owner != s.owner:
             raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
                         f"node {s.node}: role/owner differ from the manifest")
+    wg_keys = [n.inputs.wg_public_key for n in parsed.nodes]
+    if len(set(wg_keys)) != len(wg_keys) or len({n.evidence for n in parsed.nodes}) != len(parsed.nodes):
+        raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
+                    "one node's evidence or WireGuard key is presented for several stages")
     extra = set(by_name) - {s.node for s in manifest.stages}
     if extra or parsed.head.name != manifest.head.node:
         raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
@@ -163,7 +167,8 @@ def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_sp
 
 def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedManifest, policy,
                 tls_spki_sha256: bytes, nonce: bytes, at: datetime,
-                trusted_roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
+                trusted_roots: Sequence[x509.Certificate] | None,
+                vendor_roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
                 collateral: object | None, max_cached_age: timedelta | None) -> NodeResult:
     r = NodeResult(entry.name, entry.role, entry.owner, entry.tee, entry.freshness)
     try:
@@ -172,8 +177,9 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
         return r.fail("01.evidence", EndpointReason.MALFORMED, f"unknown TEE type {entry.tee!r}")
     # 01: parse + verify (signatures, chains, validity at `at`)
     try:
+        roots = trusted_roots if tee == TeeType.SIM else vendor_roots
         verified = attestation.verify_evidence(entry.evidence, tee=tee, at=at, certs=certs,
-                                               collateral=collateral, trusted_roots=trusted_roots)
+                                               collateral=collateral, trusted_roots=roots)
     except AttestationError as exc:
         r.steps.extend({"step": f"{entry.name}.{s.step}", "ok": s.ok} for s in exc.steps)
         return r.fail("01.evidence", exc.reason, exc.message, exit_code=int(exc.exit_code))
@@ -244,12 +250,15 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
 def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest: VerifiedManifest,
                   tls_spki_sha256: bytes, nonce: bytes, at: datetime,
                   trusted_roots: Sequence[x509.Certificate] | None = None,
+                  vendor_roots: Sequence[x509.Certificate] | None = None,
                   certs: Sequence[x509.Certificate] = (),
                   collateral: Mapping[str, object] | None = None,
                   max_cached_age: timedelta | None = None) -> BundleResult:
     """Verify a bundle for this client's nonce and the TLS key observed on its connection.
 
     Never raises for a bad bundle: the result says ok/reason (and per-node results).
+    trusted_roots: the simulated TEE root(s), used for sim evidence only (sim has no default root).
+    vendor_roots: None = the embedded, fingerprint-pinned vendor roots (tests pass test CAs here).
     collateral: per node name, the format's collateral object (TDX/SNP), when the client has it.
     """
     if not isinstance(manifest, VerifiedManifest):
@@ -282,7 +291,7 @@ def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest:
     ordered = sorted(manifest.stages, key=lambda s: s.role != "head")  # head first, then pipeline order
     results = [_check_node(by_name[s.node], parsed, manifest=manifest, policy=policy,
                            tls_spki_sha256=bytes(tls_spki_sha256), nonce=bytes(nonce), at=at,
-                           trusted_roots=trusted_roots, certs=certs,
+                           trusted_roots=trusted_roots, vendor_roots=vendor_roots, certs=certs,
                            collateral=(collateral or {}).get(s.node), max_cached_age=max_cached_age)
                for s in ordered]
     first_bad = next((r for r in results if not r.ok), None)

@@ -359,10 +359,10 @@ def parse(data: bytes) -> ParsedManifest:
 def verify(parsed: ParsedManifest, *, trusted_owner: TrustedOwner | None,
            allow_unpinned: bool = False) -> VerifiedManifest:
     """Signature first, then the owner pin. `allow_unpinned` only for `manifest show/verify` display."""
-    public = keys.load_public_key_raw(parsed.owner_key)
     try:
+        public = keys.load_public_key_raw(parsed.owner_key)
         public.verify(parsed.signature, SIGNING_CONTEXT + canonical_json(parsed.content))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise ManifestError(ManifestReason.SIGNATURE_INVALID,
                             "manifest signature does not verify under its owner key") from None
     if trusted_owner is None:

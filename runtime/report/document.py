@@ -272,7 +272,7 @@ def verify_report(data: bytes, *, report_key: bytes | None = None,
         raise _bad("outer report_key differs from the signed report_key")
     try:
         keys.load_public_key_raw(inner_key).verify(signature, SIGNING_CONTEXT + canonical_json(doc["report"]))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise ReportError(ReportReason.SIGNATURE_INVALID, "report signature does not verify") from None
     if report_key is not None and not keys.same_key(report_key, inner_key):
         raise ReportError(ReportReason.REPORT_KEY_MISMATCH,

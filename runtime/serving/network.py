@@ -83,3 +83,15 @@ class PlainVethNetwork:
 
     def __repr__(self) -> str:
         return f"PlainVethNetwork(hosts={sorted(self._hosts)}, token=<redacted>)"
+
+
+# Network layers `conclave up` can name (state file field "network_kind"). The overlay adds its own
+# entry here when it is integrated; the cluster code does not change.
+NETWORK_LAYERS: dict[str, type] = {PlainVethNetwork.kind: PlainVethNetwork}
+
+
+def create(kind: str) -> NetworkLayer:
+    try:
+        return NETWORK_LAYERS[kind]()
+    except KeyError:
+        raise ValueError(f"unknown network layer {kind!r}; known: {', '.join(sorted(NETWORK_LAYERS))}") from None

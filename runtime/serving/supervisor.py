@@ -24,7 +24,8 @@ from conclave.runtime.errors import ConclaveError
 from conclave.runtime.hosts import local as local_hosts
 from conclave.runtime.serving import engine, process, ray_cluster, state as state_mod
 from conclave.runtime.serving.forwarder import Forwarder
-from conclave.runtime.serving.network import NetworkLayer, PlainVethNetwork
+from conclave.runtime.serving import network as network_mod
+from conclave.runtime.serving.network import NetworkLayer
 
 RAY_JOIN_TIMEOUT = 180.0
 ENGINE_READY_TIMEOUT = 900.0
@@ -62,7 +63,7 @@ class Supervisor:
     def __init__(self, state_file: Path, network: NetworkLayer | None = None) -> None:
         self.state_file = state_file
         self.state = state_mod.read(state_file) or {}
-        self.network = network or PlainVethNetwork()
+        self.network = network or network_mod.create(self.state.get("network_kind", "plain-veth"))
         self.forwarder: Forwarder | None = None
         self.stop_requested = threading.Event()
 

@@ -13,7 +13,9 @@ from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest import verify_bytes
 from conclave.runtime.report import ReportSigner
 
-from e2e_support import GOOD_MEASUREMENT, Deployment, HttpsHead, make_manifest_bytes, self_signed_tls
+from conclave.runtime.endpoint.tls import generate_head_identity
+
+from e2e_support import GOOD_MEASUREMENT, Deployment, HttpsHead, make_manifest_bytes
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +39,17 @@ def deployment() -> Deployment:
 
 @pytest.fixture
 def https_head(tmp_path, deployment) -> Callable[..., HttpsHead]:
-    """Factory: https_head(bind_tls="a"|"b", serve_tls="a"|"b") -> started HttpsHead (stopped after the test)."""
-    certs = {n: self_signed_tls(tmp_path, f"head-{n}") for n in ("a", "b")}
+    """Factory: https_head(bind_tls="a"|"b", serve_tls="a"|"b") -> started HttpsHead (stopped after
+    the test). head.certs[name] = (cert PEM path, SPKI SHA-256) of TLS identities "a" and "b"."""
+    ids = {n: generate_head_identity(["127.0.0.1"]) for n in ("a", "b")}
+    certs = {}
+    for n, ident in ids.items():
+        (tmp_path / f"head-{n}.crt").write_bytes(ident.cert_pem)
+        certs[n] = (tmp_path / f"head-{n}.crt", ident.spki_sha256)
     started: list[HttpsHead] = []
 
     def make(bind_tls: str = "a", serve_tls: str = "a", **builder_kw) -> HttpsHead:
-        cert, key, _ = certs[serve_tls]
-        head = HttpsHead(cert, key, deployment.builder(certs[bind_tls][2], **builder_kw))
+        head = HttpsHead(ids[serve_tls], deployment.builder(ids[bind_tls].spki_sha256, **builder_kw))
         head.certs = certs
         started.append(head.__enter__())
         return head

@@ -1,34 +1,23 @@
-"""Helpers for the confidential-serving units (fixtures in conftest.py): an owner key, a simulated two-stage deployment,
-a signed manifest, a head bundle builder, and an in-process HTTPS head (aiohttp on 127.0.0.1).
+"""Helpers for the confidential-serving units (fixtures live in conftest.py): a simulated
+two-stage deployment, a signed manifest, and an in-process HTTPS head (aiohttp on 127.0.0.1).
 
-Everything is real cryptography (simulated TEE root and attesters from conclave.runtime.attestation.sim,
-Ed25519 owner/report keys, a self-signed TLS certificate); nothing is mocked.
+Everything is real cryptography (simulated TEE root and attesters from attestation.sim, Ed25519
+owner/report keys, a self-signed TLS identity); nothing is mocked.
 """
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
-import secrets
-import ssl
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Callable
+from datetime import datetime, timezone
 
-import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conclave.runtime.attestation.sim import SimulatedRoot
-from conclave.runtime.endpoint.binding import node_report_data, spki_sha256
-from conclave.runtime.endpoint.bundle import BundleBuilder
-from conclave.runtime.manifest import Stage, build_content, sign_content, verify_bytes
+from conclave.runtime.endpoint.bundle import BundleBuilder, nonce_from_query
+from conclave.runtime.endpoint.tls import HeadTlsIdentity
+from conclave.runtime.manifest import Stage, build_content, sign_content
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.report import ReportSigner
 
@@ -53,26 +42,6 @@ def make_manifest_bytes(owner_key, *, model_digest: str = MODEL_DIGEST,
                             engine_digest=ENGINE_DIGEST, stages=stages,
                             rendezvous=["198.18.0.1:7000"])
     return sign_content(content, owner_key)
-
-
-def self_signed_tls(tmp: Path, name: str) -> tuple[Path, Path, bytes]:
-    """(cert PEM path, key PEM path 0600, SPKI SHA-256) for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
-    os.close(fd)
-    return cert_path, key_path, spki_sha256(cert)
 
 
 @dataclass
@@ -106,17 +75,19 @@ class HttpsHead:
     """A small HTTPS head on 127.0.0.1: /v1/attestation from a swappable BundleBuilder, plus
     /v1/models and /v1/chat/completions (JSON or SSE stream) so the proxy has something to forward."""
 
-    def __init__(self, cert: Path, key: Path, builder: BundleBuilder):
+    def __init__(self, identity: HeadTlsIdentity, builder: BundleBuilder):
         self.builder = builder
         self.requests: list[str] = []
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(str(cert), str(key))
+        self._ctx = identity.server_context()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
 
     async def _attestation(self, request: web.Request) -> web.Response:
-        nonce = bytes.fromhex(request.query["nonce"])
+        try:
+            nonce = nonce_from_query(request.query.get("nonce"))
+        except ValueError:
+            return web.json_response({"error": "bad nonce"}, status=400)
         return web.json_response(self.builder.build(nonce))
 
     async def _models(self, request: web.Request) -> web.Response:

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from conclave.runtime.attestation.sim import SimulatedRoot
 from conclave.runtime.endpoint import verify_bundle
 from conclave.runtime.endpoint.binding import node_report_data
+from conclave.runtime.endpoint.bundle import BundleBuilder, respond
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest import verify_bytes
+from conclave.runtime.manifest import Stage, verify_bytes
 
-from e2e_support import BAD_MEASUREMENT, make_manifest_bytes
+from e2e_support import BAD_MEASUREMENT, STAGES, make_manifest_bytes
 
 TLS = secrets.token_bytes(32)
 
@@ -158,3 +159,31 @@ def test_malformed_bundle(deployment, nonce):
     bundle = deployment.builder(TLS).build(nonce)
     bundle["nodes"][0]["freshness"] = "stale"
     assert _verify(deployment, bundle, nonce).reason == "malformed"
+
+
+def test_one_node_presented_for_two_stages(deployment, nonce):
+    """A head cannot pass one worker's evidence off for a second stage."""
+    stages = (STAGES[0], Stage("node-1", "bob", "worker", 15, 20), Stage("node-2", "carol", "worker", 20, 30))
+    data = make_manifest_bytes(deployment.owner_key, stages=stages)
+    manifest = verify_bytes(data, trusted_owner=deployment.manifest.owner_fingerprint)
+    b = BundleBuilder(manifest=manifest, head_node="node-0", tee="sim",
+                      attest=deployment.head_attester.evidence, wg_public_key=deployment.wg["node-0"],
+                      hpke_public_key=deployment.hpke["node-0"], tls_spki_sha256=TLS,
+                      report_key=deployment.report_signer.public_key)
+    wg, hpke, n = deployment.wg["node-1"], deployment.hpke["node-1"], deployment.worker_nonce
+    ev = deployment.worker_attester.evidence(node_report_data(
+        manifest_digest=manifest.digest, wg_public_key=wg, hpke_public_key=hpke, nonce=n))
+    for name in ("node-1", "node-2"):
+        b.set_peer(name, tee="sim", evidence=ev, wg_public_key=wg, hpke_public_key=hpke, nonce=n)
+    r = _verify(deployment, b.build(nonce), nonce, manifest=manifest)
+    assert r.reason == "manifest_mismatch"
+    assert r.steps[-1] == {"step": "endpoint.05.stages", "ok": False}
+
+
+def test_respond_rejects_bad_nonces(deployment):
+    b = deployment.builder(TLS)
+    assert respond(b, None)[0] == 400
+    assert respond(b, "zz")[0] == 400
+    assert respond(b, "00" * 8)[0] == 400           # too short to be a real challenge
+    status, body = respond(b, "00" * 32)
+    assert status == 200 and body["nonce"] == "00" * 32

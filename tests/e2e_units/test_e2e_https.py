@@ -9,6 +9,7 @@ import pytest
 
 from conclave.runtime.cli import main
 from conclave.runtime.endpoint.client import verify_endpoint
+from conclave.runtime.endpoint.tls import generate_head_identity
 from conclave.runtime.endpoint.proxy import AttestedProxy, ThreadedProxy
 from conclave.runtime.manifest import verify_bytes
 
@@ -37,7 +38,7 @@ def test_verify_accepts_good_head(https_head, files, capsys, deployment):
     assert rc == 0, out
     assert out["ok"] and out["reason"] is None and out["tee"] == "sim"
     assert {"ok", "tee", "reason", "claims", "violations", "steps", "nodes"} <= set(out)
-    assert out["tls"]["spki_sha256"] == head.certs["a"][2].hex()
+    assert out["tls"]["spki_sha256"] == head.certs["a"][1].hex()
     assert out["steps"][0] == {"step": "endpoint.00.fetch", "ok": True}
 
 
@@ -64,6 +65,22 @@ def test_verify_rejects_bad_evidence_with_policy_exit(https_head, files, capsys,
     rc, out = _verify_cli(capsys, head.url, man, root)
     assert (rc, out["reason"]) == (4, "measurement_mismatch")
     assert out["violations"] and out["violations"][0]["node"] == "node-0"
+
+
+def test_verify_with_ca_checks_pki_too(https_head, files, capsys):
+    head = https_head()
+    man, root = files
+    rc, out = _verify_cli(capsys, head.url, man, root, "--ca", str(head.certs["a"][0]))
+    assert rc == 0, out
+    rc, out = _verify_cli(capsys, head.url, man, root, "--ca", str(head.certs["b"][0]))
+    assert (rc, out["reason"]) == (3, "endpoint_unreachable")
+
+
+def test_head_identity_repr_and_key_file_removed(tmp_path):
+    ident = generate_head_identity(["127.0.0.1"])
+    assert "PRIVATE" not in repr(ident) and ident.spki_sha256.hex() in repr(ident)
+    ident.server_context(tmp_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_verify_unreachable_and_plain_http(files, capsys):
@@ -106,7 +123,7 @@ def test_proxy_forwards_only_while_verified(https_head, deployment):
 
         # the head starts presenting evidence the policy refuses -> 503 after the re-verify period
         bad = deployment.root.issue_attester("node-0", measurement=BAD_MEASUREMENT)
-        head.builder = deployment.builder(head.certs["a"][2], head_attester=bad)
+        head.builder = deployment.builder(head.certs["a"][1], head_attester=bad)
         deadline = time.monotonic() + 10
         status = None
         while time.monotonic() < deadline:
@@ -157,7 +174,7 @@ def test_verify_endpoint_api(https_head, deployment):
     head = https_head()
     v = verify_endpoint(head.url, manifest=deployment.manifest, trusted_roots=[deployment.root.certificate],
                         timeout=10)
-    assert v.ok and v.fetched.tls_spki_sha256 == head.certs["a"][2]
+    assert v.ok and v.fetched.tls_spki_sha256 == head.certs["a"][1]
 
 
 def test_proxy_cuts_a_stream_when_verification_stops_holding(https_head, deployment):
@@ -184,3 +201,48 @@ def test_proxy_cuts_a_stream_when_verification_stops_holding(https_head, deploym
             conn.close()
         assert b"[DONE]" not in rest          # the client never sees a "complete" answer
         assert rest.count(b"data: ") < 39
+
+
+def test_proxy_command_serves_and_refuses(https_head, files, deployment):
+    """`conclave proxy` as a real process: forwards while the head verifies, 503 when it does not."""
+    import socket
+    import subprocess
+    import sys
+    good = https_head()
+    bad = https_head(bind_tls="a", serve_tls="b")
+    man, root = files
+    procs = []
+    try:
+        ports = []
+        for upstream in (good.url, bad.url):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            ports.append(port)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "conclave.runtime", "proxy", "--upstream", upstream,
+                 "--manifest", str(man), "--sim-root", str(root), "--listen", f"127.0.0.1:{port}",
+                 "--reverify", "30", "--owner-fingerprint", deployment.manifest.owner_fingerprint],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        results = []
+        for port, proc in zip(ports, procs):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    results.append(_request(f"http://127.0.0.1:{port}", "GET", "/v1/models"))
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stderr.read().decode()
+                    assert time.monotonic() < deadline, "proxy did not start listening"
+                    time.sleep(0.2)
+        assert results[0][0] == 200 and json.loads(results[0][2])["data"][0]["id"] == "smollm2"
+        assert results[1][0] == 503 and json.loads(results[1][2])["error"]["code"] == "tls_key_mismatch"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            proc.stderr.close()

@@ -7,6 +7,7 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from conclave.runtime.attestation.core import PolicyError
@@ -15,7 +16,7 @@ from conclave.runtime.cli import main
 from conclave.runtime.manifest import (DeploymentManifest, ManifestError, Stage, build_content,
                                        require_manifest, sign_content, verify_bytes)
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.manifest.canonical import canonical_json, strict_loads
 
 from e2e_support import ENGINE_DIGEST, MODEL_DIGEST, STAGES, make_manifest_bytes, sim_policy
 
@@ -163,7 +164,8 @@ def test_require_manifest_refuses_unusable_policy(owner, tmp_path):
 def test_cli_new_sign_show_verify(tmp_path, capsys):
     key, policy, out = tmp_path / "owner.pem", tmp_path / "policy.json", tmp_path / "m.json"
     policy.write_text(json.dumps(sim_policy()))
-    assert main(["manifest", "keygen", str(key), "--json"]) == 0
+    pub = tmp_path / "owner.pub.pem"
+    assert main(["manifest", "keygen", str(key), "--pubkey-out", str(pub), "--json"]) == 0
     keygen = json.loads(capsys.readouterr().out)
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert "PRIVATE" not in json.dumps(keygen)
@@ -178,6 +180,8 @@ def test_cli_new_sign_show_verify(tmp_path, capsys):
     assert main(["manifest", "verify", str(out), "--owner-fingerprint", keygen["fingerprint"], "--json"]) == 0
     verified = json.loads(capsys.readouterr().out)
     assert verified["ok"] and verified["owner_pinned"] and verified["digest"] == created["digest"]
+    assert main(["manifest", "verify", str(out), "--owner-pubkey", str(pub), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["owner_pinned"]
     assert main(["manifest", "show", str(out), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["overlay_cidr"] == "100.70.0.0/16" and shown["engine_digest"] == ENGINE_DIGEST
@@ -228,3 +232,17 @@ def test_key_file_readable_by_others_is_refused(tmp_path):
     with pytest.raises(keys.KeyFileError) as exc:
         keys.load_private_key(key)
     assert exc.value.reason == "key_permissions"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**63, max_value=2**63) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=_json)
+def test_canonical_json_roundtrips_and_is_stable(value):
+    encoded = canonical_json(value)
+    assert strict_loads(encoded) == value
+    assert canonical_json(strict_loads(encoded)) == encoded

@@ -35,8 +35,12 @@ def golden_small(cluster_root) -> dict:
     return results
 
 
+CLUSTER3_PARTITION = (8, 12, 10)
+
+
 @pytest.fixture(scope="session")
 def cluster3(golden_small, cluster_root):
-    with harness.running_cluster(3, cluster_root / "n3") as cluster:
+    # An explicit, uneven layer split: exercises VLLM_PP_LAYER_PARTITION on the golden path.
+    with harness.running_cluster(3, cluster_root / "n3", extra=["--partition", ",".join(map(str, CLUSTER3_PARTITION))]) as cluster:
         yield cluster
     assert not cluster.left_after_down, f"conclave down left: {cluster.left_after_down}"

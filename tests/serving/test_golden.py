@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from . import harness
+from .conftest import CLUSTER3_PARTITION
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(2400)]
 
@@ -32,3 +33,5 @@ def test_cluster_status_describes_every_node(golden_small, cluster3):
         layers = [tuple(n["layers"]) for n in nodes]
         assert layers[0][0] == 0 and layers[-1][1] == 30
         assert all(a[1] == b[0] for a, b in zip(layers, layers[1:]))
+    assert [tuple(n["layers"]) for n in cluster3.status["nodes"]] == [(0, 8), (8, 20), (20, 30)]
+    assert cluster3.status["partition"] == list(CLUSTER3_PARTITION)

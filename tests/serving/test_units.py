@@ -119,3 +119,10 @@ def test_plain_veth_network_uses_underlay_and_guards_token():
     with pytest.raises(KeyError):
         net.release_ray_token(Host("n9", "ns9", "198.18.0.9", "eth0"))
     assert net.describe()["encrypted"] is False
+
+
+def test_network_layers_by_name():
+    from conclave.runtime.serving import network
+    assert isinstance(network.create("plain-veth"), PlainVethNetwork)
+    with pytest.raises(ValueError):
+        network.create("nope")

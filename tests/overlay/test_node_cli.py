@@ -1,0 +1,121 @@
+"""`conclave node` start-up: secret material never through argv, misconfigured nodes refuse to run;
+secrets reach `wg` only through a pipe; pure helpers (firewall rules, names, addresses)."""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conclave.overlay import device
+from conclave.overlay.addressing import derive_address, interface_name
+from conclave.overlay.firewall import ruleset
+from conclave.overlay.keys import WgPrivateKey
+from conclave.runtime.attestation.sim import SimulatedRoot
+
+GOOD = bytes.fromhex("ab" * 48)
+
+
+def run_node(tmp: Path, policy: dict, bundle: dict, *, via: str = "stdin", extra=()) -> subprocess.CompletedProcess:
+    (tmp / "policy.json").write_text(json.dumps(policy))
+    root_pem = tmp / "root.pem"
+    cmd = [sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "cli-n1",
+           "--policy", str(tmp / "policy.json"), "--manifest-digest", "11" * 32, "--underlay-host", "127.0.0.1",
+           "--evidence", "sim", "--sim-root", str(root_pem), "--status-socket", str(tmp / "s.sock"), *extra]
+    data = json.dumps(bundle).encode()
+    if via == "stdin":
+        cmd.append("--bundle-stdin")
+        return subprocess.run(cmd, input=data, capture_output=True, timeout=60,
+                              env={**os.environ, "CONCLAVE_STATE_DIR": str(tmp)})
+    path = tmp / "bundle.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if via == "file" else 0o644)
+    os.write(fd, data)
+    os.close(fd)
+    os.chmod(path, 0o600 if via == "file" else 0o644)
+    cmd += ["--bundle-file", str(path)]
+    return subprocess.run(cmd, capture_output=True, timeout=60, env={**os.environ, "CONCLAVE_STATE_DIR": str(tmp)})
+
+
+def _setup(tmp: Path, **issue):
+    root = SimulatedRoot.generate()
+    (tmp / "root.pem").write_bytes(root.cert_pem)
+    attester = root.issue_attester("cli-n1", measurement=GOOD, **issue)
+    return {"sim_attester": base64.b64encode(attester.to_secret_bytes()).decode()}
+
+
+def test_sim_node_under_production_policy_refuses_to_start(tmp_path):
+    bundle = _setup(tmp_path)
+    res = run_node(tmp_path, {"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": ["00" * 48]}}, bundle)
+    assert res.returncode == 2, res.stderr
+    assert b"self_attestation_failed" in res.stderr and b"simulated_not_allowed" in res.stderr
+
+
+def test_debug_node_refuses_to_start_and_bundle_file_is_removed(tmp_path):
+    bundle = _setup(tmp_path, debug=True)
+    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+              "sim": {"measurement": [GOOD.hex()]}}
+    res = run_node(tmp_path, policy, bundle, via="file")
+    assert res.returncode == 2 and b"debug_enabled" in res.stderr
+    assert not (tmp_path / "bundle.json").exists()
+
+
+def test_world_readable_bundle_file_is_refused_and_removed(tmp_path):
+    bundle = _setup(tmp_path)
+    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+              "sim": {"measurement": [GOOD.hex()]}}
+    res = run_node(tmp_path, policy, bundle, via="open-file")
+    assert res.returncode == 1 and b"bundle_permissions" in res.stderr
+    assert not (tmp_path / "bundle.json").exists()
+
+
+def test_missing_attester_is_a_usage_error(tmp_path):
+    _setup(tmp_path)
+    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+              "sim": {"measurement": [GOOD.hex()]}}
+    res = run_node(tmp_path, policy, {})
+    assert res.returncode == 1 and b"attester_missing" in res.stderr
+
+
+def test_private_key_reaches_wg_only_through_a_pipe(tmp_path, monkeypatch):
+    log = tmp_path / "wg.log"
+    fake = tmp_path / "wg"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"ARGV $*\" >> {log}\n"
+                    "for a in \"$@\"; do case \"$a\" in /dev/fd/*) "
+                    f"echo \"FDMODE $(stat -L -c %F $a)\" >> {log}; echo \"READ $(cat $a)\" >> {log};; esac; done\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    key = WgPrivateKey.generate()
+    device._wg(["set", "wg0", "private-key", "{fd}"], secret=key.wg_text())
+    text = log.read_text()
+    secret = key.wg_text().decode().strip()
+    argv_line = next(line for line in text.splitlines() if line.startswith("ARGV"))
+    assert secret not in argv_line and "/dev/fd/" in argv_line
+    assert "FDMODE fifo" in text           # a pipe, not a file on disk
+    assert f"READ {secret}" in text        # and wg could read it
+    leftovers = [p for p in tmp_path.iterdir() if p.name not in ("wg", "wg.log")]
+    assert leftovers == []
+
+
+def test_firewall_ruleset_opens_only_the_underlay_ports():
+    rules = ruleset(interface="cncabc", wireguard_port=51820, tcp_ports=[51821, 51822],
+                    overlay=ipaddress.IPv4Network("100.64.0.0/16"))
+    lines = [line.strip() for line in rules.splitlines()]
+    assert 'iifname "cncabc" ip saddr 100.64.0.0/16 accept' in lines
+    assert "ip daddr 100.64.0.0/16 drop" in lines
+    assert "udp dport 51820 accept" in lines and "tcp dport { 51821, 51822 } accept" in lines
+    assert lines[-3] == "drop"  # default deny at the end of the chain
+    # the overlay drop comes before any port accept
+    assert lines.index("ip daddr 100.64.0.0/16 drop") < lines.index("udp dport 51820 accept")
+
+
+def test_interface_names_and_default_addresses():
+    names = {interface_name(f"node-{i}") for i in range(200)}
+    assert len(names) == 200 and all(len(n) <= 15 for n in names)
+    net = ipaddress.IPv4Network("100.64.0.0/16")
+    addr = derive_address("node-1", net)
+    assert addr in net and addr not in (net.network_address, net.broadcast_address)
+    assert derive_address("node-1", net) == addr
