@@ -102,11 +102,13 @@ class Verifier:
 
     def __init__(self, *, policy: policy_mod.Policy, manifest_digest: bytes, overlay: ipaddress.IPv4Network,
                  trusted_sim_roots: Sequence[x509.Certificate] = (),
+                 collateral_for: Callable[[TeeType, bytes], object | None] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.policy = policy
         self.manifest_digest = manifest_digest
         self.overlay = overlay
         self.trusted_sim_roots = tuple(trusted_sim_roots)
+        self.collateral_for = collateral_for   # verifier-side collateral (cache/fetch) when none is shipped
         self.clock = clock
 
     def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache) -> AdmittedPeer:
@@ -180,6 +182,8 @@ class Verifier:
         roots = self.trusted_sim_roots if tee == TeeType.SIM else None
         try:
             collateral = _load_collateral(tee, bytes(item.collateral))
+            if collateral is None and self.collateral_for is not None:
+                collateral = self.collateral_for(tee, bytes(item.data))
             return attestation.verify_evidence(bytes(item.data), tee=tee, at=self.clock(), certs=certs,
                                                collateral=collateral, nonce=nonce, trusted_roots=roots)
         except AttestationError as exc:

@@ -1,23 +1,18 @@
-"""Evidence sources: where a node gets TEE evidence over a REPORT_DATA it chose.
+"""The node's evidence for one challenge: one CPU TEE item plus optional GPU items.
 
-- SimEvidenceSource: the simulated TEE (local mode, tests); stamped simulated, refused by
-  production policies.
-- ConfigfsTsmSource: Linux configfs-tsm (/sys/kernel/config/tsm/report), the kernel's common
-  interface to TDX and SEV-SNP guest evidence inside a CVM.
+The sources themselves live in conclave.runtime.attestation.collect (configfs-tsm, the SEV and
+TDX guest devices, NVIDIA's nvattest, the simulated TEE); this module composes them for
+admission: the CPU evidence signs REPORT_DATA, every GPU signs the nonce derived from the same
+REPORT_DATA (binding.gpu_nonce_for), so GPU and CPU evidence are tied to one challenge.
 """
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
+from conclave.runtime.attestation import binding, collect
 from conclave.runtime.attestation.core import TeeType
-from conclave.runtime.errors import ConclaveError
-
-TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 
 
 @dataclass(frozen=True)
@@ -34,46 +29,32 @@ class EvidenceSource(Protocol):
     def collect(self, report_data: bytes) -> list[EvidenceItemData]: ...
 
 
-class SimEvidenceSource:
-    tee = TeeType.SIM
+class NodeEvidenceSource:
+    """One CPU source (tdx/snp/sim) and any GPU sources; collection is serialized (TEE devices
+    and configfs-tsm entries are not meant for concurrent use)."""
 
-    def __init__(self, attester):  # conclave.runtime.attestation.sim.SimulatedAttester
-        self._attester = attester
+    def __init__(self, cpu: collect.EvidenceSource, gpus: Sequence[collect.EvidenceSource] = ()):
+        if cpu.tee not in (TeeType.TDX, TeeType.SNP, TeeType.SIM):
+            raise ValueError("the first evidence source must be a CPU TEE")
+        if any(g.tee != TeeType.NVGPU for g in gpus):
+            raise ValueError("extra evidence sources must be GPUs")
+        self.tee = cpu.tee
+        self._cpu = cpu
+        self._gpus = tuple(gpus)
         self._lock = threading.Lock()
 
     def collect(self, report_data: bytes) -> list[EvidenceItemData]:
         with self._lock:
-            return [EvidenceItemData(TeeType.SIM, self._attester.evidence(report_data))]
+            items = [EvidenceItemData(self._cpu.tee, self._cpu.collect(report_data))]
+            if self._gpus:
+                nonce = binding.gpu_nonce_for(report_data)
+                items += [EvidenceItemData(TeeType.NVGPU, g.collect(nonce)) for g in self._gpus]
+        return items
 
     def __repr__(self) -> str:
-        return "SimEvidenceSource(<attester>)"
+        return f"NodeEvidenceSource(cpu={self._cpu.tee}, gpus={len(self._gpus)})"
 
 
-class ConfigfsTsmSource:
-    """TDX or SEV-SNP evidence through configfs-tsm (Linux >= 6.7)."""
-
-    def __init__(self, tee: TeeType, root: Path = TSM_REPORT_DIR):
-        if tee not in (TeeType.TDX, TeeType.SNP):
-            raise ValueError("configfs-tsm provides tdx or snp evidence")
-        self.tee = tee
-        self.root = root
-        self._lock = threading.Lock()
-        if not root.is_dir():
-            raise ConclaveError("no_tee", f"{root} is missing: not inside a TDX/SEV-SNP guest with configfs-tsm")
-
-    def collect(self, report_data: bytes) -> list[EvidenceItemData]:
-        with self._lock:
-            entry = self.root / f"conclave-{os.getpid()}-{secrets.token_hex(4)}"
-            entry.mkdir()
-            try:
-                provider = (entry / "provider").read_text().strip()
-                (entry / "inblob").write_bytes(report_data)
-                data = (entry / "outblob").read_bytes()
-            finally:
-                entry.rmdir()
-        expected = {"tdx_guest": TeeType.TDX, "sev_guest": TeeType.SNP}.get(provider)
-        if expected != self.tee:
-            raise ConclaveError("tee_mismatch", f"configfs-tsm provider {provider!r} is not {self.tee}")
-        # SNP: the VCEK chain comes from --certs / the verifier's cache (auxblob is a GUID table,
-        # not DER certificates; not forwarded here).
-        return [EvidenceItemData(self.tee, data)]
+def SimEvidenceSource(attester) -> NodeEvidenceSource:
+    """Local mode / tests: the simulated TEE (stamped simulated; refused by production policies)."""
+    return NodeEvidenceSource(collect.SimulatedSource(attester))

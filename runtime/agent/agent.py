@@ -76,6 +76,7 @@ class NodeAgent:
         self._status: StatusServer | None = None
         self._rendezvous: RendezvousClient | None = None
         self._loop_thread: threading.Thread | None = None
+        self._discovery_thread: threading.Thread | None = None
         self._last_reconcile = 0.0
         self._last_announce = 0.0
         self._reconcile_error: str | None = None
@@ -121,6 +122,10 @@ class NodeAgent:
             raise
         self._loop_thread = threading.Thread(target=self._loop, name="conclave-agent", daemon=True)
         self._loop_thread.start()
+        if self._rendezvous is not None and self._rendezvous.targets:
+            self._discovery_thread = threading.Thread(target=self._discovery_loop, name="conclave-discovery",
+                                                      daemon=True)
+            self._discovery_thread.start()
 
     def _start_device(self) -> None:
         cfg = self.cfg
@@ -184,8 +189,9 @@ class NodeAgent:
         with self._lock:
             if self.state not in (AgentState.DRAINING, AgentState.STOPPED):
                 self._transition(AgentState.DRAINING)
-        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
-            self._loop_thread.join(10)
+        for thread in (self._loop_thread, self._discovery_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for closer in (lambda: self._server and self._server.stop(0.5),
                        lambda: self._rdv_server and self._rdv_server.stop(0.5),
@@ -235,12 +241,6 @@ class NodeAgent:
         if now - self._last_self_check >= t.reattest_interval:
             self._last_self_check = now
             self._submit_self_check()
-        if self._rendezvous and self._rendezvous.targets:
-            if now - self._last_announce >= t.announce_interval:
-                if self._rendezvous.announce(self.me) and self.first_announce_wall is None:
-                    self.first_announce_wall = time.time()
-                self._last_announce = now
-            self._merge(self._rendezvous.list())
         age_limit = t.evidence_age_limit()
         with self._lock:
             for rec in list(self.peers.values()):
@@ -263,6 +263,25 @@ class NodeAgent:
                     continue  # no longer announced anywhere: stop knocking (kept for status until pruned)
                 elif now >= rec.next_attempt_mono and self.state in (AgentState.MESHED, AgentState.SERVING):
                     self._submit(rec, self._attest_peer, False)
+
+    def _discovery_loop(self) -> None:
+        """Announce and list on its own thread: a slow or black-holed rendezvous must never delay
+        evictions or reconciles in the main loop."""
+        t = self.cfg.timing
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - self._last_announce >= t.announce_interval:
+                    if self._rendezvous.announce(self.me) and self.first_announce_wall is None:
+                        self.first_announce_wall = time.time()
+                    self._last_announce = now
+                before = len(self.peers)
+                self._merge(self._rendezvous.list())
+                if len(self.peers) != before:
+                    self._wake.set()
+            except Exception:
+                log.exception("discovery failed")
+            self._stop.wait(t.tick)
 
     def _merge(self, announcements: list[Announcement]) -> None:
         now = time.monotonic()

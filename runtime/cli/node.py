@@ -44,8 +44,10 @@ def register(subparsers) -> None:
     p.add_argument("--rendezvous", action="append", default=[], metavar="HOST:PORT")
     p.add_argument("--serve-rendezvous", type=int, default=None, metavar="PORT",
                    help="also host a rendezvous on this port (underlay)")
-    p.add_argument("--evidence", choices=["sim", "configfs-tsm"], default="configfs-tsm")
-    p.add_argument("--tee", choices=["tdx", "snp"], default=None, help="with --evidence configfs-tsm")
+    p.add_argument("--evidence", choices=["auto", "sim"], default="auto",
+                   help="auto: this CVM's TEE (configfs-tsm, SEV/TDX guest device); sim: local mode")
+    p.add_argument("--gpu-evidence", choices=["none", "nvattest"], default="none",
+                   help="add NVIDIA GPU evidence (bound to the same challenge)")
     p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle-stdin", action="store_true")
@@ -108,9 +110,9 @@ def _b64(value, what: str) -> bytes:
 
 def build_config(args):
     from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, parse_cidr
-    from conclave.overlay.evidence import ConfigfsTsmSource, SimEvidenceSource
+    from conclave.overlay.evidence import NodeEvidenceSource, SimEvidenceSource
     from conclave.runtime.agent import config as ac
-    from conclave.runtime.attestation.core import TeeType
+    from conclave.runtime.attestation import collect
     from conclave.runtime.attestation.policy import Policy
     from conclave.runtime.attestation.sim import SimulatedAttester
     from conclave.runtime.keys.broker import DEFAULT_ALLOWED_ROLES
@@ -129,9 +131,8 @@ def build_config(args):
                              reason="attester_missing")
         source = SimEvidenceSource(SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester")))
     else:
-        if args.tee is None:
-            raise UsageError("--evidence configfs-tsm needs --tee tdx|snp")
-        source = ConfigfsTsmSource(TeeType(args.tee))
+        gpus = [collect.NvattestSource()] if args.gpu_evidence == "nvattest" else []
+        source = NodeEvidenceSource(collect.detect_cpu_source(), gpus)
     if args.sim_root is not None:
         try:
             roots = x509.load_pem_x509_certificates(args.sim_root.read_bytes())

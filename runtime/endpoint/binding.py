@@ -9,6 +9,7 @@ head and nothing else.
 from __future__ import annotations
 
 import hashlib
+from typing import Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,8 +43,9 @@ def head_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_publi
 
 
 def node_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,
-                     nonce: bytes) -> bytes:
-    """A stage node's REPORT_DATA (the admission binding, purpose conclave/node/v1)."""
+                     nonce: bytes, extra: Mapping[str, bytes] | None = None) -> bytes:
+    """A stage node's REPORT_DATA (the admission binding, purpose conclave/node/v1; the overlay
+    adds extra {node_id, role, overlay_address})."""
     return binding.report_data_for(purpose=PURPOSE_NODE, manifest_digest=manifest_digest,
                                    wg_public_key=wg_public_key, hpke_public_key=hpke_public_key,
-                                   nonce=nonce)
+                                   nonce=nonce, extra=extra)

@@ -10,14 +10,19 @@ Order (bundle-level checks stop at the first failure; then every node is checked
     <node>.01.evidence    vendor/sim signatures and chains (attestation reasons)
     <node>.02.policy      the manifest's policy, every violation collected
     <node>.03.inputs      head: purpose, nonce == client's, TLS key == seen, report key == advertised;
-                          fresh entries: nonce == client's; cached: age limit when the evidence dates itself
-    <node>.04.binding     REPORT_DATA == H(manifest digest, keys, nonce[, TLS, report key]) -> report_data_mismatch
+                          workers: bound node_id/role (when bound) == the stage's; fresh entries:
+                          nonce == client's; cached: age limit when the evidence dates itself
+    <node>.04.binding     REPORT_DATA == H(manifest digest, keys, nonce, extra) -> report_data_mismatch
+    <node>.05.gpuN        each GPU's evidence, for gpu_nonce_for(REPORT_DATA), then the policy
 """
 from __future__ import annotations
 
 import hmac
+import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cryptography import x509
@@ -25,11 +30,12 @@ from cryptography import x509
 from conclave.runtime import attestation
 from conclave.runtime.attestation import binding as att_binding
 from conclave.runtime.attestation.policy import validate
-from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
-                                               claims_to_json)
-from conclave.runtime.endpoint.binding import (PURPOSE_HEAD, PURPOSE_NODE, head_report_data,
-                                               node_report_data)
-from conclave.runtime.endpoint.bundle import NodeEntry, ParsedBundle, parse_bundle
+from conclave.runtime.attestation.core import (AttestationError, MalformedEvidence, PolicyViolated,
+                                               Reason, TeeType, VerifiedEvidence, claims_to_json)
+from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_TLS, PURPOSE_HEAD,
+                                               PURPOSE_NODE)
+from conclave.runtime.endpoint.bundle import (CPU_TEES, EvidenceBlob, NodeEntry, ParsedBundle,
+                                              parse_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest.canonical import CanonicalError
 from conclave.runtime.manifest.document import VerifiedManifest, content_digest
@@ -155,7 +161,8 @@ def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_sp
             raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
                         f"node {s.node}: role/owner differ from the manifest")
     wg_keys = [n.inputs.wg_public_key for n in parsed.nodes]
-    if len(set(wg_keys)) != len(wg_keys) or len({n.evidence for n in parsed.nodes}) != len(parsed.nodes):
+    cpu_evidence = {n.evidence.cpu.data for n in parsed.nodes}
+    if len(set(wg_keys)) != len(wg_keys) or len(cpu_evidence) != len(parsed.nodes):
         raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
                     "one node's evidence or WireGuard key is presented for several stages")
     extra = set(by_name) - {s.node for s in manifest.stages}
@@ -163,6 +170,68 @@ def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_sp
         raise _Fail("endpoint.05.stages", EndpointReason.MANIFEST_MISMATCH,
                     "bundle lists nodes outside the manifest or another head")
     steps.append({"step": "endpoint.05.stages", "ok": True})
+
+
+def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
+    """Collateral rides with the evidence (vendor-signed, so untrusted transport is fine)."""
+    if not blob:
+        return None
+    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        return attestation.load_collateral(tee, Path(name))
+    finally:
+        os.unlink(name)
+
+
+def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes | None,
+                 roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
+                 collateral: object | None) -> VerifiedEvidence:
+    try:
+        extra_certs = [x509.load_der_x509_certificate(c) for c in blob.certs]
+    except ValueError:
+        raise MalformedEvidence("a certificate shipped with the evidence is not DER") from None
+    if blob.collateral:
+        collateral = _load_collateral(tee, blob.collateral)
+    return attestation.verify_evidence(blob.data, tee=tee, at=at, certs=[*certs, *extra_certs],
+                                       collateral=collateral, nonce=nonce, trusted_roots=roots)
+
+
+def _record_steps(r: NodeResult, prefix: str, steps) -> None:
+    r.steps.extend({"step": f"{r.name}.{prefix}{s.step}", "ok": s.ok} for s in steps)
+
+
+def _check_inputs(r: NodeResult, entry: NodeEntry, parsed: ParsedBundle, *, tls_spki_sha256: bytes,
+                  nonce: bytes, at: datetime, issued: Any,
+                  max_cached_age: timedelta | None) -> tuple[str, str] | None:
+    """(reason, message) when the presented binding inputs are not the ones this client expects."""
+    inputs = entry.inputs
+    if entry.role == "head":
+        if inputs.purpose != PURPOSE_HEAD or entry.freshness != "fresh":
+            return EndpointReason.NONCE_MISMATCH, "head evidence is not fresh head evidence for this client"
+        if not _eq(inputs.nonce, nonce):
+            return EndpointReason.NONCE_MISMATCH, "head evidence is for another nonce"
+        if set(inputs.extra) != {EXTRA_TLS, EXTRA_REPORT_KEY}:
+            return EndpointReason.REPORT_DATA_MISMATCH, "head binding must cover exactly the TLS and report keys"
+        if not _eq(inputs.extra[EXTRA_TLS], tls_spki_sha256):
+            return EndpointReason.TLS_KEY_MISMATCH, "head evidence binds another TLS key than the one on this connection"
+        if not _eq(inputs.extra[EXTRA_REPORT_KEY], parsed.head.report_pubkey):
+            return EndpointReason.REPORT_DATA_MISMATCH, "head evidence binds another report key than the advertised one"
+        return None
+    if inputs.purpose != PURPOSE_NODE:
+        return EndpointReason.REPORT_DATA_MISMATCH, "worker evidence must use the node binding"
+    for key, expected in (("node_id", entry.name), ("role", entry.role)):
+        if key in inputs.extra and inputs.extra[key] != expected.encode():
+            return EndpointReason.MANIFEST_MISMATCH, f"evidence is bound to another {key} than {expected!r}"
+    if entry.freshness == "fresh" and not _eq(inputs.nonce, nonce):
+        return EndpointReason.NONCE_MISMATCH, "evidence marked fresh is for another nonce"
+    if entry.freshness == "cached" and max_cached_age is not None:
+        if not isinstance(issued, datetime):
+            r.notes.append("cached evidence carries no issue time; age not checked")
+        elif at - issued > max_cached_age:
+            return EndpointReason.EVIDENCE_EXPIRED, f"cached evidence is older than {max_cached_age}"
+    return None
 
 
 def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedManifest, policy,
@@ -174,16 +243,18 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
     try:
         tee = TeeType(entry.tee)
     except ValueError:
-        return r.fail("01.evidence", EndpointReason.MALFORMED, f"unknown TEE type {entry.tee!r}")
-    # 01: parse + verify (signatures, chains, validity at `at`)
+        tee = None
+    if tee not in CPU_TEES:
+        return r.fail("01.evidence", EndpointReason.MALFORMED, f"{entry.tee!r} is not a CPU TEE type")
+    # 01: parse + verify the CPU evidence (signatures, chains, validity at `at`)
     try:
-        roots = trusted_roots if tee == TeeType.SIM else vendor_roots
-        verified = attestation.verify_evidence(entry.evidence, tee=tee, at=at, certs=certs,
-                                               collateral=collateral, trusted_roots=roots)
+        verified = _verify_blob(entry.evidence.cpu, tee, at=at, nonce=None, certs=certs,
+                                roots=trusted_roots if tee == TeeType.SIM else vendor_roots,
+                                collateral=collateral)
     except AttestationError as exc:
-        r.steps.extend({"step": f"{entry.name}.{s.step}", "ok": s.ok} for s in exc.steps)
+        _record_steps(r, "", exc.steps)
         return r.fail("01.evidence", exc.reason, exc.message, exit_code=int(exc.exit_code))
-    r.steps.extend({"step": f"{entry.name}.{s.step}", "ok": s.ok} for s in verified.steps)
+    _record_steps(r, "", verified.steps)
     r.claims = claims_to_json(verified.claims)
     r.simulated = verified.simulated
     r.notes = list(verified.notes)
@@ -196,53 +267,39 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
         return r.fail("02.policy", exc.reason, exc.message, exit_code=int(ExitCode.POLICY_VIOLATED))
     r.passed("02.policy")
     # 03: the binding inputs the entry presents are the ones this client expects
-    inputs = entry.inputs
-    if entry.role == "head":
-        if inputs.purpose != PURPOSE_HEAD or entry.freshness != "fresh":
-            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH,
-                          "head evidence is not fresh head evidence for this client")
-        if not _eq(inputs.nonce, nonce):
-            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH, "head evidence is for another nonce")
-        if inputs.tls_spki_sha256 is None or not _eq(inputs.tls_spki_sha256, tls_spki_sha256):
-            return r.fail("03.inputs", EndpointReason.TLS_KEY_MISMATCH,
-                          "head evidence binds another TLS key than the one on this connection")
-        if inputs.report_key is None or not _eq(inputs.report_key, parsed.head.report_pubkey):
-            return r.fail("03.inputs", EndpointReason.REPORT_DATA_MISMATCH,
-                          "head evidence binds another report key than the advertised one")
-    else:
-        if inputs.purpose != PURPOSE_NODE or inputs.tls_spki_sha256 is not None:
-            return r.fail("03.inputs", EndpointReason.REPORT_DATA_MISMATCH,
-                          "worker evidence must use the node binding")
-        if entry.freshness == "fresh" and not _eq(inputs.nonce, nonce):
-            return r.fail("03.inputs", EndpointReason.NONCE_MISMATCH,
-                          "evidence marked fresh is for another nonce")
-        issued = verified.claims.get("issued_at")
-        if entry.freshness == "cached" and max_cached_age is not None:
-            if not isinstance(issued, datetime):
-                r.notes.append("cached evidence carries no issue time; age not checked")
-            elif at - issued > max_cached_age:
-                return r.fail("03.inputs", EndpointReason.EVIDENCE_EXPIRED,
-                              f"cached evidence is older than {max_cached_age}")
+    bad = _check_inputs(r, entry, parsed, tls_spki_sha256=tls_spki_sha256, nonce=nonce, at=at,
+                        issued=verified.claims.get("issued_at"), max_cached_age=max_cached_age)
+    if bad is not None:
+        return r.fail("03.inputs", *bad)
     r.passed("03.inputs")
     # 04: REPORT_DATA commits to exactly those inputs and the client's manifest
+    inputs = entry.inputs
     try:
-        if entry.role == "head":
-            expected = head_report_data(manifest_digest=manifest.digest,
-                                        wg_public_key=inputs.wg_public_key,
-                                        hpke_public_key=inputs.hpke_public_key, nonce=inputs.nonce,
-                                        tls_spki_sha256=inputs.tls_spki_sha256,
-                                        report_key=inputs.report_key)
-        else:
-            expected = node_report_data(manifest_digest=manifest.digest,
-                                        wg_public_key=inputs.wg_public_key,
-                                        hpke_public_key=inputs.hpke_public_key, nonce=inputs.nonce)
-        if verified.tee == TeeType.NVGPU:
-            expected = att_binding.gpu_nonce_for(expected)
+        expected = att_binding.report_data_for(
+            purpose=inputs.purpose, manifest_digest=manifest.digest, wg_public_key=inputs.wg_public_key,
+            hpke_public_key=inputs.hpke_public_key, nonce=inputs.nonce, extra=inputs.extra)
         att_binding.check_binding(verified, expected)
     except (ValueError, AttestationError) as exc:
         return r.fail("04.binding", EndpointReason.REPORT_DATA_MISMATCH,
                       getattr(exc, "message", "binding inputs unusable"))
     r.passed("04.binding")
+    # 05: each GPU: verified for the nonce derived from this REPORT_DATA, then the policy
+    gpu_nonce = att_binding.gpu_nonce_for(expected)
+    for i, blob in enumerate(entry.evidence.gpus):
+        step = f"05.gpu{i}"
+        try:
+            gpu = _verify_blob(blob, TeeType.NVGPU, at=at, nonce=gpu_nonce, certs=certs,
+                               roots=vendor_roots, collateral=None)
+            _record_steps(r, f"gpu{i}.", gpu.steps)
+            att_binding.check_binding(gpu, gpu_nonce)
+            validate(gpu, policy)
+        except PolicyViolated as exc:
+            r.violations = [dict(v.to_json(), gpu=i) for v in exc.violations]
+            return r.fail(step, exc.reason, exc.message, exit_code=int(ExitCode.POLICY_VIOLATED))
+        except AttestationError as exc:
+            _record_steps(r, f"gpu{i}.", exc.steps)
+            return r.fail(step, exc.reason, f"GPU {i}: {exc.message}", exit_code=int(exc.exit_code))
+        r.passed(step)
     r.ok, r.reason, r.message, r.exit_code = True, None, None, 0
     return r
 

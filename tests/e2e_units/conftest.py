@@ -33,7 +33,8 @@ def deployment() -> Deployment:
     d.worker_nonce = secrets.token_bytes(32)
     d.worker_evidence = d.worker_attester.evidence(node_report_data(
         manifest_digest=manifest.digest, wg_public_key=d.wg["node-1"],
-        hpke_public_key=d.hpke["node-1"], nonce=d.worker_nonce))
+        hpke_public_key=d.hpke["node-1"], nonce=d.worker_nonce,
+        extra=Deployment.admission_extra("node-1")))
     return d
 
 

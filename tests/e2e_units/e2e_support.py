@@ -58,6 +58,11 @@ class Deployment:
     worker_nonce: bytes = b""
     worker_evidence: bytes = b""
 
+    @staticmethod
+    def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2") -> dict:
+        """What the overlay's admission binds besides the keys (overlay.identity.binding_extra)."""
+        return {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
+
     def builder(self, tls_spki: bytes, *, head_attester=None, include_worker: bool = True) -> BundleBuilder:
         att = head_attester or self.head_attester
         b = BundleBuilder(manifest=self.manifest, head_node="node-0", tee="sim",
@@ -66,6 +71,7 @@ class Deployment:
                           report_key=self.report_signer.public_key)
         if include_worker:
             b.set_peer("node-1", tee="sim", evidence=self.worker_evidence,
+                       extra=self.admission_extra("node-1"),
                        wg_public_key=self.wg["node-1"], hpke_public_key=self.hpke["node-1"],
                        nonce=self.worker_nonce, collected_at=datetime.now(timezone.utc))
         return b

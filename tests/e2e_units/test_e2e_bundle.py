@@ -79,7 +79,7 @@ def test_tls_key_swapped(deployment, nonce):
     # an attacker advertising its own key everywhere still fails the binding
     mitm = secrets.token_bytes(32)
     bundle["head"]["tls_spki_sha256"] = mitm.hex()
-    bundle["nodes"][0]["report_data_inputs"]["tls_spki_sha256"] = mitm.hex()
+    bundle["nodes"][0]["report_data_inputs"]["extra"]["tls_spki_sha256"] = keys.b64(mitm)
     assert _verify(deployment, bundle, nonce, tls=mitm).reason == "report_data_mismatch"
 
 

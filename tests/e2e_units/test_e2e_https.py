@@ -246,3 +246,22 @@ def test_proxy_command_serves_and_refuses(https_head, files, deployment):
                 proc.kill()
                 proc.wait(10)
             proc.stderr.close()
+
+
+def test_report_key_from_a_verified_endpoint_checks_the_run_report(https_head, files, capsys,
+                                                                    deployment, tmp_path):
+    """Client flow: verify the head, take its attested report key, check the signed run report."""
+    from datetime import datetime, timezone
+    from conclave.runtime.report import RunReport
+    head = https_head()
+    man, root = files
+    rc, out = _verify_cli(capsys, head.url, man, root)
+    assert rc == 0
+    report = RunReport.for_manifest(deployment.manifest, started_at=datetime.now(timezone.utc),
+                                    evidence={"node-0": ("sim", b"e0"), "node-1": ("sim", b"e1")},
+                                    shards={"node-0": "01" * 32, "node-1": "02" * 32})
+    path = tmp_path / "run-report.json"
+    path.write_bytes(deployment.report_signer.sign(report))
+    assert main(["report", "verify", str(path), "--manifest", str(man),
+                 "--report-pubkey", out["head"]["report_pubkey"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["key_pinned"] is True
