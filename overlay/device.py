@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -94,6 +95,17 @@ class FakeDevice:
         self.ops.append(("listen_port", str(port)))
 
 
+def scrub_wg_stderr(stderr: str, secret: bytes | None) -> str:
+    """wg quotes a key it cannot parse (`Key is not the correct length or format: `KEY'`): drop
+    every quoted value, and the secret itself, before the text can reach an exception or a log."""
+    text = re.sub(r"`[^']*'", "`<redacted>'", stderr.strip())
+    if secret:
+        token = secret.decode("ascii", "replace").strip()
+        if token:
+            text = text.replace(token, "<redacted>")
+    return text
+
+
 def _wg(args: list[str], *, secret: bytes | None = None, timeout: float = 10) -> str:
     """Run `wg ARGS`; `secret` (if any) is readable by wg as /dev/fd/N, substituted for '{fd}'."""
     if secret is None:
@@ -111,9 +123,8 @@ def _wg(args: list[str], *, secret: bytes | None = None, timeout: float = 10) ->
             if w >= 0:
                 os.close(w)
     if res.returncode != 0:
-        # wg's stderr never echoes key material (keys travel only through the pipe)
         raise ConclaveError("wg_failed", f"wg {args[0]} {args[1] if len(args) > 1 else ''} failed: "
-                                         f"{res.stderr.strip()[:300]}")
+                                         f"{scrub_wg_stderr(res.stderr, secret)[:300]}")
     return res.stdout
 
 

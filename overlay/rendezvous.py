@@ -27,7 +27,7 @@ class RendezvousService(pb_grpc.RendezvousServicer):
     def __init__(self, *, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
-        self._entries: dict[tuple[str, bytes], tuple[pb.NodeAnnouncement, float]] = {}
+        self._entries: dict[tuple[str, bytes, bytes], tuple[pb.NodeAnnouncement, float]] = {}
         self._lock = threading.Lock()
 
     def Announce(self, request: pb.AnnounceRequest, context) -> pb.AnnounceReply:
@@ -35,7 +35,9 @@ class RendezvousService(pb_grpc.RendezvousServicer):
             ann = Announcement.from_proto(request.announcement)
         except MalformedAnnouncement as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed announcement: {exc}")
-        key = (ann.node_id, ann.wg_public_key.raw)
+        # keyed by the full identity: a forged announcement reusing someone's name or WireGuard
+        # key gets its own entry (and fails admission) instead of overwriting theirs
+        key = (ann.node_id, ann.wg_public_key.raw, ann.hpke_public_key.raw)
         with self._lock:
             self._expire()
             if key not in self._entries and len(self._entries) >= MAX_ENTRIES:
@@ -75,8 +77,8 @@ class RendezvousClient:
         return ok
 
     def list(self) -> list[Announcement]:
-        """Merged announcements (malformed ones dropped); duplicates by (node, key) collapsed."""
-        merged: dict[tuple[str, bytes], Announcement] = {}
+        """Merged announcements (malformed ones dropped); duplicates by (node, keys) collapsed."""
+        merged: dict[tuple[str, bytes, bytes], Announcement] = {}
         for t, ch in self._channels.items():
             try:
                 reply = pb_grpc.RendezvousStub(ch).List(pb.ListRequest(), timeout=rpc.RPC_TIMEOUT)
@@ -88,7 +90,7 @@ class RendezvousClient:
                     ann = Announcement.from_proto(msg)
                 except MalformedAnnouncement:
                     continue
-                merged.setdefault((ann.node_id, ann.wg_public_key.raw), ann)
+                merged.setdefault((ann.node_id, ann.wg_public_key.raw, ann.hpke_public_key.raw), ann)
         return list(merged.values())
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ class NodeAgent:
         self.broker = SecretsBroker(cfg.secrets, cfg.allowed_roles) if cfg.secrets else None
         self.received_secrets: dict[str, tuple[SecretValue, str]] = {}
         self.secret_errors: dict[str, str] = {}
-        self.peers: dict[tuple[str, bytes], PeerRecord] = {}
+        self.peers: dict[tuple[str, bytes, bytes], PeerRecord] = {}   # (node, wg, hpke)
         self.state = AgentState.BOOT
         self.metrics = AgentMetrics()
         self._lock = threading.RLock()
@@ -289,7 +289,7 @@ class NodeAgent:
             for ann in announcements:
                 if ann.wg_public_key == self.identity.wg_public or ann.node_id == self.me.node_id:
                     continue
-                key = (ann.node_id, ann.wg_public_key.raw)
+                key = (ann.node_id, ann.wg_public_key.raw, ann.hpke_public_key.raw)
                 rec = self.peers.get(key)
                 if rec is None:
                     if len(self.peers) >= MAX_RECORDS:
@@ -306,7 +306,7 @@ class NodeAgent:
         stale = sorted((r for r in self.peers.values() if r.state not in (PeerState.ADMITTED, PeerState.MESHED)),
                        key=lambda r: r.last_seen_mono)
         for rec in stale[: max(1, len(stale) // 4)]:
-            self.peers.pop((rec.node_id, rec.key.raw), None)
+            self.peers.pop((rec.node_id, rec.key.raw, rec.announcement.hpke_public_key.raw), None)
 
     def _submit(self, rec: PeerRecord, fn, *args) -> None:
         rec.in_flight = True
@@ -353,11 +353,10 @@ class NodeAgent:
             except grpc.RpcError as exc:
                 with self._lock:
                     rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
+                    # re-attestation: the peer stays until its evidence is too old (evidence_expired)
                     if not reattest:
                         rec.reason = str(OverlayReason.PEER_UNREACHABLE)
                         rec.reasons = [rec.reason]
-                    else:  # keep the peer until its evidence is too old; try again soon
-                        rec.last_verified_mono = rec.last_verified_mono  # unchanged
                 log.info("peer %s unreachable for %s: %s", ann.node_id,
                          "re-attestation" if reattest else "admission", exc.code().name)
                 return

@@ -172,3 +172,33 @@ def test_garbage_evidence_is_malformed_not_a_crash(root):
 def test_wire_round_trip_of_announcement(root):
     ann, _ = make_node(root)
     assert Announcement.from_proto(pb.NodeAnnouncement.FromString(ann.to_proto().SerializeToString())) == ann
+
+
+class FakeGpu:
+    """Stands in for nvattest: records the nonce it was asked to bind."""
+    tee = __import__("conclave.runtime.attestation.core", fromlist=["TeeType"]).TeeType.NVGPU
+
+    def __init__(self):
+        self.nonces = []
+
+    def collect(self, nonce: bytes) -> bytes:
+        self.nonces.append(nonce)
+        return b'[{"evidence": "fake"}]'
+
+
+def test_gpu_evidence_is_bound_to_the_same_challenge_and_checked(root):
+    from conclave.overlay.evidence import NodeEvidenceSource
+    from conclave.runtime.attestation import binding, collect
+    ann, _ = make_node(root)
+    gpu = FakeGpu()
+    src = NodeEvidenceSource(collect.SimulatedSource(root.issue_attester(ann.node_id, measurement=GOOD)), [gpu])
+    nonces = NonceCache()
+    reply = challenge(ann, src, nonces)
+    assert [i.tee for i in reply.evidence] == ["sim", "nvgpu"]
+    rd = binding.report_data_for(purpose=binding.PURPOSE_NODE, manifest_digest=DIGEST,
+                                 wg_public_key=ann.wg_public_key.raw, hpke_public_key=ann.hpke_public_key.raw,
+                                 nonce=bytes(reply.nonce), extra=ann.binding_extra())
+    assert gpu.nonces == [binding.gpu_nonce_for(rd)]
+    # this policy allows no GPUs: the GPU item is refused, not ignored
+    err = rejected(lambda: verifier(root).admit(challenged=ann, reply=reply, nonces=nonces))
+    assert err.reason == "tee_not_allowed"

@@ -66,6 +66,7 @@ def agents(tmp_path_factory):
             agent = NodeAgent(cfg)
             agent.start()
             made.append(agent)
+        made[0].test_root, made[0].test_rdv = root, rdv
         wait_for(lambda: all(len(a.status()["device_peers"]) == 2 for a in made), what="full mesh")
         yield made
     finally:
@@ -140,16 +141,49 @@ def test_malformed_and_oversized_rpcs_are_refused_without_harm(agents):
     assert len(head.status()["device_peers"]) == 2 and head.status()["state"] == "meshed"
 
 
+def test_one_sided_admission_never_configures_a_tunnel(agents, tmp_path):
+    head = agents[0]
+    cfg = NodeConfig(
+        node_name="ip-picky", role="worker", owner="t", manifest_digest=b"\x11" * 32,
+        # this node's policy accepts only itself (its own measurement), so it admits no one,
+        # while everyone else admits it
+        policy=Policy.from_dict({**POLICY, "sim": {"measurement": [GOOD.hex(), "ee" * 48]}}),
+        evidence_source=SimEvidenceSource(head.test_root.issue_attester("ip-picky", measurement=GOOD)),
+        underlay_host="127.0.0.1", admission_port=free_port(), wireguard_port=51829,
+        rendezvous=[f"127.0.0.1:{head.test_rdv}"], trusted_sim_roots=[head.test_root.certificate],
+        status_socket=tmp_path / "picky.sock",
+        device_factory=lambda cfg, ident, addr: FakeDevice(cfg.interface, cfg.wireguard_port),
+        timing=Timing(tick=0.05, reconcile_interval=0.3, announce_interval=0.2, retry_interval=0.5))
+    picky = NodeAgent(cfg)
+    picky.start()
+    try:
+        picky.verifier.policy = Policy.from_dict({**POLICY, "sim": {"measurement": ["ee" * 48]}})
+        wait_for(lambda: all(any(p["node_id"] == "ip-picky" and p["state"] == "admitted" for p in a.status()["peers"])
+                             for a in agents[:2]), what="others admit the picky node")
+        wait_for(lambda: len(picky.status()["peers"]) >= 2 and
+                 all(p["state"] == "rejected" for p in picky.status()["peers"]), what="picky rejects them")
+        time.sleep(1.0)  # several ticks and reconciles
+        for a in agents[:2]:
+            p = next(p for p in a.status()["peers"] if p["node_id"] == "ip-picky")
+            assert p["admitted_by_us"] and not p["admitted_us"] and not p["on_device"]
+            assert picky.identity.wg_public not in a._device.peers
+        assert picky._device.peers == {}
+    finally:
+        picky.stop()
+
+
 def test_policy_change_evicts_on_reattestation_within_one_reconcile_period(agents):
     head, w1, w2 = agents
     # w2's deployment policy stops allowing the measurement everyone runs
     w2.verifier.policy = Policy.from_dict({**POLICY, "sim": {"measurement": ["ee" * 48]}})
     w2.reattest_now()
-    wait_for(lambda: all(p["state"] == "evicted" for p in w2.status()["peers"]), what="eviction")
+    mesh = {"ip-n0", "ip-n1"}
+    wait_for(lambda: all(p["state"] == "evicted" for p in w2.status()["peers"] if p["node_id"] in mesh),
+             what="eviction")
     evicted_at = time.monotonic()
     wait_for(lambda: w2._device.peers == {}, timeout=w2.cfg.timing.reconcile_interval + 0.5,
              what="device peers removed within a reconcile period")
     assert time.monotonic() - evicted_at <= w2.cfg.timing.reconcile_interval + 0.5
-    for p in w2.status()["peers"]:
+    for p in (p for p in w2.status()["peers"] if p["node_id"] in mesh):
         assert p["reason"] == "measurement_mismatch"
         assert any(e["event"] == "reattestation_failed" for e in p["events"])

@@ -119,3 +119,41 @@ def test_interface_names_and_default_addresses():
     addr = derive_address("node-1", net)
     assert addr in net and addr not in (net.network_address, net.broadcast_address)
     assert derive_address("node-1", net) == addr
+
+
+def test_wg_errors_never_carry_key_material(tmp_path, monkeypatch):
+    import pytest
+    from conclave.runtime.errors import ConclaveError
+    fake = tmp_path / "wg"
+    # behave like wg does on a key it cannot parse: quote it on stderr
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in /dev/fd/*) "
+                    "echo \"Key is not the correct length or format: \\`$(cat $a)'\" >&2;; esac; done\nexit 1\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    key = WgPrivateKey.generate()
+    with pytest.raises(ConclaveError) as err:
+        device._wg(["set", "wg0", "private-key", "{fd}"], secret=key.wg_text())
+    secret = key.wg_text().decode().strip()
+    assert err.value.reason == "wg_failed"
+    assert secret not in str(err.value) and secret not in repr(err.value) and "<redacted>" in str(err.value)
+
+
+def test_bundle_over_an_inherited_fd(tmp_path):
+    bundle = _setup(tmp_path, debug=True)
+    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+              "sim": {"measurement": [GOOD.hex()]}}
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    r, w = os.pipe()
+    os.write(w, json.dumps(bundle).encode())
+    os.close(w)
+    try:
+        res = subprocess.run([sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "cli-n1",
+                              "--policy", str(tmp_path / "policy.json"), "--manifest-digest", "11" * 32,
+                              "--underlay-host", "127.0.0.1", "--evidence", "sim", "--sim-root",
+                              str(tmp_path / "root.pem"), "--bundle-fd", str(r)],
+                             pass_fds=(r,), capture_output=True, timeout=60,
+                             env={**os.environ, "CONCLAVE_STATE_DIR": str(tmp_path)})
+    finally:
+        os.close(r)
+    # the attester arrived over the fd (its debug claim is what stops the node)
+    assert res.returncode == 2 and b"debug_enabled" in res.stderr

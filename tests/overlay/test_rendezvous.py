@@ -95,3 +95,15 @@ def test_challenge_rate_limit_rations_evidence_generation():
     assert [limit.allow() for _ in range(4)] == [True, True, True, False]
     clock.t += 0.5
     assert limit.allow() and not limit.allow()
+
+
+def test_forged_announcement_cannot_overwrite_a_real_one(two_rendezvous):
+    import dataclasses
+    targets, _, _ = two_rendezvous
+    real = ann("a", 1)
+    forged = dataclasses.replace(real, hpke_public_key=NodeIdentity.generate().hpke_public, underlay_host="6.6.6.6")
+    client = RendezvousClient([targets[0]])
+    client.announce(real)
+    client.announce(forged)
+    listed = client.list()
+    assert real in listed and forged in listed and len(listed) == 2
