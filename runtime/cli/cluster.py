@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from conclave.runtime import log, netns
+from conclave.runtime import config, log, netns
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.hosts import local as local_hosts
 from conclave.runtime.model import registry
-from conclave.runtime.serving import engine, process, state as state_mod, supervisor
+from conclave.runtime.serving import engine, network, process, state as state_mod, supervisor
 
 DEFAULT_PORT = 8000
 DETACH_TIMEOUT = 1200.0
@@ -90,8 +90,9 @@ def build_spec(args) -> dict:
         "endpoint": f"http://127.0.0.1:{args.port}/v1",
         "api_key": api_key,
         "underlay": str(subnet),
-        "network_kind": "plain-veth",
+        "network_kind": args.network,
         "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
+                  "manifest": registry.manifest_path(args.model),
                   "num_layers": int(manifest["num_layers"]), "dtype": dtype},
         "max_model_len": args.max_model_len,
         "kv_cache_mb": args.kv_cache_mb,
@@ -116,9 +117,18 @@ def _up(args) -> int:
     log_path = Path(spec["run_dir"]) / "supervisor.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "conclave.runtime.serving.supervisor", str(path)],
-                                env=process.base_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                env=_supervisor_env(), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     return _follow(proc, log_path, path, json_out=args.json)
+
+
+def _supervisor_env() -> dict[str, str]:
+    """The detached supervisor gets the plain child environment plus Conclave's own settings."""
+    env = process.base_env()
+    for name in ("CONCLAVE_STATE_DIR", "CONCLAVE_CACHE_DIR", "CONCLAVE_LOG_FORMAT", "CONCLAVE_LOG_LEVEL"):
+        if (value := config.raw(name)) is not None:
+            env[name] = value
+    return env
 
 
 def _follow(proc: subprocess.Popen, log_path: Path, path: Path, *, json_out: bool) -> int:
@@ -153,7 +163,7 @@ def _follow(proc: subprocess.Popen, log_path: Path, path: Path, *, json_out: boo
                 if not (state_mod.read(path) or {}).get("left_behind"):
                     supervisor.teardown(state_mod.read(path) or {})
                     state_mod.remove(path)
-                raise ConclaveError(err["reason"], err["message"])
+                raise ConclaveError(err["reason"], err["message"], exit_code=ExitCode(err.get("exit_code", 3)))
             time.sleep(1)
     except KeyboardInterrupt:
         _stop_supervisor(state_mod.read(path) or {}, proc.pid)
@@ -178,6 +188,12 @@ def _stop_supervisor(st: dict, pid: int | None, timeout: float = 120.0) -> None:
     while signal_ok and time.monotonic() < deadline and process.alive(pid):
         process.reap()
         time.sleep(0.5)
+    if process.alive(pid):  # hung: stop it; the caller then tears down from the state file
+        log.progress(f"the supervisor (pid {pid}) did not stop within {timeout:.0f}s; killing it")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _down(args) -> int:
@@ -243,6 +259,8 @@ def register(subparsers) -> None:
     up.add_argument("--no-api-key", action="store_true", help="serve without an API key")
     up.add_argument("--underlay-cidr", default=local_hosts.DEFAULT_UNDERLAY_POOL,
                     help="pool for host addresses; a free /24 is picked (default 198.18.0.0/15)")
+    up.add_argument("--network", choices=sorted(network.NETWORK_LAYERS), default=network.PlainVethNetwork.kind,
+                    help="how the hosts talk (the cluster network layer); default plain-veth")
     up.add_argument("--max-model-len", type=int, default=2048)
     up.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache per stage in MiB (default 256)")
     up.add_argument("--json", action="store_true")

@@ -65,6 +65,13 @@ def lookup(name: str) -> tuple[Path, dict]:
     return Path(entry["path"]), manifest
 
 
+def manifest_path(name: str) -> str:
+    entry = load_registry().get(name)
+    if entry is None:
+        raise ConclaveError("model_not_found", f"model {name!r} is not imported", exit_code=ExitCode.USAGE)
+    return entry["manifest"]
+
+
 def _register(name: str, folder: Path, manifest: dict) -> dict:
     manifest_path = models_dir() / f"{name}.manifest.json"
     _write_json_atomic(manifest_path, manifest)

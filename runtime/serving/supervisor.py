@@ -20,8 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from conclave.runtime import log
-from conclave.runtime.errors import ConclaveError
+from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.hosts import local as local_hosts
+from conclave.runtime.model.manifest import check_manifest, verify_layer_range
 from conclave.runtime.serving import engine, process, ray_cluster, state as state_mod
 from conclave.runtime.serving.forwarder import Forwarder
 from conclave.runtime.serving import network as network_mod
@@ -133,6 +134,7 @@ class Supervisor:
         ray_cluster.wait_for_nodes(head, self.network.release_ray_token(head.host), stages, RAY_JOIN_TIMEOUT,
                                    lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]))
         self._check_stop()
+        self._verify_shards()
 
         spec = engine.EngineSpec(model_path=st["model"]["path"], served_name=st["model"]["name"], stages=stages,
                                  dtype=st["model"]["dtype"], max_model_len=int(st["max_model_len"]),
@@ -151,6 +153,24 @@ class Supervisor:
         self.forwarder.start()
         self._wait_engine(f"http://{head.address.ip}:{engine.ENGINE_PORT}/v1/models", started.log)
         self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+
+    def _verify_shards(self) -> None:
+        """Each stage checks its own layers (plus embeddings / final norm where it holds them)
+        against the model manifest before the engine loads anything; any mismatch stops the start."""
+        st = self.state
+        self._phase("verify", "model: every stage verifies its shard against the manifest")
+        manifest = json.loads(Path(st["model"]["manifest"]).read_text())
+        check_manifest(manifest)
+        if manifest["digest"] != st["model"]["digest"]:
+            raise ConclaveError("model_changed", "the model manifest changed since `conclave up` resolved it",
+                                exit_code=ExitCode.VERIFICATION_FAILED)
+        last = len(st["nodes"]) - 1
+        for i, node in enumerate(st["nodes"]):
+            start, end = node["layers"]
+            verify_layer_range(Path(st["model"]["path"]), manifest, start, end, first=(i == 0), last=(i == last))
+            node["shard_verified"] = True
+            log.progress(f"model: {node['name']} layers [{start}, {end}) match the manifest")
+        self._save()
 
     def _wait_engine(self, url: str, log_path: str) -> None:
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT
@@ -247,7 +267,7 @@ def run(state_file: Path, network: NetworkLayer | None = None) -> int:
         sup.serve_until_stopped()
     except ConclaveError as exc:
         if exc.reason != "interrupted":
-            sup.state["error"] = {"reason": exc.reason, "message": exc.message}
+            sup.state["error"] = {"reason": exc.reason, "message": exc.message, "exit_code": int(exc.exit_code)}
             log.progress(f"error [{exc.reason}]: {exc.message}")
             code = int(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - recorded, then torn down

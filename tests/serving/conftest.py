@@ -8,6 +8,7 @@ down` even when a test fails, and what it left behind is recorded for the teardo
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,19 @@ def cluster_root(tmp_path_factory) -> Path:
 def golden_small(cluster_root) -> dict:
     """Greedy outputs, chat answers and teardown results of the 1- and 2-stage clusters."""
     results = {}
+    key_file = cluster_root / "api-key"
+    key_file.write_text("test-key-" + secrets.token_hex(8) + "\n")
+    key_file.chmod(0o600)
+    # The 1-stage cluster takes a supplied API key; the 2-stage one serves without a key.
+    options = {1: ["--api-key-file", str(key_file)], 2: ["--no-api-key"]}
     for stages in (1, 2):
-        with harness.running_cluster(stages, cluster_root / f"n{stages}") as cluster:
+        with harness.running_cluster(stages, cluster_root / f"n{stages}", extra=options[stages]) as cluster:
             results[stages] = {"ids": harness.greedy_token_ids(cluster), "chat": harness.chat_answer(cluster),
-                               "status": cluster.status}
+                               "status": cluster.status, "models_without_key": cluster.get_models(key=None),
+                               "models_with_wrong_key": cluster.get_models(key="wrong")}
         results[stages]["footprint"] = cluster.footprint
         results[stages]["left"] = cluster.left_after_down
+    results["key_file"] = key_file.read_text().strip()
     return results
 
 

@@ -86,6 +86,12 @@ class Cluster:
     def api_key(self) -> str | None:
         return self.status["api_key"]
 
+    def get_models(self, *, key: str | None = "default") -> int:
+        """Status code of GET /models with the cluster's key, another key, or none."""
+        key = self.api_key if key == "default" else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(self.base_url + "/models", headers=headers, timeout=30).status_code
+
     def post(self, path: str, body, *, key: str | None = "default", timeout: float = 120) -> httpx.Response:
         headers = {}
         key = self.api_key if key == "default" else key

@@ -89,3 +89,33 @@ def test_usage_errors_exit_1(dirs):
     with pytest.raises(SystemExit) as info:
         cli.main(["up", "--nodes", "two"])
     assert info.value.code == 1
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(600)
+def test_tampered_shard_stops_the_start_and_leaves_nothing(dirs, capsys, require_root):
+    """A stage whose layers do not match the manifest stops `conclave up` after the hosts and Ray
+    are up (exit 2, model_shard_mismatch), and the failed start is torn down completely."""
+    from .harness import cli as run_cli, free_port
+    from .test_manifest import _flip_byte_in
+    import os
+    import subprocess
+    _write_model(dirs / "tiny")
+    assert cli.main(["model", "import", str(dirs / "tiny")]) == 0
+    _flip_byte_in(dirs / "tiny", "model.layers.3.self_attn.q_proj.weight")
+
+    def ours() -> tuple[set, set, set]:
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        return ({n for n in netns.list_netns() if n.startswith("cv")},
+                {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ": cv" in line},
+                {p.name for p in Path("/tmp").glob("cv*")})
+
+    before = ours()
+    res = run_cli(["up", "--local", "--nodes", "2", "--model", "tiny", "--port", str(free_port()), "--detach",
+                   "--json"], dict(os.environ), timeout=500, check=False)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["reason"] == "model_shard_mismatch"
+    assert "model: n0 layers [0, 2) match the manifest" in res.stderr  # n0 holds no tampered layer
+    assert "ray: starting worker on n1" in res.stderr                   # the failure came after Ray was up
+    assert ours() == before
+    assert not (dirs / "state" / "cluster.json").exists()

@@ -117,3 +117,14 @@ def test_secrets_never_in_argv(cluster3):
             continue
         assert key not in cmdline
         assert b"RAY_AUTH_TOKEN" not in cmdline and b"VLLM_API_KEY" not in cmdline
+
+
+def test_supplied_api_key_file_is_used(golden_small):
+    assert golden_small[1]["status"]["api_key"] == golden_small["key_file"]
+    assert golden_small[1]["models_without_key"] == 401
+    assert golden_small[1]["models_with_wrong_key"] == 401
+
+
+def test_no_api_key_serves_openly(golden_small):
+    assert golden_small[2]["status"]["api_key"] is None
+    assert golden_small[2]["models_without_key"] == 200
