@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.verify",
     "conclave.runtime.cli.report",
     "conclave.runtime.cli.bench",
+    "conclave.runtime.cli.measure",
 )
 
 

@@ -66,3 +66,8 @@ def register(subparsers) -> None:
     show.add_argument("name")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_show)
+
+    # `conclave model seal|unseal` (AES-256-GCM sealed weights; conclave.runtime.sealing)
+    from conclave.runtime.cli.model_seal import add_seal_parser
+
+    add_seal_parser(sub)

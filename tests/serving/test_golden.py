@@ -34,4 +34,6 @@ def test_cluster_status_describes_every_node(golden_small, cluster3):
         assert layers[0][0] == 0 and layers[-1][1] == 30
         assert all(a[1] == b[0] for a, b in zip(layers, layers[1:]))
     assert [tuple(n["layers"]) for n in cluster3.status["nodes"]] == [(0, 8), (8, 20), (20, 30)]
+    assert all(n["shard_verified"] for n in cluster3.status["nodes"])
+    assert cluster3.state_file.stat().st_mode & 0o777 == 0o600  # it holds the API key
     assert cluster3.status["partition"] == list(CLUSTER3_PARTITION)
