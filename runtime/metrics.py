@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -186,6 +186,21 @@ class ConclaveMetrics:
                  for name, p in peers.items()}
         with self._ages._lock:
             self._ages.wireguard = fresh
+
+    def update_wireguard_from_device(self, observed, names: Mapping[object, str]) -> None:
+        """Feed an overlay.device.ObservedDevice; `names` maps each peer public key to a name.
+
+        A device peer without a name (it should not exist: only admitted peers are configured)
+        is still exported, labelled "unknown:<first 8 base64 chars of its public key>", so it
+        shows up on a dashboard instead of hiding.
+        """
+        peers = {}
+        for key, peer in observed.peers.items():
+            name = names.get(key)
+            if name is None:
+                name = "unknown:" + key.to_base64()[:8]
+            peers[name] = peer
+        self.update_wireguard(peers)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

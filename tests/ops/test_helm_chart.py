@@ -211,3 +211,17 @@ def test_every_value_is_documented():
             continue
         previous = lines[i - 1].strip()
         assert previous.startswith("#"), f"values.yaml line {i + 1} has no comment: {line}"
+
+
+def test_host_network_pool_with_configfs_is_valid_kubernetes():
+    pools = [{"name": "vm-node", "role": "head", "runtimeClassName": "cvm-node",
+              "nodeSelector": {"conclave.dev/owner": "vm"}, "hostNetwork": True, "gpusPerPod": 2}]
+    docs = render(merged({"pools": pools, "agent": {"configfsTsm": True, "tunDevice": False}}))
+    ds = by_kind(docs, "DaemonSet")[0]
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert {v["name"] for v in spec["volumes"]} >= {"configfs", "manifest"}
+    assert "tun" not in {v["name"] for v in spec["volumes"]}
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -80,8 +80,9 @@ def test_ccel_table_defects_are_malformed(ccel_vector, defect):
     elif defect == "checksum":
         raw[50] ^= 0xFF
     elif defect == "cc_type":
-        raw[36] = 1  # SEV
-        raw[9] = (raw[9] - 1) % 256  # keep the checksum valid: only the type is wrong
+        raw[36] -= 1  # TDX (2) -> SEV (1)
+        raw[9] = (raw[9] + 1) % 256  # keep the checksum valid: only the type is wrong
+        assert ccel.parse_ccel_table(bytes(raw)).cc_type == 1
     else:
         raw = raw[:40]
     data = (ccel_vector / "ccel_data.bin").read_bytes()

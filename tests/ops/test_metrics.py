@@ -109,6 +109,25 @@ def test_wireguard_accepts_overlay_observed_peer(metrics, clock):
     assert value(metrics.registry, "conclave_wireguard_handshake_age_seconds", peer="node-b") == 2
 
 
+def test_wireguard_from_observed_device_names_peers(metrics, clock):
+    from conclave.overlay.device import ObservedDevice, ObservedPeer
+    from conclave.overlay.keys import WgPrivateKey
+
+    known, stray = (WgPrivateKey.generate().public_key() for _ in range(2))
+
+    def peer(pub, rx):
+        return ObservedPeer(public_key=pub, allowed_ips=(), endpoint=None, psk_fingerprint=None,
+                            keepalive=0, latest_handshake=None, rx_bytes=rx, tx_bytes=0)
+
+    device = ObservedDevice(interface="wgc0", listen_port=51820,
+                            peers={known: peer(known, 11), stray: peer(stray, 22)})
+    metrics.update_wireguard_from_device(device, {known: "node-b"})
+    reg = metrics.registry
+    assert value(reg, "conclave_wireguard_rx_bytes", peer="node-b") == 11
+    assert value(reg, "conclave_wireguard_rx_bytes",
+                 peer="unknown:" + stray.to_base64()[:8]) == 22
+
+
 def test_verification_histogram_per_tee(metrics):
     reg = metrics.registry
     metrics.observe_verification("tdx", 0.03)

@@ -1,0 +1,100 @@
+"""The sweep's orchestration and reporting, with a fake `conclave` CLI at the process seam."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+import pytest
+
+from benchmarks import sweep
+from benchmarks.harness import datasets
+
+from .stub_openai import StubOpenAI
+
+
+def _entry(kind, network, nodes, tok_s, ttft, tpot, rss):
+    stats = lambda v: {"mean": v, "p50": v, "p90": v, "p99": v}  # noqa: E731
+    return {"config": f"{kind} {network} {nodes}", "kind": kind, "network": network, "nodes": nodes,
+            "startup_s": 10.0,
+            "result": {"metrics": {"output_throughput": tok_s, "request_throughput": tok_s / 48, "failed": 0,
+                                   "ttft_ms": stats(ttft), "tpot_ms": stats(tpot), "itl_ms": stats(tpot)},
+                       "memory": {"peak_rss_mib_per_host": {"n0": rss}, "peak_rss_mib_total": rss}}}
+
+
+def test_ratios_compare_numbers_of_the_same_run(tmp_path):
+    entries = [_entry("baseline", "none", 1, 200.0, 100.0, 30.0, 3000.0),
+               _entry("cluster", "plain", 1, 190.0, 110.0, 31.0, 4000.0),
+               _entry("cluster", "plain", 2, 150.0, 150.0, 45.0, 6000.0),
+               _entry("cluster", "attested", 2, 120.0, 160.0, 50.0, 6100.0),
+               {"config": "x", "kind": "cluster", "network": "attested", "nodes": 3, "skipped": "no flag"}]
+    sweep.add_ratios(entries)
+    assert entries[2]["ratios"]["vs_baseline"]["output_throughput"] == pytest.approx(0.75)
+    assert entries[2]["ratios"]["vs_n1"]["output_throughput"] == pytest.approx(150 / 190)
+    assert entries[3]["ratios"]["vs_plain"]["output_throughput"] == pytest.approx(0.8)
+    assert entries[3]["ratios"]["vs_plain"]["peak_rss_total"] == pytest.approx(6100 / 6000)
+    assert "vs_n1" not in entries[3]["ratios"]  # no attested N=1 measured: no made-up reference
+    assert "vs_n1" not in entries[1]["ratios"]  # itself
+    table = sweep.markdown(entries)
+    assert "| 0.750 | 0.789 |" in table and "skipped: no flag" in table
+    paths = sweep.plot(entries, tmp_path)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG" and paths == [str(tmp_path / "sweep.png")]
+
+
+def _fake_conclave(tmp_path, endpoint: str, accept_network: bool) -> list[str]:
+    """A stand-in for `python -m conclave.runtime`: up prints a status line, down succeeds."""
+    script = tmp_path / "fake_conclave.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        args = sys.argv[1:]
+        open({str(tmp_path / 'calls.log')!r}, "a").write(" ".join(args) + "\\n")
+        if args[0] == "up":
+            if "--network" in args and not {accept_network!r}:
+                print("conclave up: error: argument --network: invalid choice: 'attested'", file=sys.stderr)
+                sys.exit(1)
+            print(json.dumps({{"endpoint": {endpoint!r}, "api_key": None, "nodes": []}}))
+        sys.exit(0)
+    """))
+    return [sys.executable, str(script)]
+
+
+def _opts(**kw):
+    base = dict(model="stub-model", max_concurrency=2, request_rate=float("inf"), seed=0, max_duration=30.0,
+                warmups=0, calibration_requests=2, start_timeout=30.0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_cluster_arm_runs_up_bench_down_and_calibrates(tmp_path, monkeypatch):
+    with StubOpenAI(ttft_s=0.02, itl_s=0.005) as stub:
+        monkeypatch.setattr(sweep, "CONCLAVE", _fake_conclave(tmp_path, stub.endpoint, True))
+        entry = sweep.run_cluster(_opts(), "plain", 1, datasets.fixed_prompts(4, 4, seed=0), calibrate=True)
+    assert entry["result"]["metrics"]["completed"] == 4
+    assert entry["calibration_c1"]["config"]["concurrency"] == 1
+    assert entry["calibration_c1"]["metrics"]["completed"] == 2
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0].startswith("up --local --nodes 1 ") and "--network" not in calls[0]  # plain = the default
+    assert calls[-1] == "down"
+
+
+def test_attested_arm_is_skipped_when_up_rejects_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "CONCLAVE", _fake_conclave(tmp_path, "http://127.0.0.1:9/v1", False))
+    entry = sweep.run_cluster(_opts(), "attested", 2, datasets.fixed_prompts(2, 4, seed=0), calibrate=False)
+    assert "skipped" in entry and "result" not in entry and "error" not in entry
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert "--network attested" in calls[0] and calls[-1] == "down"
+
+
+def test_sweep_main_writes_json_markdown_and_plot(tmp_path, monkeypatch):
+    with StubOpenAI(ttft_s=0.02, itl_s=0.004) as stub:
+        monkeypatch.setattr(sweep, "CONCLAVE", _fake_conclave(tmp_path, stub.endpoint, False))
+        code = sweep.main(["--no-baseline", "--nodes", "1,2", "--networks", "plain,attested", "--model", "stub-model",
+                           "--num-requests", "4", "--output-len", "4", "--max-concurrency", "2", "--warmups", "0",
+                           "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    kinds = [(e["network"], e["nodes"], "result" in e, "skipped" in e) for e in report["entries"]]
+    assert kinds == [("plain", 1, True, False), ("plain", 2, True, False), ("attested", 1, False, True)]
+    assert report["scaling_model_check"] is None  # stub-model has no shape in the scaling model
+    assert (tmp_path / "out" / "sweep.md").read_text().count("| conclave local, plain") == 2
