@@ -29,6 +29,7 @@ from conclave.overlay.reasons import OverlayReason
 from conclave.overlay.reconcile import Reconciler, RemovePeer
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
 from conclave.runtime.agent.config import NodeConfig
+from conclave.runtime.agent.launcher import Launcher
 from conclave.runtime.agent.metrics import AgentMetrics
 from conclave.runtime.agent.peers import PeerRecord, PeerState
 from conclave.runtime.agent.state import AgentState, check_transition
@@ -86,6 +87,8 @@ class NodeAgent:
         self._removed_at: dict[WgPublicKey, float] = {}   # when the device last dropped a peer
         self.own_evidence_error: str | None = None
         self._last_self_check = time.monotonic()
+        self.launcher = Launcher(self.ray_token) if cfg.allow_launch else None
+        self.admission_hooks: list = []   # objects with on_admitted(ann, reply, nonce) / on_evicted(node_id)
 
     # ------------------------------------------------------------------ lifecycle
     def _transition(self, new: AgentState) -> None:
@@ -147,6 +150,7 @@ class NodeAgent:
             log.warning("nftables not available: relying on overlay-only binding")
             return
         ports = [self.cfg.admission_port] + ([self.cfg.serve_rendezvous_port] if self.cfg.serve_rendezvous_port else [])
+        ports += list(self.cfg.public_tcp_ports)
         self._firewall = Firewall(self.cfg.interface)
         self._firewall.apply(ruleset(interface=self.cfg.interface, wireguard_port=self.cfg.wireguard_port,
                                      tcp_ports=ports, overlay=self.cfg.overlay_cidr))
@@ -170,13 +174,20 @@ class NodeAgent:
         self._status = StatusServer(cfg.status_socket, self.handle_status_command)
         self._status.start()
 
-    def run_forever(self) -> None:
+    def run_forever(self, *, on_started=None, on_stopping=None) -> None:
+        """on_started / on_stopping: the head's TLS front server starts after the agent and stops first."""
         self.start()
         try:
+            if on_started is not None:
+                on_started()
             while not self._stop.wait(0.5):
                 pass
         finally:
-            self.stop()
+            try:
+                if on_stopping is not None:
+                    on_stopping()
+            finally:
+                self.stop()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -210,6 +221,14 @@ class NodeAgent:
             if self.state == AgentState.DRAINING:
                 self._transition(AgentState.STOPPED)
 
+    def ray_token(self) -> bytes | None:
+        """The Ray cluster token: our own (the head generated it) or the one the head released to us."""
+        own = self.cfg.secrets.get("ray_token")
+        if own is not None:
+            return own.reveal()
+        got = self.received_secrets.get("ray_token")
+        return got[0].reveal() if got else None
+
     def mark_serving(self, serving: bool = True) -> None:
         with self._lock:
             self._transition(AgentState.SERVING if serving else AgentState.MESHED)
@@ -220,6 +239,8 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 self._tick()
+                if self.launcher is not None:
+                    self.launcher.reap()
             except Exception:
                 log.exception("agent tick failed")
             now = time.monotonic()
@@ -392,6 +413,11 @@ class NodeAgent:
             else:
                 rec.event("admitted")
         self.metrics.admitted(time.monotonic() - started, reattest)
+        for hook in list(self.admission_hooks):
+            try:
+                hook.on_admitted(ann, reply, nonce)
+            except Exception:  # a hook (the head's attestation bundle) must never break admission
+                log.exception("admission hook failed for %s", ann.node_id)
         log.info("peer %s %s (tee=%s)", ann.node_id, "re-attested" if reattest else "admitted", admitted.tee)
         # follower: pull (or re-confirm) the PSK right away; leader: wait for the follower
         if not keyrelease.is_leader(self.identity.wg_public, rec.key):
@@ -432,6 +458,11 @@ class NodeAgent:
         rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
         rec.event(event, str(reason))
         self.metrics.evicted(str(reason))
+        for hook in list(self.admission_hooks):
+            try:
+                hook.on_evicted(rec.node_id)
+            except Exception:
+                log.exception("eviction hook failed for %s", rec.node_id)
         log.warning("peer %s evicted (%s): reason=%s", rec.node_id, event, reason,
                     extra={"reason": str(reason), "peer": rec.node_id})
         self._dirty.set()
@@ -678,4 +709,10 @@ class NodeAgent:
         if cmd == "reattest":
             self.reattest_now()
             return {"ok": True}
+        if cmd == "launch" and self.launcher is not None:
+            return self.launcher.launch(request)
+        if cmd == "exit_code" and self.launcher is not None:
+            self.launcher.reap()
+            pid = request.get("pid")
+            return {"ok": True, "exit_code": self.launcher.exit_code(pid) if isinstance(pid, int) else None}
         return {"ok": False, "reason": "unknown_command"}

@@ -63,6 +63,9 @@ class NodeConfig:
     status_socket: Path | None = None
     timing: Timing = field(default_factory=Timing)
     device_factory: Callable | None = None   # tests: lambda cfg, identity, address -> Device
+    public_tcp_ports: Sequence[int] = ()     # extra underlay TCP ports the firewall lets in (the head's API)
+    allow_launch: bool = False               # local mode: the supervisor may ask us to start Ray/vLLM
+    manifest: object | None = None           # the VerifiedManifest the node booted with (--manifest)
 
     def __post_init__(self) -> None:
         if not NODE_ID_RE.match(self.node_name):

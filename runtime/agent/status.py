@@ -1,7 +1,8 @@
 """The agent's local status endpoint: a 0600 unix socket speaking one JSON line each way.
 
 Local only by construction (a filesystem socket, not a network port), so it needs no auth
-beyond file permissions. Commands: {"cmd": "status"} and {"cmd": "reattest"}.
+beyond file permissions. Commands: {"cmd": "status"}, {"cmd": "reattest"}, and (agents started with --allow-launch)
+{"cmd": "launch", ...} / {"cmd": "exit_code", "pid": N} (see launcher.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 from conclave.runtime.errors import ConclaveError
 
-MAX_REQUEST = 4096
+MAX_REQUEST = 65536
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -68,11 +69,16 @@ class StatusServer:
 
 def query(path: Path, cmd: str = "status", timeout: float = 5.0) -> dict:
     """Ask an agent over its status socket; ConclaveError(agent_unreachable) when it is not there."""
+    return request(path, {"cmd": cmd}, timeout=timeout)
+
+
+def request(path: Path, payload: dict, timeout: float = 5.0) -> dict:
+    """Send one JSON request (e.g. {"cmd": "launch", ...}) and return the agent's JSON reply."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            s.sendall(json.dumps(payload).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)

@@ -18,6 +18,7 @@ from conclave.runtime.model import registry
 from conclave.runtime.serving import engine, network, process, state as state_mod, supervisor
 
 DEFAULT_PORT = 8000
+FRONT_PORT = 8443   # the head's TLS front server, on the head's underlay address (inside its namespace)
 DETACH_TIMEOUT = 1200.0
 
 
@@ -81,16 +82,24 @@ def build_spec(args) -> dict:
     subnet = local_hosts.pick_subnet(pool, local_hosts.routes_in_root())
     cluster_id = secrets.token_hex(3)
     dtype = manifest["dtype"] if manifest["dtype"] in ("float32", "bfloat16") else "auto"
+    network_kind = "plain-veth" if args.network == "plain" else args.network
+    front = None
+    if network_kind == "attested":
+        # The head's public API: the TLS front server (key bound into the head's evidence).
+        front = {"port": FRONT_PORT, "ca_cert": str(state_mod.state_path().parent / f"local-{cluster_id}" / "head-tls.pem")}
+    scheme = "https" if front else "http"
     return {
         "cluster_id": cluster_id,
         "phase": "launching",
         "stages": args.nodes,
         "partition": list(partition) if partition else None,
         "port": args.port,
-        "endpoint": f"http://127.0.0.1:{args.port}/v1",
+        "endpoint": f"{scheme}://127.0.0.1:{args.port}/v1",
         "api_key": api_key,
         "underlay": str(subnet),
-        "network_kind": args.network,
+        "network_kind": network_kind,
+        "front": front,
+        "ca_cert": front["ca_cert"] if front else None,
         "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
                   "manifest": registry.manifest_path(args.model),
                   "num_layers": int(manifest["num_layers"]), "dtype": dtype},
@@ -259,8 +268,10 @@ def register(subparsers) -> None:
     up.add_argument("--no-api-key", action="store_true", help="serve without an API key")
     up.add_argument("--underlay-cidr", default=local_hosts.DEFAULT_UNDERLAY_POOL,
                     help="pool for host addresses; a free /24 is picked (default 198.18.0.0/15)")
-    up.add_argument("--network", choices=sorted(network.NETWORK_LAYERS), default=network.PlainVethNetwork.kind,
-                    help="how the hosts talk (the cluster network layer); default plain-veth")
+    up.add_argument("--network", choices=sorted(network.NETWORK_LAYERS), default=network.DEFAULT_NETWORK,
+                    help="how the hosts talk: attested (default: simulated TEEs, signed manifest, attested "
+                         "WireGuard overlay, underlay closed by nftables) or plain (unencrypted veth, for "
+                         "comparison benchmarks; plain-veth is an alias)")
     up.add_argument("--max-model-len", type=int, default=2048)
     up.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache per stage in MiB (default 256)")
     up.add_argument("--json", action="store_true")

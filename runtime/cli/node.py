@@ -32,9 +32,30 @@ def register(subparsers) -> None:
     p.add_argument("--role", required=True, choices=["head", "worker"])
     p.add_argument("--name", default=None, help="node name (default: hostname)")
     p.add_argument("--owner", default="", help="owner label shown to peers")
-    p.add_argument("--policy", required=True, type=Path, help="attestation policy (YAML/JSON)")
-    p.add_argument("--manifest-digest", required=True,
-                   help="hex SHA-256 (or longer) of the deployment manifest, bound into evidence")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--manifest", type=Path, default=None,
+                       help="the signed deployment manifest: signature and owner are checked at boot, its policy "
+                            "admits peers and its digest is bound into evidence (the node refuses a bad one)")
+    which.add_argument("--manifest-digest", default=None,
+                       help="DEVELOPMENT ONLY (with --policy): hex digest bound into evidence, no signed manifest")
+    p.add_argument("--policy", type=Path, default=None, help="with --manifest-digest only: attestation policy")
+    p.add_argument("--owner-fingerprint", default=None,
+                   help="SHA-256 fingerprint of the trusted deployment-owner key (default: CONCLAVE_OWNER_FINGERPRINT)")
+    p.add_argument("--stage-name", default=None,
+                   help="this node's stage name in the manifest (default: --name)")
+    p.add_argument("--public-port", type=int, action="append", default=[], metavar="PORT",
+                   help="extra underlay TCP port to let in (the head's public API)")
+    p.add_argument("--front-port", type=int, default=None,
+                   help="head only: serve the public API (TLS whose key the head's evidence binds, "
+                        "/v1/attestation, /v1/report, OpenAI API forwarded to --front-upstream) on the "
+                        "underlay address at this port")
+    p.add_argument("--front-upstream", default="127.0.0.1:8000", help="the vLLM server inside the head")
+    p.add_argument("--front-cert-out", type=Path, default=None, help="write the front's public TLS certificate here")
+    p.add_argument("--model-manifest", type=Path, default=None,
+                   help="model manifest (JSON) for the run report's per-stage shard digests")
+    p.add_argument("--allow-launch", action="store_true",
+                   help="local mode: the supervisor may ask this agent (status socket) to start Ray/vLLM with the "
+                        "Ray token in their environment")
     p.add_argument("--underlay-host", required=True, help="address peers reach this node at")
     p.add_argument("--listen-host", default=None, help="bind address for admission (default: underlay host)")
     p.add_argument("--overlay-cidr", default=None)
@@ -119,11 +140,22 @@ def build_config(args):
     from conclave.runtime.keys.secret import SecretValue
 
     bundle = _read_bundle(args)
-    policy = Policy.load(args.policy)
-    try:
-        digest = bytes.fromhex(args.manifest_digest)
-    except ValueError:
-        raise UsageError("--manifest-digest must be hex", reason="manifest_digest_invalid") from None
+    if args.manifest is not None:
+        from conclave.runtime.manifest.node import require_manifest
+        if args.policy is not None:
+            raise UsageError("--policy comes from the signed --manifest; do not pass both", reason="policy_conflict")
+        manifest = require_manifest(args.manifest, trusted_owner=args.owner_fingerprint,
+                                    node=args.stage_name or args.name or socket.gethostname())
+        policy, digest = manifest.policy, manifest.digest
+    else:
+        manifest = None
+        if args.policy is None:
+            raise UsageError("--manifest-digest needs --policy", reason="policy_missing")
+        policy = Policy.load(args.policy)
+        try:
+            digest = bytes.fromhex(args.manifest_digest)
+        except ValueError:
+            raise UsageError("--manifest-digest must be hex", reason="manifest_digest_invalid") from None
     roots: list[x509.Certificate] = []
     if args.evidence == "sim":
         if "sim_attester" not in bundle:
@@ -172,7 +204,8 @@ def build_config(args):
         listen_host=args.listen_host, overlay_cidr=cidr, overlay_address=addr,
         rendezvous=args.rendezvous, serve_rendezvous_port=args.serve_rendezvous, trusted_sim_roots=roots,
         secrets=secrets_map, allowed_roles=roles, want_secrets=want, interface=args.interface,
-        firewall=args.firewall, status_socket=args.status_socket, timing=timing, **kwargs)
+        firewall=args.firewall, status_socket=args.status_socket, timing=timing,
+        public_tcp_ports=tuple(args.public_port), allow_launch=args.allow_launch, manifest=manifest, **kwargs)
 
 
 def run_node(args) -> int:
@@ -181,8 +214,36 @@ def run_node(args) -> int:
     clog.setup()
     cfg = build_config(args)
     agent = NodeAgent(cfg)
+    front = _head_front(args, cfg, agent)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     clog.progress(f"node {cfg.node_name} ({cfg.role}) overlay {cfg.overlay_address} on {cfg.interface}")
-    agent.run_forever()
+
+    def start_front() -> None:
+        host, port = front.start_in_thread()
+        clog.progress(f"head API (TLS, attested key) on {host}:{port}")
+
+    agent.run_forever(on_started=start_front if front else None, on_stopping=front.stop_thread if front else None)
     return 0
+
+
+def _head_front(args, cfg, agent):
+    """The head's public TLS front server (conclave.runtime.serving.front), bound into its evidence."""
+    if args.front_port is None:
+        return None
+    if str(cfg.role) != "head" or cfg.manifest is None:
+        raise UsageError("--front-port needs --role head and a signed --manifest", reason="front_invalid")
+    from conclave.runtime.serving.front import head_front_for_agent
+    model_manifest = None
+    if args.model_manifest is not None:
+        try:
+            model_manifest = json.loads(args.model_manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read --model-manifest: {exc}", reason="model_manifest_invalid") from None
+    front = head_front_for_agent(agent, manifest=cfg.manifest, upstream=args.front_upstream,
+                                 listen_host=cfg.underlay_host, listen_port=args.front_port,
+                                 tls_names=[cfg.underlay_host, "127.0.0.1", "localhost"],
+                                 model_manifest=model_manifest)
+    if args.front_cert_out is not None:
+        front.write_public_cert(args.front_cert_out)
+    return front

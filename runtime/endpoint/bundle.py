@@ -335,6 +335,32 @@ class BundleBuilder:
         with self._lock:
             self._peers.pop(name, None)
 
+    # -- small read-only hooks for the head's front server (serving.front) ----------------------
+    @property
+    def manifest(self) -> VerifiedManifest:
+        return self._manifest
+
+    @property
+    def head_node(self) -> str:
+        return self._stage.node
+
+    def peer_names(self) -> frozenset[str]:
+        """Worker stages whose admission evidence is currently registered."""
+        with self._lock:
+            return frozenset(self._peers)
+
+    def missing_stages(self) -> list[str]:
+        """Worker stages of the manifest without registered evidence (clients would see node_missing)."""
+        with self._lock:
+            return [s.node for s in self._manifest.stages if s.role != "head" and s.node not in self._peers]
+
+    def attest_head(self, nonce: bytes) -> NodeEvidence:
+        """The head's own evidence for `nonce` (same binding as build(); e.g. for the run report)."""
+        rd = head_report_data(manifest_digest=self._manifest.digest, wg_public_key=self._wg,
+                              hpke_public_key=self._hpke, nonce=nonce,
+                              tls_spki_sha256=self._tls, report_key=self._report_key)
+        return _as_node_evidence(self._attest(rd), self._tee)
+
     def build(self, nonce: bytes, *, now: datetime | None = None) -> dict:
         if not MIN_NONCE_LEN <= len(nonce) <= MAX_NONCE_LEN:
             raise ValueError("nonce must be 16 to 64 bytes")

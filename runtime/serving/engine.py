@@ -61,10 +61,12 @@ def stage_layer_ranges(num_layers: int, stages: int, partition: tuple[int, ...] 
     return out
 
 
-def engine_argv(spec: EngineSpec, head: ClusterAddress) -> list[str]:
+def engine_argv(spec: EngineSpec, head: ClusterAddress, bind_host: str | None = None) -> list[str]:
+    """bind_host: where the OpenAI server listens (default the head's cluster address; 127.0.0.1
+    when the head's TLS front server is the public endpoint)."""
     argv = [process.venv_bin("python"), "-m", "vllm.entrypoints.openai.api_server",
             "--model", spec.model_path, "--served-model-name", spec.served_name,
-            "--host", head.ip, "--port", str(ENGINE_PORT),
+            "--host", bind_host or head.ip, "--port", str(ENGINE_PORT),
             "--pipeline-parallel-size", str(spec.stages), "--distributed-executor-backend", "ray",
             "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len),
             "--kv-cache-memory-bytes", str(spec.kv_cache_bytes), "--max-num-seqs", str(spec.max_num_seqs),
@@ -74,8 +76,8 @@ def engine_argv(spec: EngineSpec, head: ClusterAddress) -> list[str]:
     return argv
 
 
-def engine_env(spec: EngineSpec, head: ClusterAddress, ray_token: str, api_key: str | None) -> dict[str, str]:
-    env = ray_cluster.ray_env(head, ray_token)
+def engine_env(spec: EngineSpec, head: ClusterAddress, api_key: str | None) -> dict[str, str]:
+    env = ray_cluster.ray_env(head)
     env["RAY_ADDRESS"] = f"{head.ip}:{ray_cluster.RAY_PORT}"
     if api_key:
         env["VLLM_API_KEY"] = api_key
@@ -86,7 +88,8 @@ def engine_env(spec: EngineSpec, head: ClusterAddress, ray_token: str, api_key: 
     return env
 
 
-def start(spec: EngineSpec, head: ClusterAddress, head_netns: str | None, ray_token: str, api_key: str | None,
-          log_dir: Path) -> process.Started:
-    return process.spawn("engine", engine_argv(spec, head), env=engine_env(spec, head, ray_token, api_key),
-                         log_path=log_dir / "engine.log", netns_name=head_netns)
+def start(spec: EngineSpec, head_host, head: ClusterAddress, network, api_key: str | None, log_dir: Path,
+          bind_host: str | None = None) -> process.Started:
+    """The engine is a Ray driver: the network layer adds the Ray token to its environment."""
+    return network.launch(head_host, "engine", engine_argv(spec, head, bind_host),
+                          engine_env(spec, head, api_key), log_dir / "engine.log")

@@ -11,8 +11,10 @@ interface, and release_ray_token() hands the token only to attested hosts via it
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,37 @@ class ClusterAddress:
     ifname: str
 
 
+@dataclass
+class ClusterContext:
+    """What a network layer may need to know about the cluster it connects (no secrets)."""
+    cluster_id: str
+    run_dir: Path
+    state_dir: Path
+    layer_ranges: list[tuple[int, int]]
+    model_digest: str
+    public_port: int                      # the head's public API port on its underlay address
+    record: Callable[[object], None] = lambda started: None   # register a started process group
+    extra: dict = field(default_factory=dict)
+
+
 @runtime_checkable
 class NetworkLayer(Protocol):
     """What the cluster needs from the network. Implementations own their interfaces and secrets."""
 
     kind: str
 
-    def bring_up(self, hosts: Sequence[Host]) -> dict[str, ClusterAddress]:
+    def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
         """Make the cluster network usable between `hosts`; return each host's address by host name."""
+        ...
+
+    def launch(self, host: Host, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        """Start a long-running cluster process on `host` with the Ray token added to `env`
+        (-> process.Started). The token never travels through argv."""
+        ...
+
+    def run_probe(self, host: Host, argv: list[str], env: dict[str, str], log_path: Path,
+                  timeout: float) -> tuple[int | None, str]:
+        """Run a short Ray driver on `host` (token added to env); (exit code or None on timeout, output)."""
         ...
 
     def release_ray_token(self, host: Host) -> str:
@@ -66,9 +91,24 @@ class PlainVethNetwork:
         self._token = secrets.token_hex(32)
         self._hosts: dict[str, ClusterAddress] = {}
 
-    def bring_up(self, hosts: Sequence[Host]) -> dict[str, ClusterAddress]:
+    def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
         self._hosts = {h.name: ClusterAddress(h.underlay_ip, h.underlay_ifname) for h in hosts}
         return dict(self._hosts)
+
+    def launch(self, host: Host, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        from conclave.runtime.serving import process
+        return process.spawn(name, argv, env={**env, "RAY_AUTH_TOKEN": self.release_ray_token(host)},
+                             log_path=log_path, netns_name=host.netns)
+
+    def run_probe(self, host: Host, argv: list[str], env: dict[str, str], log_path: Path,
+                  timeout: float) -> tuple[int | None, str]:
+        full = (["ip", "netns", "exec", host.netns] if host.netns else []) + argv
+        try:
+            res = subprocess.run(full, env={**env, "RAY_AUTH_TOKEN": self.release_ray_token(host)},
+                                 capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, ""
+        return res.returncode, res.stdout + res.stderr
 
     def release_ray_token(self, host: Host) -> str:
         if host.name not in self._hosts:
@@ -85,13 +125,25 @@ class PlainVethNetwork:
         return f"PlainVethNetwork(hosts={sorted(self._hosts)}, token=<redacted>)"
 
 
-# Network layers `conclave up` can name (state file field "network_kind"). The overlay adds its own
-# entry here when it is integrated; the cluster code does not change.
-NETWORK_LAYERS: dict[str, type] = {PlainVethNetwork.kind: PlainVethNetwork}
+def _attested() -> type:
+    from conclave.runtime.serving.attested import AttestedOverlayNetwork
+    return AttestedOverlayNetwork
+
+
+# Network layers `conclave up --network` can name (state file field "network_kind").
+# "plain" (alias "plain-veth"): no attestation, no encryption, for comparison benchmarks.
+# "attested": the confidential path (simulated TEEs, signed manifest, attested WireGuard overlay).
+NETWORK_LAYERS: dict[str, Callable[[], type]] = {
+    "attested": _attested,
+    "plain": lambda: PlainVethNetwork,
+    PlainVethNetwork.kind: lambda: PlainVethNetwork,
+}
+DEFAULT_NETWORK = "attested"
 
 
 def create(kind: str) -> NetworkLayer:
     try:
-        return NETWORK_LAYERS[kind]()
+        factory = NETWORK_LAYERS[kind]
     except KeyError:
         raise ValueError(f"unknown network layer {kind!r}; known: {', '.join(sorted(NETWORK_LAYERS))}") from None
+    return factory()()

@@ -42,12 +42,19 @@ class Started:
     log: str
 
 
-def spawn(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, netns_name: str | None) -> Started:
+def spawn(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, netns_name: str | None,
+          stdin_data: bytes | None = None) -> Started:
+    """stdin_data: written to the child's stdin pipe, then closed (how a node gets its secret bundle)."""
     full = (["ip", "netns", "exec", netns_name] if netns_name else []) + argv
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(full, env=env, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    if stdin_data is not None:
+        try:
+            proc.stdin.write(stdin_data)
+        finally:
+            proc.stdin.close()
     return Started(name, proc.pid, str(log_path))
 
 

@@ -7,7 +7,6 @@ Each node advertises one "GPU" slot (one pipeline stage), see cpu_platform.
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +35,18 @@ def omp_binds(count: int, cores: int) -> list[str]:
     return [str(i % cores) for i in range(count)]
 
 
-def ray_env(address: ClusterAddress, token: str) -> dict[str, str]:
+def ray_env(address: ClusterAddress, token: str | None = None) -> dict[str, str]:
+    """The environment of every Ray process on a host. The token is added by the network layer
+    (plain: generated in memory; attested: by the node's agent) unless given here."""
     env = process.base_env()
     env.update({
         "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
         "GLOO_SOCKET_IFNAME": address.ifname,
         "VLLM_HOST_IP": address.ip,
         "RAY_USAGE_STATS_ENABLED": "0",
     })
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
     return env
 
 
@@ -59,12 +61,13 @@ def node_argv(plan: RayNodePlan, head_ip: str) -> list[str]:
     return argv
 
 
-def start_node(plan: RayNodePlan, head_ip: str, token: str, log_dir: Path) -> process.Started:
-    env = ray_env(plan.address, token)
+def start_node(plan: RayNodePlan, head_ip: str, network, log_dir: Path) -> process.Started:
+    """`ray start --block` on the plan's host, through the network layer (which adds the token)."""
+    env = ray_env(plan.address)
     env["VLLM_CPU_OMP_THREADS_BIND"] = plan.omp_bind
     Path(plan.temp_dir).mkdir(parents=True, exist_ok=True)
-    return process.spawn(f"ray-{plan.host.name}", node_argv(plan, head_ip), env=env,
-                         log_path=log_dir / f"ray-{plan.host.name}.log", netns_name=plan.host.netns)
+    return network.launch(plan.host, f"ray-{plan.host.name}", node_argv(plan, head_ip), env,
+                          log_dir / f"ray-{plan.host.name}.log")
 
 
 _WAIT_SNIPPET = """
@@ -74,28 +77,35 @@ ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 while True:
     alive = [n for n in ray.nodes() if n["Alive"]]
     if len(alive) >= want:
-        print(len(alive)); sys.exit(0)
+        print("RAY_NODES", len(alive)); sys.exit(0)
     if time.monotonic() > deadline:
-        print(len(alive)); sys.exit(3)
+        print("RAY_NODES", len(alive)); sys.exit(3)
     time.sleep(1)
 """
 
 
-def wait_for_nodes(head: RayNodePlan, token: str, count: int, timeout: float, is_alive) -> None:
-    """Block until `count` Ray nodes are alive (checked from the head's namespace, as a driver)."""
+def _count(output: str) -> str:
+    for line in reversed(output.splitlines()):
+        if line.startswith("RAY_NODES "):
+            return line.split()[1]
+    return "0"
+
+
+def wait_for_nodes(head: RayNodePlan, network, count: int, timeout: float, is_alive, log_dir: Path) -> None:
+    """Block until `count` Ray nodes are alive (checked from the head's host, as a driver)."""
     deadline = time.monotonic() + timeout
     # The head's GCS must accept connections before a driver can attach.
     while True:
         if not is_alive():
             raise ConclaveError("ray_failed", "a Ray node exited during start (see the ray-*.log files)")
-        probe = subprocess.run(["ip", "netns", "exec", head.host.netns, process.venv_bin("python"), "-c",
-                                _WAIT_SNIPPET, f"{head.address.ip}:{RAY_PORT}", str(count),
-                                str(max(5.0, deadline - time.monotonic()))],
-                               env=ray_env(head.address, token), capture_output=True, text=True,
-                               timeout=timeout + 30)
-        if probe.returncode == 0:
+        left = max(5.0, deadline - time.monotonic())
+        code, output = network.run_probe(
+            head.host, [process.venv_bin("python"), "-c", _WAIT_SNIPPET, f"{head.address.ip}:{RAY_PORT}",
+                        str(count), str(left)],
+            ray_env(head.address), log_dir / "ray-wait.log", left + 30)
+        if code == 0:
             return
         if time.monotonic() > deadline:
-            raise ConclaveError("ray_timeout", f"only {probe.stdout.strip() or 0} of {count} Ray nodes joined "
-                                f"within {timeout:.0f}s: {probe.stderr.strip()[-300:]}")
+            raise ConclaveError("ray_timeout", f"only {_count(output)} of {count} Ray nodes joined "
+                                f"within {timeout:.0f}s: {output.strip()[-300:]}")
         time.sleep(2)

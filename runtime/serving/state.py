@@ -54,5 +54,6 @@ def remove(path: Path | None = None) -> None:
 def public_view(state: dict) -> dict:
     """What `conclave status --json` prints."""
     keys = ("cluster_id", "phase", "endpoint", "api_key", "model", "stages", "partition", "network",
-            "underlay", "nodes", "supervisor_pid", "engine_pid", "error", "run_dir")
+            "network_kind", "underlay", "nodes", "supervisor_pid", "engine_pid", "error", "run_dir",
+            "manifest", "ca_cert")
     return {k: state.get(k) for k in keys}

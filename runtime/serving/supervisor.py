@@ -101,8 +101,23 @@ class Supervisor:
         self._check_stop()
 
         self._phase("network", f"network: {self.network.kind}")
-        addresses = self.network.bring_up(hosts.hosts)
-        st["network"] = self.network.describe()
+        st["groups"] = []
+
+        def record(started) -> None:  # agents first: stopped last, after Ray and the engine
+            st["groups"].append({"name": started.name, "pid": started.pid, "start": _start_time(started.pid)})
+            self._save()
+
+        context = network_mod.ClusterContext(
+            cluster_id=st["cluster_id"], run_dir=run_dir, state_dir=self.state_file.parent,
+            layer_ranges=engine.stage_layer_ranges(int(st["model"]["num_layers"]), stages,
+                                                   tuple(st["partition"]) if st.get("partition") else None),
+            model_digest=st["model"]["digest"], public_port=self._public_port(), record=record,
+            extra=self._network_extra())
+        try:
+            addresses = self.network.bring_up(hosts.hosts, context)
+        finally:
+            st["network"] = self.network.describe()
+            self._save()
         plans = []
         binds = ray_cluster.omp_binds(stages, os.cpu_count() or 1)
         ranges = engine.stage_layer_ranges(int(st["model"]["num_layers"]), stages,
@@ -112,29 +127,35 @@ class Supervisor:
             plan = ray_cluster.RayNodePlan(host, addresses[host.name], head=(i == 0),
                                            temp_dir=str(run_dir / host.name), omp_bind=binds[i])
             plans.append(plan)
-            st["nodes"].append({"name": host.name, "role": "head" if i == 0 else "worker", "netns": host.netns,
-                                "underlay_ip": host.underlay_ip, "cluster_ip": plan.address.ip,
-                                "ifname": plan.address.ifname, "omp_bind": plan.omp_bind,
-                                "layers": list(ranges[i]), "ray_pid": None})
+            node = {"name": host.name, "role": "head" if i == 0 else "worker", "netns": host.netns,
+                    "underlay_ip": host.underlay_ip, "cluster_ip": plan.address.ip,
+                    "ifname": plan.address.ifname, "omp_bind": plan.omp_bind,
+                    "layers": list(ranges[i]), "ray_pid": None}
+            if hasattr(self.network, "node_facts"):
+                node.update(self.network.node_facts(host.name))
+            st["nodes"].append(node)
+        if st["network"].get("manifest"):
+            st["manifest"] = st["network"]["manifest"]
         self._save()
+        self._check_stop()
+        # Each stage checks its shard once the network admitted it (attested: after mutual admission).
+        self._verify_shards()
 
         head = plans[0]
-        st["groups"] = []
         for plan, node in zip(plans, st["nodes"]):
             self._check_stop()
             log.progress(f"ray: starting {'head' if plan.head else 'worker'} on {node['name']} "
                          f"({plan.address.ip}, {plan.address.ifname})")
-            started = ray_cluster.start_node(plan, head.address.ip, self.network.release_ray_token(plan.host), logs)
+            started = ray_cluster.start_node(plan, head.address.ip, self.network, logs)
             node["ray_pid"] = started.pid
             st["groups"].append({"name": started.name, "pid": started.pid, "start": _start_time(started.pid)})
             self._save()
             if plan.head:
                 time.sleep(3)  # let the GCS bind before the workers dial it
         self._phase("ray", f"ray: waiting for {stages} nodes to join")
-        ray_cluster.wait_for_nodes(head, self.network.release_ray_token(head.host), stages, RAY_JOIN_TIMEOUT,
-                                   lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]))
+        ray_cluster.wait_for_nodes(head, self.network, stages, RAY_JOIN_TIMEOUT,
+                                   lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]), logs)
         self._check_stop()
-        self._verify_shards()
 
         spec = engine.EngineSpec(model_path=st["model"]["path"], served_name=st["model"]["name"], stages=stages,
                                  dtype=st["model"]["dtype"], max_model_len=int(st["max_model_len"]),
@@ -142,17 +163,61 @@ class Supervisor:
                                  partition=tuple(st["partition"]) if st.get("partition") else None)
         mode = "eager (one stage)" if stages == 1 else "compiled"
         self._phase("engine", f"engine: launching vLLM OpenAI server, pipeline_parallel_size={stages}, {mode}")
-        started = engine.start(spec, head.address, head.host.netns, self.network.release_ray_token(head.host),
-                               st.get("api_key"), logs)
+        bind_host, public_ip = self._engine_binding(head)
+        started = engine.start(spec, head.host, head.address, self.network, st.get("api_key"), logs,
+                               bind_host=bind_host)
         st["engine_pid"] = started.pid
         st["engine_log"] = started.log
         st["groups"].append({"name": "engine", "pid": started.pid, "start": _start_time(started.pid)})
         self._save()
 
-        self.forwarder = Forwarder("127.0.0.1", int(st["port"]), head.address.ip, engine.ENGINE_PORT)
+        self.forwarder = Forwarder("127.0.0.1", int(st["port"]), public_ip, self._public_port())
         self.forwarder.start()
-        self._wait_engine(f"http://{head.address.ip}:{engine.ENGINE_PORT}/v1/models", started.log)
+        self._wait_engine(f"http://{public_ip}:{engine.ENGINE_PORT}/v1/models", started.log)
+        self._wait_front()
         self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+
+    # -- the head's public endpoint ------------------------------------------------------------
+    def _front_enabled(self) -> bool:
+        return bool(self.state.get("front"))
+
+    def _public_port(self) -> int:
+        """The head's public API port on its underlay address (the forwarder's target)."""
+        if self._front_enabled():
+            return int(self.state["front"]["port"])
+        return engine.ENGINE_PORT
+
+    def _network_extra(self) -> dict:
+        front = self.state.get("front")
+        if not front:
+            return {}
+        return {"head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
+                                   "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
+                                   "--model-manifest", self.state["model"]["manifest"]]}
+
+    def _engine_binding(self, head) -> tuple[str, str]:
+        """(where vLLM listens inside the head, where the root-namespace forwarder connects).
+
+        plain: the head's cluster address. attested without the TLS front: every address of the
+        head (nftables keeps only the API port open on the underlay). attested with the front:
+        vLLM on the head's loopback, the front server on the head's underlay address."""
+        if self.network.kind != "attested":
+            return head.address.ip, head.address.ip
+        if self._front_enabled():
+            return "127.0.0.1", head.host.underlay_ip
+        return "0.0.0.0", head.host.underlay_ip
+
+    def _wait_front(self) -> None:
+        """With the front: the attestation endpoint must answer too before the cluster is ready."""
+        if not self._front_enabled():
+            return
+        from conclave.runtime.serving import front_client
+        deadline = time.monotonic() + 120
+        while not front_client.attestation_ready(self.state):
+            self._check_stop()
+            if time.monotonic() > deadline:
+                raise ConclaveError("front_timeout", "the head's /v1/attestation did not answer within 120s")
+            time.sleep(2)
 
     def _verify_shards(self) -> None:
         """Each stage checks its own layers (plus embeddings / final norm where it holds them)
@@ -171,6 +236,12 @@ class Supervisor:
             node["shard_verified"] = True
             log.progress(f"model: {node['name']} layers [{start}, {end}) match the manifest")
         self._save()
+
+    def _engine_answers(self, url: str) -> bool:
+        if self._front_enabled():
+            from conclave.runtime.serving import front_client
+            return front_client.models_ready(self.state)
+        return _models_ready(url, self.state.get("api_key"))
 
     def _wait_engine(self, url: str, log_path: str) -> None:
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT
@@ -196,7 +267,7 @@ class Supervisor:
                 if needle not in seen and needle in chunk:
                     seen.add(needle)
                     log.progress(message)
-            if _models_ready(url, self.state.get("api_key")):
+            if self._engine_answers(url):
                 return
             time.sleep(2)
         raise ConclaveError("engine_timeout", f"the vLLM server did not answer within {ENGINE_READY_TIMEOUT:.0f}s:\n"
@@ -216,7 +287,7 @@ class Supervisor:
             self.forwarder.stop()
         left = teardown(self.state)
         self.network.tear_down()
-        return left
+        return left + _network_cleanup(self.state)
 
 
 def _start_time(pid: int) -> int | None:
@@ -224,6 +295,13 @@ def _start_time(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _network_cleanup(st: dict) -> list[str]:
+    if st.get("network_kind") != "attested":
+        return []
+    from conclave.runtime.serving import attested
+    return attested.cleanup(st)
 
 
 def teardown(st: dict) -> list[str]:
@@ -239,6 +317,7 @@ def teardown(st: dict) -> list[str]:
     for name in st.get("created", {}).get("netns", []):
         process.kill_netns_processes(name)
     left = local_hosts.destroy(st.get("created", {}))
+    left += _network_cleanup(st)
     run_dir = st.get("run_dir")
     if run_dir and Path(run_dir).name.startswith("cv") and Path(run_dir).exists():
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -34,12 +34,13 @@ def test_ttft_tpot_itl_match_the_servers_known_delays():
     assert result["config"]["model"] == "stub-model"  # resolved through GET /v1/models
     assert m["total_output_tokens"] == 6 * TOKENS  # from usage.completion_tokens
     # the stub sleeps on an absolute schedule, so measured values can only be late, by little
-    assert TTFT * 1000 <= m["ttft_ms"]["p50"] < TTFT * 1000 + 60
-    assert ITL * 1000 - 8 < m["itl_ms"]["median"] < ITL * 1000 + 15
-    assert ITL * 1000 - 3 < m["tpot_ms"]["mean"] < ITL * 1000 + 15
+    # (tolerances leave room for a loaded 2-core machine; the gaps between the quantities are larger)
+    assert TTFT * 1000 <= m["ttft_ms"]["p50"] < TTFT * 1000 + 80
+    assert ITL * 1000 - 10 < m["itl_ms"]["median"] < ITL * 1000 + 20
+    assert ITL * 1000 - 5 < m["tpot_ms"]["mean"] < ITL * 1000 + 20
     assert m["itl_ms"]["count"] == 6 * (TOKENS - 1)
     e2e = TTFT + (TOKENS - 1) * ITL
-    assert e2e * 1000 <= m["e2el_ms"]["mean"] < e2e * 1000 + 80
+    assert e2e * 1000 <= m["e2el_ms"]["mean"] < e2e * 1000 + 100
     # two waves of 3 at concurrency 3: duration about 2 * e2e
     assert 2 * e2e <= m["duration_s"] < 2 * e2e + 1.0
     assert m["output_throughput"] == pytest.approx(6 * TOKENS / m["duration_s"])

@@ -110,8 +110,13 @@ def cluster_env(state_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def running_cluster(stages: int, state_dir: Path, *, model: str = "smollm2", extra: list[str] = ()):
-    """`conclave up --local --nodes N --detach`, yield, then ALWAYS `conclave down` and record leftovers."""
+def running_cluster(stages: int, state_dir: Path, *, model: str = "smollm2", extra: list[str] = (),
+                    network: str | None = "plain"):
+    """`conclave up --local --nodes N --detach`, yield, then ALWAYS `conclave down` and record leftovers.
+
+    network: the serving tests pin `--network plain` (the engine path and its golden outputs; the
+    confidential path has its own suite, tests/confidential); None = the CLI's default (attested)."""
+    extra = [*extra, *(["--network", network] if network else [])]
     env = cluster_env(state_dir)
     state_file = state_dir / "cluster.json"
     cluster = None

@@ -44,9 +44,9 @@ def test_engine_modes():
     assert "--enforce-eager" in one and "--enforce-eager" not in three
     assert three[three.index("--distributed-executor-backend") + 1] == "ray"
     assert three[three.index("--pipeline-parallel-size") + 1] == "3"
-    env = engine.engine_env(engine.EngineSpec("/m", "smollm2", 3, "float32", partition=(10, 10, 10)), head,
-                            "tok", "key")
-    assert env["VLLM_API_KEY"] == "key" and env["RAY_AUTH_TOKEN"] == "tok" and env["RAY_AUTH_MODE"] == "token"
+    env = engine.engine_env(engine.EngineSpec("/m", "smollm2", 3, "float32", partition=(10, 10, 10)), head, "key")
+    # The Ray token is added only by the network layer (plain: in memory; attested: by the node agent).
+    assert env["VLLM_API_KEY"] == "key" and "RAY_AUTH_TOKEN" not in env and env["RAY_AUTH_MODE"] == "token"
     assert env["VLLM_PP_LAYER_PARTITION"] == "10,10,10"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env
     assert "key" not in three and "tok" not in three
@@ -123,6 +123,11 @@ def test_plain_veth_network_uses_underlay_and_guards_token():
 
 def test_network_layers_by_name():
     from conclave.runtime.serving import network
+    from conclave.runtime.serving.attested import AttestedOverlayNetwork
     assert isinstance(network.create("plain-veth"), PlainVethNetwork)
+    assert isinstance(network.create("plain"), PlainVethNetwork)
+    attested = network.create("attested")
+    assert isinstance(attested, AttestedOverlayNetwork) and isinstance(attested, NetworkLayer)
+    assert network.DEFAULT_NETWORK == "attested"
     with pytest.raises(ValueError):
         network.create("nope")

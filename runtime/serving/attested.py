@@ -1,0 +1,237 @@
+"""AttestedOverlayNetwork: the confidential NetworkLayer of `conclave up --local` (the default).
+
+bring_up() makes the cluster's trust material (simulated TEE root, owner key, signed manifest:
+local_trust), then starts one `conclave node --manifest ...` agent per host inside the host's
+namespace, each with its own SimulatedAttester handed over stdin (never argv). The head's agent
+serves the rendezvous and generates the Ray token; the agents admit each other mutually, open
+the WireGuard overlay (wireguard-go) and close the underlay with nftables (only WireGuard UDP,
+admission gRPC, rendezvous and the head's public API port stay open). Workers fetch the Ray
+token from the head's broker only after both sides admitted each other.
+
+The token never leaves the agents: launch() asks a host's agent (its 0600 status socket) to start
+`ray start` / vLLM / a probe with the token added to that child's environment.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, derive_address, parse_cidr
+from conclave.runtime import log
+from conclave.runtime.agent import status as agent_status
+from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.serving import local_trust, process
+from conclave.runtime.serving.network import ClusterAddress, ClusterContext, Host
+
+WIREGUARD_PORT = 51820
+ADMISSION_PORT = 51821
+RENDEZVOUS_PORT = 51822
+MESH_TIMEOUT = 120.0
+PROBE_POLL = 1.0
+
+
+def node_name(cluster_id: str, index: int) -> str:
+    """Unique per cluster: wireguard-go sockets (/var/run/wireguard) are shared by all namespaces."""
+    return f"cv{cluster_id}-n{index}"
+
+
+def interface_name(cluster_id: str, index: int) -> str:
+    return f"cv{cluster_id}w{index}"
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class AttestedOverlayNetwork:
+    kind = "attested"
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, Host] = {}
+        self._agents: dict[str, dict] = {}        # host name -> {"name", "socket", "pid", "log", ...}
+        self._addresses: dict[str, ClusterAddress] = {}
+        self.trust: local_trust.LocalTrust | None = None
+        self.context: ClusterContext | None = None
+
+    # -- bring up ---------------------------------------------------------------------------------
+    def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
+        if context is None:
+            raise ConclaveError("context_missing", "the attested network needs the cluster context")
+        self.context = context
+        cid = context.cluster_id
+        overlay = parse_cidr(DEFAULT_OVERLAY_CIDR)
+        head = hosts[0]
+        rendezvous = f"{head.underlay_ip}:{RENDEZVOUS_PORT}"
+        stages = [(node_name(cid, i), "head" if i == 0 else "worker", context.layer_ranges[i])
+                  for i in range(len(hosts))]
+        log.progress("trust: simulated TEE root, owner key and signed deployment manifest for this cluster")
+        self.trust = local_trust.create(context.state_dir / f"local-{cid}", stages=stages,
+                                        model_digest=context.model_digest, overlay_cidr=str(overlay),
+                                        rendezvous=[rendezvous])
+        agents_dir = context.run_dir / "agents"
+        agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for i, host in enumerate(hosts):
+            name = node_name(cid, i)
+            ifname = interface_name(cid, i)
+            address = derive_address(name, overlay)
+            sock = agents_dir / f"{host.name}.sock"
+            argv = [process.venv_bin("python"), "-m", "conclave.runtime", "node",
+                    "--role", "head" if i == 0 else "worker", "--name", name, "--owner", local_trust.OWNER_LABEL,
+                    "--manifest", str(self.trust.manifest_path), "--owner-fingerprint", self.trust.owner_fingerprint,
+                    "--evidence", "sim", "--sim-root", str(self.trust.root_pem_path), "--bundle-stdin",
+                    "--underlay-host", host.underlay_ip, "--overlay-cidr", str(overlay),
+                    "--overlay-address", str(address), "--interface", ifname,
+                    "--wg-port", str(WIREGUARD_PORT), "--admission-port", str(ADMISSION_PORT),
+                    "--rendezvous", rendezvous, "--firewall", "nft", "--status-socket", str(sock),
+                    "--allow-launch", "--retry-interval", "2"]
+            if i == 0:
+                argv += ["--serve-rendezvous", str(RENDEZVOUS_PORT), "--generate-secret", "ray_token",
+                         "--public-port", str(context.public_port)]
+                argv += list(context.extra.get("head_node_args", []))
+            bundle = json.dumps({"sim_attester": base64.b64encode(
+                self.trust.attester(name).to_secret_bytes()).decode()}).encode()
+            log_path = context.run_dir / "logs" / f"agent-{host.name}.log"
+            started = process.spawn(f"agent-{host.name}", argv, env=_agent_env(), log_path=log_path,
+                                    netns_name=host.netns, stdin_data=bundle)
+            del bundle
+            context.record(started)
+            self._hosts[host.name] = host
+            self._agents[host.name] = {"name": name, "socket": sock, "pid": started.pid, "log": Path(started.log),
+                                       "ifname": ifname, "overlay_ip": str(address)}
+            self._addresses[host.name] = ClusterAddress(str(address), ifname)
+            log.progress(f"overlay: agent {name} ({'head' if i == 0 else 'worker'}) on {host.underlay_ip}, "
+                         f"overlay {address} on {ifname}")
+        self._wait_meshed(len(hosts))
+        return dict(self._addresses)
+
+    def _status(self, host_name: str) -> dict | None:
+        try:
+            return agent_status.query(self._agents[host_name]["socket"], timeout=5)
+        except ConclaveError:
+            return None
+
+    def _wait_meshed(self, count: int) -> None:
+        """Until every agent meshed with every other one and every worker holds the Ray token."""
+        deadline = time.monotonic() + MESH_TIMEOUT
+        log.progress(f"overlay: mutual admission between {count} hosts")
+        last = ""
+        while True:
+            pending = []
+            for host_name, agent in self._agents.items():
+                if not process.alive(agent["pid"]):
+                    raise ConclaveError("agent_failed", f"the node agent on {host_name} exited:\n{_tail(agent['log'])}",
+                                        exit_code=ExitCode.RUNTIME)
+                st = self._status(host_name)
+                if st is None:
+                    pending.append(f"{host_name}: starting")
+                    continue
+                meshed = [p for p in st.get("peers", []) if p.get("state") == "meshed"]
+                if len(meshed) < count - 1:
+                    reasons = sorted({p.get("reason") for p in st.get("peers", []) if p.get("reason")})
+                    pending.append(f"{host_name}: {len(meshed)}/{count - 1} meshed {reasons or ''}")
+                elif st.get("role") == "worker" and "ray_token" not in st.get("secrets_received", {}):
+                    pending.append(f"{host_name}: waiting for the Ray token")
+            if not pending:
+                log.progress(f"overlay: all {count} hosts admitted each other; workers hold the Ray token")
+                return
+            last = "; ".join(pending)
+            if time.monotonic() > deadline:
+                raise ConclaveError("mesh_timeout", f"the overlay did not form within {MESH_TIMEOUT:.0f}s: {last}",
+                                    exit_code=ExitCode.RUNTIME)
+            time.sleep(0.5)
+
+    # -- processes with the token -------------------------------------------------------------------
+    def _launch(self, host: Host, argv: list[str], env: dict[str, str], log_path: Path) -> int:
+        reply = agent_status.request(self._agents[host.name]["socket"],
+                                     {"cmd": "launch", "argv": argv, "env": env, "log": str(log_path)}, timeout=15)
+        if not reply.get("ok"):
+            raise ConclaveError(reply.get("reason") or "launch_failed",
+                                f"the agent on {host.name} refused to start {Path(argv[0]).name}")
+        return int(reply["pid"])
+
+    def launch(self, host: Host, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        return process.Started(name, self._launch(host, argv, env, log_path), str(log_path))
+
+    def run_probe(self, host: Host, argv: list[str], env: dict[str, str], log_path: Path,
+                  timeout: float) -> tuple[int | None, str]:
+        try:
+            log_path.unlink()
+        except FileNotFoundError:
+            pass
+        pid = self._launch(host, argv, env, log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply = agent_status.request(self._agents[host.name]["socket"], {"cmd": "exit_code", "pid": pid})
+            code = reply.get("exit_code")
+            if code is not None:
+                return int(code), _tail(log_path, 40)
+            time.sleep(PROBE_POLL)
+        process.stop_group(pid)
+        return None, _tail(log_path, 40)
+
+    def release_ray_token(self, host: Host) -> str:
+        raise ConclaveError("token_not_released", "in attested mode the Ray token never leaves the node agents",
+                            exit_code=ExitCode.POLICY_VIOLATED)
+
+    # -- status / teardown ----------------------------------------------------------------------------
+    def node_facts(self, host_name: str) -> dict:
+        agent = self._agents.get(host_name, {})
+        return {"node_id": agent.get("name"), "overlay_ip": agent.get("overlay_ip"),
+                "wg_ifname": agent.get("ifname"), "admission_port": ADMISSION_PORT, "wireguard_port": WIREGUARD_PORT,
+                "agent_socket": str(agent.get("socket")) if agent else None}
+
+    def describe(self) -> dict:
+        out = {"kind": self.kind, "encrypted": True, "attested": True, "tee": "sim",
+               "overlay_cidr": DEFAULT_OVERLAY_CIDR, "wireguard_port": WIREGUARD_PORT,
+               "admission_port": ADMISSION_PORT, "rendezvous_port": RENDEZVOUS_PORT}
+        if self.trust is not None:
+            out.update({"manifest": str(self.trust.manifest_path), "sim_root": str(self.trust.root_pem_path),
+                        "owner_fingerprint": self.trust.owner_fingerprint,
+                        "measurement": self.trust.measurement.hex(), "trust_dir": str(self.trust.folder)})
+        return out
+
+    def tear_down(self) -> None:
+        for agent in self._agents.values():
+            process.stop_group(agent["pid"])
+        self._agents = {}
+
+    def __repr__(self) -> str:
+        return f"AttestedOverlayNetwork(hosts={sorted(self._hosts)}, token=<held by the agents>)"
+
+
+def _agent_env() -> dict[str, str]:
+    from conclave.runtime import config
+    env = process.base_env()
+    for name in ("CONCLAVE_LOG_FORMAT", "CONCLAVE_LOG_LEVEL"):
+        if (value := config.raw(name)) is not None:
+            env[name] = value
+    return env
+
+
+def cleanup(st: dict) -> list[str]:
+    """What `conclave down` removes beyond namespaces: stale wireguard-go sockets, trust folder."""
+    import shutil
+    left = []
+    for node in st.get("nodes") or []:
+        ifname = node.get("wg_ifname")
+        if ifname:
+            sock = Path("/var/run/wireguard") / f"{ifname}.sock"
+            try:
+                sock.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(f"file:{sock}")
+    trust_dir = (st.get("network") or {}).get("trust_dir")
+    if trust_dir and Path(trust_dir).name.startswith("local-") and Path(trust_dir).exists():
+        shutil.rmtree(trust_dir, ignore_errors=True)
+        if Path(trust_dir).exists():
+            left.append(f"dir:{trust_dir}")
+    return left
+

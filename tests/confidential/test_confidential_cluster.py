@@ -1,0 +1,221 @@
+"""The full confidential path of `conclave up --local --nodes 3` (issue 5), end to end.
+
+One session cluster (conftest.ccluster). Every check here observes the real processes,
+namespaces, nftables rules and agents that the CLI started.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serving import harness
+
+from .conftest import agent_status, in_netns, listening_tcp_ports, state_of
+from .outsider import Outsider
+
+pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(1800)]
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_plain_n3.json").read_text())
+ADMISSION, RENDEZVOUS = 51821, 51822
+
+
+# -- serving over the attested overlay ----------------------------------------------------------------
+def test_answers_paris_over_the_attested_overlay(ccluster):
+    assert "Paris" in harness.chat_answer(ccluster)
+
+
+def test_greedy_tokens_identical_to_the_plain_cluster(ccluster):
+    assert GOLDEN["prompts"] == list(harness.GOLDEN_PROMPTS) and GOLDEN["max_tokens"] == harness.GOLDEN_MAX_TOKENS
+    assert harness.greedy_token_ids(ccluster) == GOLDEN["ids"]
+
+
+def test_status_describes_the_confidential_cluster(ccluster):
+    status = json.loads(harness.cli(["status", "--json"], ccluster.env).stdout)
+    assert status["running"] and status["phase"] == "ready" and status["network_kind"] == "attested"
+    manifest = Path(status["manifest"])
+    assert manifest.is_file()
+    verified = harness.cli(["manifest", "verify", str(manifest), "--owner-fingerprint",
+                            status["network"]["owner_fingerprint"], "--json"], ccluster.env)
+    assert json.loads(verified.stdout)["ok"] is True
+    content = json.loads(manifest.read_text())["manifest"]
+    assert content["policy"]["production"] is False and content["policy"]["allowed_tee"] == ["sim"]
+    assert content["policy"]["sim"]["measurement"] == [status["network"]["measurement"]]
+    assert [s["role"] for s in content["stages"]] == ["head", "worker", "worker"]
+    assert content["model_digest"] == status["model"]["digest"]
+    for node in status["nodes"]:
+        assert {"name", "role", "netns", "underlay_ip", "overlay_ip", "admission_port"} <= set(node)
+        assert node["overlay_ip"].startswith("100.64.") and node["admission_port"] == ADMISSION
+        assert node["cluster_ip"] == node["overlay_ip"]      # Ray, gloo and vLLM run on the overlay
+        assert node["shard_verified"] is True
+        addrs = in_netns(node["netns"], ["ip", "-4", "-o", "addr", "show", node["wg_ifname"]]).stdout
+        assert node["overlay_ip"] in addrs
+    owner_key = Path(status["network"]["trust_dir"]) / "owner.key"
+    assert stat.S_IMODE(owner_key.stat().st_mode) == 0o600
+
+
+def test_every_agent_meshed_with_every_other_and_ray_runs_on_the_overlay(ccluster):
+    nodes = ccluster.status["nodes"]
+    for node in nodes:
+        st = agent_status(node["agent_socket"])
+        assert st["firewall"] == "nft" and st["device"] in ("wireguard-go", "kernel")
+        peers = {p["node_id"]: p for p in st["peers"]}
+        others = {n["node_id"] for n in nodes} - {node["node_id"]}
+        assert others <= set(peers) and all(peers[o]["state"] == "meshed" for o in others)
+        if node["role"] == "worker":
+            assert st["secrets_received"]["ray_token"]["from"] == nodes[0]["node_id"]
+        ray_cmd = Path(f"/proc/{node['ray_pid']}/cmdline").read_bytes().split(b"\0")
+        assert ray_cmd[ray_cmd.index(b"--node-ip-address") + 1].decode() == node["overlay_ip"]
+        env = dict(e.split(b"=", 1) for e in Path(f"/proc/{node['ray_pid']}/environ").read_bytes().split(b"\0") if b"=" in e)
+        assert env[b"GLOO_SOCKET_IFNAME"].decode() == node["wg_ifname"]
+        assert env[b"VLLM_HOST_IP"].decode() == node["overlay_ip"]
+
+
+# -- a host with bad evidence ----------------------------------------------------------------------------
+RAY_NODES = """
+import ray, sys
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print("ALIVE", json.dumps(sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])))
+""".replace("import ray, sys", "import json, ray, sys")
+
+
+def ray_alive_nodes(cluster, tmp_path) -> list[str]:
+    """Ask the head's agent to run a Ray driver (it alone can give it the token)."""
+    from conclave.runtime.agent import status as agent
+    from conclave.runtime.serving import process, ray_cluster
+    from conclave.runtime.serving.network import ClusterAddress
+    head = cluster.status["nodes"][0]
+    log = tmp_path / "ray-nodes.log"
+    env = ray_cluster.ray_env(ClusterAddress(head["overlay_ip"], head["wg_ifname"]))
+    reply = agent.request(Path(head["agent_socket"]), {"cmd": "launch", "argv": [
+        process.venv_bin("python"), "-c", RAY_NODES, f"{head['overlay_ip']}:6379"], "env": env, "log": str(log)})
+    assert reply["ok"], reply
+    deadline = time.monotonic() + 90
+    while agent.request(Path(head["agent_socket"]), {"cmd": "exit_code", "pid": reply["pid"]})["exit_code"] is None:
+        assert time.monotonic() < deadline, "ray driver did not finish"
+        time.sleep(1)
+    line = [l for l in log.read_text().splitlines() if l.startswith("ALIVE ")][-1]
+    return json.loads(line[6:])
+
+
+def test_host_with_wrong_measurement_is_never_admitted_and_gets_no_secret(ccluster, tmp_path):
+    outsider = Outsider(ccluster.status)
+    try:
+        sock = outsider.start_bad_node(ccluster.status, tmp_path)
+        nodes = ccluster.status["nodes"]
+        head_sock = nodes[0]["agent_socket"]
+        deadline = time.monotonic() + 60
+        while True:   # wait until every cluster agent has tried (and refused) the intruder
+            seen = []
+            for node in nodes:
+                peers = [p for p in agent_status(node["agent_socket"])["peers"] if p["node_id"].endswith("-intruder")]
+                seen.append(peers[0] if peers else None)
+            if all(p is not None and p.get("reason") for p in seen):
+                break
+            assert time.monotonic() < deadline, f"the cluster never tried the intruder: {seen}"
+            time.sleep(1)
+        time.sleep(5)  # a few more admission rounds: it must stay out
+        for node in nodes:
+            st = agent_status(node["agent_socket"])
+            p = [p for p in st["peers"] if p["node_id"].endswith("-intruder")][0]
+            assert p["state"] == "rejected" and p["reason"] == "measurement_mismatch", p
+        intruder = agent_status(str(sock))
+        assert intruder["secrets_received"] == {}               # no Ray token
+        assert "ray_token" not in json.dumps(intruder["secrets_received"])
+        assert {p["reason"] for p in intruder["peers"]} == {"measurement_mismatch"}
+        assert intruder["device_peers"] == []                   # no WireGuard tunnel to anyone
+        intruder_key = intruder["wg_public_key"]
+        for node in nodes:
+            assert intruder_key not in agent_status(node["agent_socket"])["device_peers"]
+        alive = ray_alive_nodes(ccluster, tmp_path)
+        assert sorted(alive) == sorted(n["overlay_ip"] for n in nodes)   # still exactly 3 Ray nodes
+        _ = head_sock
+    finally:
+        outsider.close()
+
+
+# -- the underlay is closed ----------------------------------------------------------------------------
+KNOWN_PORTS = {6379, 8000, 8265, 9469, 10001, 52365, 29500}
+
+
+def test_from_an_unadmitted_namespace_only_admission_rendezvous_and_the_api_answer(ccluster):
+    nodes = ccluster.status["nodes"]
+    listening = {n["name"]: listening_tcp_ports(n["netns"]) for n in nodes}
+    # The check is not empty: Ray's GCS, raylets, workers and vLLM really listen inside the hosts.
+    assert 6379 in listening["n0"] and 8000 in listening["n0"]
+    assert all(len(ports) >= 10 for ports in listening.values())
+    front = state_of(ccluster).get("front")
+    public_port = int(front["port"]) if front else 8000   # the head's API (TLS front, else vLLM)
+    allowed = {(nodes[0]["underlay_ip"], RENDEZVOUS), (nodes[0]["underlay_ip"], public_port)}
+    allowed |= {(n["underlay_ip"], ADMISSION) for n in nodes}
+    targets = sorted({(n["underlay_ip"], p) for n in nodes for p in listening[n["name"]] | KNOWN_PORTS})
+    outsider = Outsider(ccluster.status, index=101)
+    try:
+        answered = outsider.scan(targets)
+    finally:
+        outsider.close()
+    assert answered == allowed, f"unexpected open underlay ports: {sorted(answered - allowed)}"
+    for node in nodes:   # the rules that make it so, per host namespace
+        rules = in_netns(node["netns"], ["nft", "list", "ruleset"]).stdout
+        assert f"udp dport {ccluster.status['network']['wireguard_port']} accept" in rules
+        assert re.search(r"\n\s*drop\n", rules)
+
+
+# -- no secret where it does not belong -----------------------------------------------------------------
+def _secrets(cluster) -> dict[str, list[bytes]]:
+    st = state_of(cluster)
+    nodes = cluster.status["nodes"]
+    out: dict[str, list[bytes]] = {}
+    environ = Path(f"/proc/{nodes[0]['ray_pid']}/environ").read_bytes().split(b"\0")
+    token = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RAY_AUTH_TOKEN=")]
+    assert token and len(token[0]) == 64, "the head's Ray node runs without its token"
+    out["ray_token"] = [token[0]]
+    out["api_key"] = [st["api_key"].encode()]
+    for node in nodes:
+        ifname = node["wg_ifname"]
+        priv = subprocess.run(["wg", "show", ifname, "private-key"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        out[f"wg_private_{node['name']}"] = [priv.encode(), base64.b64decode(priv).hex().encode()]
+        for line in subprocess.run(["wg", "show", ifname, "preshared-keys"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines():
+            psk = line.split()[1]
+            if psk != "(none)":
+                out.setdefault(f"psk_{node['name']}", []).extend([psk.encode(), base64.b64decode(psk).hex().encode()])
+    trust = Path(cluster.status["network"]["trust_dir"])
+    owner_pem = (trust / "owner.key").read_text()
+    out["owner_key"] = ["".join(l for l in owner_pem.splitlines() if "-----" not in l).encode()]
+    out["sim_root_key"] = [json.loads((trust / "sim-root.key").read_text())["key"].encode()]
+    assert any(k.startswith("psk_") for k in out), "no pre-shared keys found: the overlay is not meshed"
+    return out
+
+
+def test_no_secret_in_argv_logs_or_readable_files(ccluster):
+    found = []
+    secrets = _secrets(ccluster)
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        found += [f"cmdline of pid {pid}: {name}" for name, vals in secrets.items() if any(v in cmdline for v in vals)]
+    roots = [Path(ccluster.status["run_dir"]), ccluster.state_file.parent]
+    files = 0
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077 == 0 and root == ccluster.state_file.parent:
+                continue   # 0600 files in the state dir may hold secrets (state file, owner key, sim root)
+            files += 1
+            data = path.read_bytes()
+            found += [f"{path}: {name}" for name, vals in secrets.items() if any(v in data for v in vals)]
+    assert files > 10, "no log files found: the scan would be empty"
+    assert list((Path(ccluster.status["run_dir"]) / "logs").glob("agent-*.log"))
+    assert not found, found
