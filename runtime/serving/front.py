@@ -37,9 +37,9 @@ API for the head's agent (runtime/cli/node.py / runtime/agent; the integration e
         model_manifest=json.load(...) or None,               # model manifest dict -> shard digests
     )                                 # also appends front.agent_hook() to agent.admission_hooks
     front.write_public_cert(path)     # 0644 PEM; clients use it as verify=/--cacert (ca_cert)
-    front.start_in_thread()           # -> (host, port); own event loop thread; returns once listening
-    ...
-    front.stop_thread()               # on agent stop (idempotent)
+    agent.run_forever(on_started=front.start_in_thread, on_stopping=front.stop_thread)
+        # start_in_thread() -> (host, port): own event-loop thread, returns once listening (it first
+        # collects the head's own evidence for the run report); stop_thread() is idempotent
 
   head_front_for_agent reads only agent.cfg.node_name (must be the manifest's head stage name),
   agent.cfg.evidence_source, agent.identity.wg_public.raw / .hpke_public.raw, and appends to
@@ -58,7 +58,10 @@ API for the head's agent (runtime/cli/node.py / runtime/agent; the integration e
         appends an event only (e.g. result="failed" for a failed round that did not evict).
     front.agent_hook() -> object with on_admitted(ann, reply, nonce) and on_evicted(node_id,
         reason=None), the NodeAgent.admission_hooks protocol. The agent calls on_admitted for both
-        admissions and re-attestations. Passing reason= to on_evicted puts it in the report.
+        admissions and re-attestations. Passing reason= to on_evicted puts it in the report
+        (NodeAgent._evict could call hook.on_evicted(rec.node_id, reason=str(reason))).
+    on_peer_admitted raises ValueError for a name that is not a worker stage of the manifest (the
+    adapter skips such peers with a warning instead).
 
   Lower level (tests, other embeddings):
     HeadFront(*, builder: BundleBuilder, report: RunReportState, upstream: str,
@@ -75,6 +78,7 @@ import os
 import secrets
 import tempfile
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -100,6 +104,8 @@ UNGATED = frozenset({"/metrics"})           # operators still see metrics while 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
                         "host", "content-length"})
+# request side only: the front answers Expect: 100-continue itself and sends the whole body on
+REQUEST_ONLY_STRIP = frozenset({"expect"})
 ATTESTATION_TIMEOUT = 60.0
 MAX_CONCURRENT_ATTESTATIONS = 4
 READ_CHUNK = 64 * 1024
@@ -301,7 +307,8 @@ class HeadFront:
             return openai_error(413, "request_too_large",
                                 f"request body larger than {self.max_body} bytes",
                                 type_="invalid_request_error", headers={"Connection": "close"})
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in HOP_BY_HOP and k.lower() not in REQUEST_ONLY_STRIP)
         url = URL(self.upstream + request.rel_url.raw_path_qs, encoded=True)   # exactly what we routed
         resp: web.StreamResponse | None = None
         try:
@@ -430,7 +437,8 @@ class AgentAdmissionHook:
                         ann.node_id)
             return
         self.front.on_peer_admitted(ann.node_id, list(reply.evidence), ann.wg_public_key.raw,
-                                    ann.hpke_public_key.raw, bytes(nonce), ann.binding_extra())
+                                    ann.hpke_public_key.raw, bytes(nonce), ann.binding_extra(),
+                                    collected_at=datetime.now(timezone.utc))
 
     def on_evicted(self, node_id: str, reason: str | None = None) -> None:
         stage = self.front.report.manifest.stage_for(node_id)

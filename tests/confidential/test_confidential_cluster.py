@@ -219,3 +219,72 @@ def test_no_secret_in_argv_logs_or_readable_files(ccluster):
     assert files > 10, "no log files found: the scan would be empty"
     assert list((Path(ccluster.status["run_dir"]) / "logs").glob("agent-*.log"))
     assert not found, found
+
+
+# -- the head's public API: TLS bound into the head's evidence ---------------------------------------------
+def _verify_args(cluster, manifest: str, fingerprint: str) -> list[str]:
+    st = cluster.status
+    return ["verify", f"https://127.0.0.1:{st['endpoint'].split(':')[2].split('/')[0]}", "--manifest", manifest,
+            "--owner-fingerprint", fingerprint, "--sim-root", st["network"]["sim_root"], "--ca", st["ca_cert"],
+            "--json"]
+
+
+def test_endpoint_is_tls_and_conclave_verify_accepts_it(ccluster):
+    st = ccluster.status
+    assert st["endpoint"].startswith("https://127.0.0.1:") and Path(st["ca_cert"]).is_file()
+    res = harness.cli(_verify_args(ccluster, st["manifest"], st["network"]["owner_fingerprint"]), ccluster.env,
+                      check=False)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["ok"] is True
+    names = sorted(n["name"] for n in out["nodes"])
+    assert names == sorted(n["node_id"] for n in st["nodes"])
+
+
+def test_conclave_verify_rejects_another_manifest(ccluster, tmp_path):
+    """A manifest the cluster does not run (same content but another owner and creation time)."""
+    from conclave.runtime.manifest import document as doc
+    from conclave.runtime.manifest import ed25519_keys as keys
+    st = ccluster.status
+    content = dict(json.loads(Path(st["manifest"]).read_text())["manifest"])
+    content["created"] = "2020-01-01T00:00:00Z"
+    other_key = keys.generate_key_file(tmp_path / "other-owner.key")
+    other = tmp_path / "other-manifest.json"
+    other.write_bytes(doc.sign_content(content, other_key))
+    res = harness.cli(_verify_args(ccluster, str(other), keys.fingerprint(other_key.public_key())), ccluster.env,
+                      check=False)
+    assert res.returncode == 2, res.stdout + res.stderr[-2000:]
+    assert json.loads(res.stdout)["reason"] == "manifest_mismatch"
+
+
+def test_conclave_proxy_forwards_a_chat_request(ccluster, tmp_path):
+    import httpx
+    st = ccluster.status
+    port = harness.free_port()
+    args = _verify_args(ccluster, st["manifest"], st["network"]["owner_fingerprint"])
+    upstream = args[1]
+    proxy = subprocess.Popen([*harness.CONCLAVE, "proxy", "--upstream", upstream, *args[2:-1],
+                              "--listen", f"127.0.0.1:{port}"], env=ccluster.env, stdout=subprocess.DEVNULL,
+                             stderr=open(tmp_path / "proxy.log", "wb"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                                  headers={"Authorization": f"Bearer {st['api_key']}"},
+                                  json={"model": st["model"]["name"], "temperature": 0, "max_tokens": 24,
+                                        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+                break
+            except httpx.TransportError:
+                assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the proxy never listened"
+                time.sleep(0.5)
+        assert resp.status_code == 200, resp.text
+        assert "Paris" in resp.json()["choices"][0]["message"]["content"]
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(5)

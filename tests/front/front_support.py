@@ -140,6 +140,7 @@ class FakeVllm:
     def __init__(self, api_key: str = API_KEY):
         self.api_key = api_key
         self.seen: list[dict] = []
+        self.aborted = threading.Event()    # a stream's client went away mid-stream
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -153,7 +154,8 @@ class FakeVllm:
     async def _auth(self, request: web.Request, handler):
         self.seen.append({"method": request.method, "path": request.path_qs,
                           "authorization": request.headers.get("Authorization"),
-                          "x_custom": request.headers.get("X-Custom")})
+                          "x_custom": request.headers.get("X-Custom"),
+                          "expect": request.headers.get("Expect")})
         if request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
         return await handler(request)
@@ -178,11 +180,16 @@ class FakeVllm:
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        for i, w in enumerate(self.STREAM_WORDS):
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            await asyncio.sleep(self.STREAM_GAP)
+        words = self.STREAM_WORDS * (20 if body.get("max_tokens", 0) > 100 else 1)
+        try:
+            for w in words:
+                chunk = {**base, "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await asyncio.sleep(self.STREAM_GAP)
+        except (ConnectionError, asyncio.CancelledError):
+            self.aborted.set()              # vLLM aborts the request when its client disconnects
+            raise
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

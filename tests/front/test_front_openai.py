@@ -18,13 +18,18 @@ from front_support import API_KEY, FakeVllm, free_port
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+def _trust(front) -> ssl.SSLContext:
+    """What `conclave status` hands clients: the front's certificate as the only CA."""
+    return ssl.create_default_context(cafile=str(front.cert_path))
+
+
 def _client(front, api_key: str = API_KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=front.url + "/v1", api_key=api_key, max_retries=0, timeout=10,
-                         http_client=openai.DefaultHttpxClient(verify=str(front.cert_path)))
+                         http_client=openai.DefaultHttpxClient(verify=_trust(front)))
 
 
 def _http(front) -> httpx.Client:
-    return httpx.Client(base_url=front.url, verify=str(front.cert_path), timeout=10)
+    return httpx.Client(base_url=front.url, verify=_trust(front), timeout=10)
 
 
 def test_chat_and_models_through_the_front(make_front, vllm):
@@ -185,3 +190,64 @@ def test_upstream_parsing_and_public_cert(make_front, tmp_path):
     assert path.read_bytes() == front.identity.cert_pem and b"PRIVATE" not in path.read_bytes()
     assert os.stat(path).st_mode & 0o777 == 0o644
     assert "PRIVATE" not in repr(front) and "redacted" in repr(front)
+
+
+def test_client_disconnect_mid_stream_reaches_the_engine(make_front, vllm):
+    """A client that goes away mid-stream must not leave the engine generating for nobody."""
+    front = make_front()
+    ctx = _trust(front)
+    body = json.dumps({"model": "smollm2", "messages": MESSAGES, "stream": True, "max_tokens": 1000}).encode()
+    with socket.create_connection(front.bound, timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        first = tls.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and not vllm.aborted.is_set()
+    assert vllm.aborted.wait(5), "the upstream stream kept running after the client left"
+
+
+def test_expect_continue_is_answered_by_the_front(make_front, vllm):
+    front = make_front()
+    with _http(front) as http:
+        r = http.post("/v1/chat/completions", json={"model": "smollm2", "messages": MESSAGES},
+                      headers={"Authorization": f"Bearer {API_KEY}", "Expect": "100-continue"})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert vllm.seen[-1]["expect"] is None
+
+
+def test_serve_forever_runs_until_stopped(deployment, vllm):
+    import threading
+
+    from conclave.runtime.endpoint.tls import generate_head_identity
+    from conclave.runtime.serving.front import HeadFront
+    from conclave.runtime.serving.front_report import RunReportState
+    from front_support import new_report_signer
+
+    identity, signer = generate_head_identity(["127.0.0.1"]), new_report_signer()
+    port = free_port()
+    front = HeadFront(builder=deployment.builder(identity.spki_sha256, signer.public_key),
+                      report=RunReportState(manifest=deployment.manifest, signer=signer),
+                      upstream=vllm.address, identity=identity, listen_host="127.0.0.1", listen_port=port)
+    front.on_peer_admitted(**deployment.worker_admission())
+    stop = threading.Event()
+    thread = threading.Thread(target=front.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        ctx = ssl.create_default_context(cadata=identity.cert_pem.decode())
+
+        def up():
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/health", verify=ctx, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        deadline = time.monotonic() + 10
+        while not up():
+            assert time.monotonic() < deadline, "serve_forever never listened"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://127.0.0.1:{port}/health", verify=ctx, timeout=2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import secrets
 from types import SimpleNamespace
 
@@ -130,7 +131,7 @@ def test_head_front_for_agent_wires_a_real_admission(deployment, vllm, files, tm
     ann = Announcement(node_id="node-1", owner="bob", role="worker", underlay_host="198.18.0.3",
                        admission_port=51821, wireguard_port=51820, wg_public_key=worker_identity.wg_public,
                        hpke_public_key=worker_identity.hpke_public,
-                       overlay_address=__import__("ipaddress").IPv4Address("100.64.0.3"))
+                       overlay_address=ipaddress.IPv4Address("100.64.0.3"))
     nonce = secrets.token_bytes(32)
     reply = answer_challenge(me=ann, source=SimEvidenceSource(deployment.worker_attester),
                              manifest_digest=deployment.manifest.digest, nonce=nonce)

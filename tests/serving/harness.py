@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -83,6 +84,12 @@ class Cluster:
         return self.status["endpoint"]
 
     @property
+    def verify(self):
+        """TLS trust for the endpoint: the head's certificate (attested clusters), else the default."""
+        ca = self.status.get("ca_cert")
+        return ssl.create_default_context(cafile=ca) if ca else True
+
+    @property
     def api_key(self) -> str | None:
         return self.status["api_key"]
 
@@ -90,7 +97,7 @@ class Cluster:
         """Status code of GET /models with the cluster's key, another key, or none."""
         key = self.api_key if key == "default" else key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(self.base_url + "/models", headers=headers, timeout=30).status_code
+        return httpx.get(self.base_url + "/models", headers=headers, timeout=30, verify=self.verify).status_code
 
     def post(self, path: str, body, *, key: str | None = "default", timeout: float = 120) -> httpx.Response:
         headers = {}
@@ -99,8 +106,8 @@ class Cluster:
             headers["Authorization"] = f"Bearer {key}"
         if isinstance(body, (bytes, str)):
             headers["Content-Type"] = "application/json"
-            return httpx.post(self.base_url + path, content=body, headers=headers, timeout=timeout)
-        return httpx.post(self.base_url + path, json=body, headers=headers, timeout=timeout)
+            return httpx.post(self.base_url + path, content=body, headers=headers, timeout=timeout, verify=self.verify)
+        return httpx.post(self.base_url + path, json=body, headers=headers, timeout=timeout, verify=self.verify)
 
 
 def cluster_env(state_dir: Path) -> dict:
