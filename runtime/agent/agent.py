@@ -460,7 +460,7 @@ class NodeAgent:
         self.metrics.evicted(str(reason))
         for hook in list(self.admission_hooks):
             try:
-                hook.on_evicted(rec.node_id)
+                hook.on_evicted(rec.node_id, reason=str(reason))
             except Exception:
                 log.exception("eviction hook failed for %s", rec.node_id)
         log.warning("peer %s evicted (%s): reason=%s", rec.node_id, event, reason,

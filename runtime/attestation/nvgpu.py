@@ -133,13 +133,35 @@ def _b64(value: Any, what: str) -> bytes:
         raise MalformedEvidence(f"{what} is not valid base64") from None
 
 
+def decode_certificate(cert: x509.Certificate, what: str) -> x509.Certificate:
+    """Force-decode every field parse/verify later reads; MalformedEvidence if any is corrupt.
+
+    cryptography decodes names, extensions and keys lazily, so a mutated certificate loads
+    fine and only raises (ValueError, TypeError, x509.InvalidVersion, ...) when e.g.
+    `cert.issuer` is first read deep inside chain building. Decoding everything once here
+    keeps the contract: parse raises only MalformedEvidence, verify only AttestationError.
+    """
+    try:
+        cert.version  # noqa: B018 - x509.InvalidVersion on an unknown version
+        cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+        cert.not_valid_before_utc, cert.not_valid_after_utc  # noqa: B018
+        cert.public_key(), cert.signature_hash_algorithm  # noqa: B018
+        cert.signature_algorithm_oid, cert.signature, cert.tbs_certificate_bytes  # noqa: B018
+        for ext in cert.extensions:
+            ext.value  # noqa: B018
+    except Exception as exc:  # noqa: BLE001 - any decoder error means a malformed certificate
+        raise MalformedEvidence(f"{what}: certificate is not well-formed ({type(exc).__name__})") from None
+    return cert
+
+
 def load_pem_chain(pem: bytes, what: str = "certificate chain") -> tuple[x509.Certificate, ...]:
-    """PEM certificates in file order (NVIDIA ships leaf first); MalformedEvidence if none."""
+    """PEM certificates in file order (NVIDIA ships leaf first), each fully decoded;
+    MalformedEvidence if none or any is corrupt."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise MalformedEvidence(f"{what}: not a PEM certificate chain ({exc})") from None
-    return tuple(certs)
+    except Exception as exc:  # noqa: BLE001 - ValueError, x509.InvalidVersion, ...
+        raise MalformedEvidence(f"{what}: not a PEM certificate chain ({type(exc).__name__})") from None
+    return tuple(decode_certificate(c, f"{what} [{n}]") for n, c in enumerate(certs))
 
 
 def _normalize_arch(value: Any) -> str | None:
@@ -297,6 +319,9 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
     if collateral is not None:
         raise VerificationFailed(Reason.UNSUPPORTED, "nvgpu takes no collateral")
     roots = tuple(trusted_roots) if trusted_roots is not None else pinned_roots()
+    # --certs come from outside the evidence but are just as untrusted: same decoding,
+    # same MalformedEvidence(malformed) as a corrupt certificate inside the evidence.
+    certs = tuple(decode_certificate(c, f"--certs [{n}]") for n, c in enumerate(certs))
     log = StepLog()
     log.ok("nvgpu.01.parse")
     many = len(parsed.devices) > 1

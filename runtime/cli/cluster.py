@@ -247,10 +247,13 @@ def _status(args) -> int:
     print(f"cluster {view['cluster_id']}: {view['phase']} ({'running' if view['running'] else 'not running'})")
     print(f"endpoint: {view['endpoint']}  model: {view['model']['name']}  stages: {view['stages']}")
     print(f"api key: {'set (see --json)' if view['api_key'] else 'none'}")
+    if view.get("manifest"):
+        print(f"network: {view['network_kind']}  manifest: {view['manifest']}  ca cert: {view.get('ca_cert')}")
     for node in view.get("nodes") or []:
         print(f"  {node['name']:4} {node['role']:6} netns={node['netns']} underlay={node['underlay_ip']} "
               f"cluster={node['cluster_ip']}@{node['ifname']} layers={node['layers']} "
-              f"ray={'up' if node['ray_alive'] else 'down'}")
+              + (f"admission={node['admission_port']} " if node.get("admission_port") else "")
+              + f"ray={'up' if node['ray_alive'] else 'down'}")
     if view.get("error"):
         print(f"error [{view['error']['reason']}]: {view['error']['message']}")
     return 0
