@@ -58,6 +58,8 @@ def test_status_describes_the_confidential_cluster(ccluster):
         assert node["shard_verified"] is True
         addrs = in_netns(node["netns"], ["ip", "-4", "-o", "addr", "show", node["wg_ifname"]]).stdout
         assert node["overlay_ip"] in addrs
+    engine = Path(f"/proc/{status['engine_pid']}/cmdline").read_bytes().split(b"\0")
+    assert engine[engine.index(b"--host") + 1] == b"127.0.0.1"   # vLLM only behind the head's TLS front
     owner_key = Path(status["network"]["trust_dir"]) / "owner.key"
     assert stat.S_IMODE(owner_key.stat().st_mode) == 0o600
 

@@ -1,5 +1,5 @@
 """Fixtures for the reliability tests: the admission fuzz mesh (in process) and ONE real
-plain-veth 3-host vLLM cluster for the whole session, started and torn down through the CLI.
+plain-veth 3-host vLLM cluster for this folder, started and torn down through the CLI.
 
 `--reliability-cluster STATE_DIR` reuses a cluster someone already started with
 `CONCLAVE_STATE_DIR=STATE_DIR conclave up --local --nodes 3 --network plain-veth --detach`
@@ -38,10 +38,13 @@ def fuzz_mesh():
         mesh.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def rcluster(request, tmp_path_factory):
-    """A running 3-host plain-veth cluster (harness.Cluster); `conclave down` afterwards, even on failure."""
-    reuse = request.config.getoption("--reliability-cluster")
+    """A running 3-host plain-veth cluster (harness.Cluster); `conclave down` afterwards, even on failure.
+
+    Package scope: it is gone before tests/serving starts its own clusters in a full-suite run
+    (two 3-stage clusters at once would not fit this machine's memory and cores)."""
+    reuse = request.config.getoption("--reliability-cluster", default=None)  # absent when collected late
     if reuse:
         state_dir = Path(reuse)
         state_file = state_dir / "cluster.json"

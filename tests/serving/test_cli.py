@@ -94,8 +94,9 @@ def test_usage_errors_exit_1(dirs):
 @pytest.mark.netns
 @pytest.mark.timeout(600)
 def test_tampered_shard_stops_the_start_and_leaves_nothing(dirs, capsys, require_root):
-    """A stage whose layers do not match the manifest stops `conclave up` after the hosts and Ray
-    are up (exit 2, model_shard_mismatch), and the failed start is torn down completely."""
+    """A stage whose layers do not match the manifest stops `conclave up` (exit 2,
+    model_shard_mismatch) after the hosts admitted each other over the attested overlay (the
+    default network) and before Ray or the engine start; the failed start is torn down completely."""
     from .harness import cli as run_cli, free_port
     from .test_manifest import _flip_byte_in
     import os
@@ -116,6 +117,7 @@ def test_tampered_shard_stops_the_start_and_leaves_nothing(dirs, capsys, require
     assert res.returncode == 2, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["reason"] == "model_shard_mismatch"
     assert "model: n0 layers [0, 2) match the manifest" in res.stderr  # n0 holds no tampered layer
-    assert "ray: starting worker on n1" in res.stderr                   # the failure came after Ray was up
+    assert "overlay: all 2 hosts admitted each other" in res.stderr     # the check runs after admission
+    assert "ray: starting" not in res.stderr                             # ... and before Ray starts
     assert ours() == before
     assert not (dirs / "state" / "cluster.json").exists()
