@@ -97,8 +97,9 @@ def conclave(args: list[str], env: dict, timeout: float) -> subprocess.Completed
     return subprocess.run([*CONCLAVE, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def bench(opts, endpoint: str, api_key: str | None, hosts, requests, concurrency: int | None = None) -> dict:
-    cfg = runner.BenchConfig(endpoint=endpoint, model=opts.model, api_key=api_key,
+def bench(opts, endpoint: str, api_key: str | None, hosts, requests, concurrency: int | None = None,
+          ca_cert: str | None = None) -> dict:
+    cfg = runner.BenchConfig(endpoint=endpoint, model=opts.model, api_key=api_key, ca_cert=ca_cert,
                              concurrency=concurrency or opts.max_concurrency, request_rate=opts.request_rate,
                              seed=opts.seed, max_duration_s=opts.max_duration, request_timeout_s=opts.max_duration,
                              warmups=opts.warmups)
@@ -129,10 +130,11 @@ def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool) -> di
         entry["startup_s"] = round(time.perf_counter() - t0, 1)
         status = json.loads(up.stdout.strip().splitlines()[-1])
         hosts = memory.netns_hosts(memory.conclave_status_hosts(status))
-        entry["result"] = bench(opts, status["endpoint"], status.get("api_key"), hosts, requests)
+        ca = status.get("ca_cert")  # the head's TLS front: verified against its own certificate
+        entry["result"] = bench(opts, status["endpoint"], status.get("api_key"), hosts, requests, ca_cert=ca)
         if calibrate:
             entry["calibration_c1"] = bench(opts, status["endpoint"], status.get("api_key"), None,
-                                            requests[:opts.calibration_requests], concurrency=1)
+                                            requests[:opts.calibration_requests], concurrency=1, ca_cert=ca)
         return entry
     finally:
         down = conclave(["down"], env, 600)  # harmless when nothing is running

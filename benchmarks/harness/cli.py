@@ -53,13 +53,13 @@ def _conclave_status() -> dict:
     return status
 
 
-def config_for(args, endpoint: str, api_key: str | None) -> runner.BenchConfig:
+def config_for(args, endpoint: str, api_key: str | None, ca_cert: str | None = None) -> runner.BenchConfig:
     try:
         percentiles = tuple(float(x) for x in args.percentiles.split(",") if x)
     except ValueError:
         raise HarnessError("bad_percentiles", "--percentiles wants numbers like 50,90,99", usage=True) from None
     return runner.BenchConfig(
-        endpoint=endpoint, model=args.model, api_key=api_key, concurrency=args.max_concurrency,
+        endpoint=endpoint, model=args.model, api_key=api_key, ca_cert=ca_cert, concurrency=args.max_concurrency,
         request_rate=args.request_rate, burstiness=args.burstiness, seed=args.seed,
         max_duration_s=args.max_duration, request_timeout_s=args.request_timeout, warmups=args.warmups,
         ignore_eos=not args.no_ignore_eos, temperature=args.temperature, percentiles=percentiles)
@@ -91,6 +91,7 @@ def run_main(args) -> int:
     if getattr(args, "compare_results", None):
         return compare_files(args.compare_results, args.label, args.plots_dir, args.out)
     api_key = None
+    ca_cert = args.ca_cert
     hosts = None
     endpoints = list(args.endpoint)
     if args.api_key_file:
@@ -102,6 +103,7 @@ def run_main(args) -> int:
         status = _conclave_status()
         endpoints = endpoints or [status["endpoint"]]
         api_key = api_key or status.get("api_key")
+        ca_cert = ca_cert or status.get("ca_cert")
         hosts = memory.netns_hosts(memory.conclave_status_hosts(status))
     if not endpoints:
         raise HarnessError("no_endpoint", "give --endpoint URL (twice to compare) or --conclave-status", usage=True)
@@ -118,7 +120,7 @@ def run_main(args) -> int:
     requests = build_requests(args)
     results = []
     for endpoint, label in zip(endpoints, labels):
-        result = runner.run(config_for(args, endpoint, api_key), requests, hosts)
+        result = runner.run(config_for(args, endpoint, api_key, ca_cert), requests, hosts)
         result["label"] = label
         results.append(result)
         if not args.json:

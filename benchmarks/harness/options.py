@@ -16,8 +16,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label", action="append", default=[], help="name of each endpoint in tables and plots")
     g.add_argument("--model", help="model name to request (default: first id of GET /v1/models)")
     g.add_argument("--api-key-file", help="file holding the API key (applies to every endpoint)")
+    g.add_argument("--ca-cert", help="PEM file to verify an https endpoint against (Conclave: `ca_cert` of status)")
     g.add_argument("--conclave-status", action="store_true",
-                   help="take endpoint, API key and hosts (memory by network namespace) from `conclave status --json`")
+                   help="take endpoint, API key, CA cert and hosts (memory by network namespace) from `conclave status --json`")
     d = p.add_argument_group("request set (bounded, seeded)")
     d.add_argument("--dataset", choices=("random", "fixed"), default="fixed",
                    help="random: random token ids of --input-len; fixed: built-in or --prompts-file prompts")

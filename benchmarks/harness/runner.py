@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class BenchConfig:
     endpoint: str  # base URL ending in /v1
     model: str | None = None  # None: the first id of GET /v1/models
     api_key: str | None = field(default=None, repr=False)
+    ca_cert: str | None = None  # PEM trust anchor for an https endpoint (Conclave's `ca_cert`); system CAs otherwise
     concurrency: int | None = None  # None: unbounded
     request_rate: float = math.inf  # requests/s; inf sends all at once
     burstiness: float = 1.0  # 1.0 = Poisson; gamma-distributed gaps otherwise (as vLLM)
@@ -40,7 +42,8 @@ class BenchConfig:
 
     def public(self) -> dict:
         """The configuration as recorded in results (no API key)."""
-        return {"endpoint": self.endpoint, "model": self.model, "concurrency": self.concurrency,
+        return {"endpoint": self.endpoint, "model": self.model, "ca_cert": self.ca_cert,
+                "concurrency": self.concurrency,
                 "request_rate": "inf" if math.isinf(self.request_rate) else self.request_rate,
                 "burstiness": self.burstiness, "seed": self.seed, "max_duration_s": self.max_duration_s,
                 "request_timeout_s": self.request_timeout_s, "warmups": self.warmups,
@@ -85,7 +88,8 @@ async def _run(cfg: BenchConfig, requests: list[SampleRequest]) -> tuple[list[Re
     headers = _headers(cfg.api_key)
     offsets = arrival_delays(len(requests), cfg.request_rate, seed=cfg.seed, burstiness=cfg.burstiness)
     limit = cfg.concurrency if cfg.concurrency else len(requests)
-    connector = aiohttp.TCPConnector(limit=limit + 4, force_close=False)
+    tls = ssl.create_default_context(cafile=cfg.ca_cert) if cfg.ca_cert else None  # verified, never switched off
+    connector = aiohttp.TCPConnector(limit=limit + 4, force_close=False, ssl=tls if tls else True)
     async with aiohttp.ClientSession(connector=connector) as session:
         model = cfg.model or await _resolve_model(session, cfg)
 

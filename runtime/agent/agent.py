@@ -4,6 +4,10 @@ in line with the admitted set, re-attest on a schedule, and evict whoever stops 
 Threads: one main loop (discovery, scheduling, evidence-age checks, reconcile), a small pool
 for per-peer network work (challenge, key release, secrets), gRPC's server pool, the status
 socket. The peer table is guarded by one lock; no network call happens while holding it.
+
+Metrics: one runtime.metrics.ConclaveMetrics per agent, served on the overlay address only
+(the head appends vLLM's /metrics, cfg.metrics_upstream). Every verifier decision counts as an
+admission (join or re-attestation; a failed re-attestation is a rejection AND an eviction).
 """
 from __future__ import annotations
 
@@ -30,14 +34,15 @@ from conclave.overlay.reconcile import Reconciler, RemovePeer
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
 from conclave.runtime.agent.config import NodeConfig
 from conclave.runtime.agent.launcher import Launcher
-from conclave.runtime.agent.metrics import AgentMetrics
 from conclave.runtime.agent.peers import PeerRecord, PeerState
 from conclave.runtime.agent.state import AgentState, check_transition
 from conclave.runtime.agent.status import StatusServer
+from conclave.runtime.attestation.core import TeeType
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, open_secret
 from conclave.runtime.keys.hpke import SealError, seal
 from conclave.runtime.keys.secret import SecretValue
+from conclave.runtime.metrics import ConclaveMetrics, MetricsServer, serve_metrics
 
 log = logging.getLogger("conclave.agent")
 MAX_RECORDS = 512
@@ -61,7 +66,8 @@ class NodeAgent:
         self.secret_errors: dict[str, str] = {}
         self.peers: dict[tuple[str, bytes, bytes], PeerRecord] = {}   # (node, wg, hpke)
         self.state = AgentState.BOOT
-        self.metrics = AgentMetrics()
+        self.metrics = ConclaveMetrics()   # this agent's own registry, served on the overlay address
+        self._metrics_server: MetricsServer | None = None
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._dirty = threading.Event()   # the admitted set changed: reconcile on the next wake-up
@@ -170,7 +176,9 @@ class NodeAgent:
         targets = list(cfg.rendezvous)
         self._rendezvous = RendezvousClient(targets)
         if cfg.metrics_port and cfg.device_factory is None:
-            self.metrics.serve(str(cfg.overlay_address), cfg.metrics_port)  # overlay address only
+            # overlay address only: the operator's scraper is inside the deployment, never on the underlay
+            self._metrics_server = serve_metrics(self.metrics.registry, str(cfg.overlay_address),
+                                                 cfg.metrics_port, upstream_url=cfg.metrics_upstream)
         self._status = StatusServer(cfg.status_socket, self.handle_status_command)
         self._status.start()
 
@@ -207,7 +215,7 @@ class NodeAgent:
         for closer in (lambda: self._server and self._server.stop(0.5),
                        lambda: self._rdv_server and self._rdv_server.stop(0.5),
                        lambda: self._status and self._status.close(),
-                       lambda: self.metrics.close(),
+                       lambda: self._metrics_server and self._metrics_server.close(),
                        lambda: self._rendezvous and self._rendezvous.close(),
                        lambda: self._firewall and self._firewall.remove(),
                        lambda: self._device is not None and hasattr(self._device, "close") and self._device.close()):
@@ -381,20 +389,25 @@ class NodeAgent:
                 log.info("peer %s unreachable for %s: %s", ann.node_id,
                          "re-attestation" if reattest else "admission", exc.code().name)
                 return
+            verify_started = time.monotonic()
             try:
                 admitted = self.verifier.admit(challenged=ann, reply=reply, nonces=self.nonces)
             except AdmissionRejected as exc:
+                self.metrics.observe_verification(claimed_tee(reply), time.monotonic() - verify_started)
+                self.metrics.record_admission("rejected", str(exc.reason))
                 with self._lock:
                     if reattest:
                         self._evict(rec, exc.reason, "reattestation_failed", exc.reasons)
                     else:
                         self._reject(rec, exc.reason, exc.reasons)
                 return
+            self.metrics.observe_verification(str(admitted.tee), time.monotonic() - verify_started)
         finally:
             self.nonces.retire(nonce)
         with self._lock:
             conflict = self._address_conflict(rec)
             if conflict is not None:
+                self.metrics.record_admission("rejected", str(OverlayReason.ADDRESS_CONFLICT))
                 self._reject(rec, OverlayReason.ADDRESS_CONFLICT, [str(OverlayReason.ADDRESS_CONFLICT)])
                 return
             for other in list(self.peers.values()):
@@ -412,7 +425,9 @@ class NodeAgent:
                 rec.reattestations += 1
             else:
                 rec.event("admitted")
-        self.metrics.admitted(time.monotonic() - started, reattest)
+            self.metrics.record_admission("admitted", "ok")
+            self.metrics.record_evidence_verified(rec.node_id)
+            self._refresh_peers_admitted()
         for hook in list(self.admission_hooks):
             try:
                 hook.on_admitted(ann, reply, nonce)
@@ -445,8 +460,13 @@ class NodeAgent:
         rec.reason, rec.reasons = str(reason), [str(r) for r in reasons]
         rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
         rec.event("rejected", str(reason))
-        self.metrics.rejected(str(reason))
+        self._refresh_peers_admitted()
         log.warning("peer %s rejected: reason=%s", rec.node_id, reason, extra={"reason": str(reason), "peer": rec.node_id})
+
+    def _refresh_peers_admitted(self) -> None:
+        """Call with the lock held, after any peer state change that can admit or drop a peer."""
+        self.metrics.set_peers_admitted(sum(1 for r in self.peers.values()
+                                            if r.state in (PeerState.ADMITTED, PeerState.MESHED)))
 
     def _evict(self, rec: PeerRecord, reason: str, event: str, reasons: list[str] | None = None) -> None:
         rec.state = PeerState.EVICTED
@@ -457,7 +477,8 @@ class NodeAgent:
         rec.last_verified_mono = None
         rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
         rec.event(event, str(reason))
-        self.metrics.evicted(str(reason))
+        self.metrics.record_eviction(rec.node_id, str(reason))   # also drops its per-peer series
+        self._refresh_peers_admitted()
         for hook in list(self.admission_hooks):
             try:
                 hook.on_evicted(rec.node_id, reason=str(reason))
@@ -622,16 +643,18 @@ class NodeAgent:
         with self._lock:
             rec = self._admitted_by_key(requester)
             if rec is None or rec.state != PeerState.MESHED:
-                self.metrics.secret_refused("not_admitted")
                 return pb.NOT_ADMITTED, b"", str(OverlayReason.NOT_ADMITTED)
             role, hpke = str(rec.announcement.role), rec.announcement.hpke_public_key
         try:
             sealed = self.broker.release(name, requester_role=role, requester_hpke=hpke,
                                          requester_wg=requester.raw, broker_wg=self.identity.wg_public.raw)
         except SecretRefused as exc:
-            self.metrics.secret_refused(exc.reason)
             return pb.REFUSED, b"", exc.reason
         log.info("secret %s released to %s", name, rec.node_id)
+        try:
+            self.metrics.record_secret_released(name)   # the name (a purpose), never the value
+        except ValueError:
+            log.warning("secret name %r is not a metric label; release not counted", name)
         return pb.OK, sealed, ""
 
     # ------------------------------------------------------------------ device
@@ -650,8 +673,9 @@ class NodeAgent:
         with self._device_lock:
             self._last_reconcile = time.monotonic()
             try:
-                actions, _ = self._reconciler.step(self.desired())
+                actions, observed = self._reconciler.step(self.desired())
                 self._reconcile_error = None
+                self.metrics.update_wireguard_from_device(observed, self._peer_names())
                 now = time.time()
                 for action in actions:
                     if isinstance(action, RemovePeer):
@@ -659,6 +683,12 @@ class NodeAgent:
             except ConclaveError as exc:
                 self._reconcile_error = exc.reason
                 log.error("reconcile failed: %s", exc)
+
+    def _peer_names(self) -> dict[WgPublicKey, str]:
+        """WireGuard public key -> node name of every admitted peer (metric labels)."""
+        with self._lock:
+            return {r.key: r.node_id for r in self.peers.values()
+                    if r.state in (PeerState.ADMITTED, PeerState.MESHED)}
 
     def reattest_now(self) -> None:
         """On-demand re-attestation of every admitted peer (next tick)."""
@@ -716,3 +746,16 @@ class NodeAgent:
             pid = request.get("pid")
             return {"ok": True, "exit_code": self.launcher.exit_code(pid) if isinstance(pid, int) else None}
         return {"ok": False, "reason": "unknown_command"}
+
+
+def claimed_tee(reply: pb.AttestReply) -> str:
+    """The CPU TEE a rejected reply claimed, as a bounded label value ("unknown" if none parses):
+    a peer's free-form string must never become a metric label."""
+    for item in reply.evidence:
+        try:
+            tee = TeeType(item.tee)
+        except ValueError:
+            continue
+        if tee != TeeType.NVGPU:
+            return str(tee)
+    return "unknown"

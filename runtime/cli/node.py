@@ -193,6 +193,13 @@ def build_config(args):
         kwargs["admission_port"] = args.admission_port
     if args.metrics_port is not None:
         kwargs["metrics_port"] = args.metrics_port or None
+    if args.front_port is not None and args.role == "head":
+        # the head serves vLLM behind its front: one scrape of the agent's metrics sees both
+        from conclave.runtime.serving.front import parse_upstream
+        try:
+            kwargs["metrics_upstream"] = parse_upstream(args.front_upstream) + "/metrics"
+        except ValueError as exc:
+            raise UsageError(f"--front-upstream: {exc}", reason="front_invalid") from None
     try:
         cidr = parse_cidr(args.overlay_cidr or DEFAULT_OVERLAY_CIDR)
         addr = ipaddress.IPv4Address(args.overlay_address) if args.overlay_address else None

@@ -8,6 +8,7 @@ request is recorded (payload and arrival time) so tests can check what the harne
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class StubOpenAI:
     def __init__(self, *, ttft_s: float = 0.05, itl_s: float = 0.01, api_key: str | None = None,
-                 send_usage: bool = True, model: str = "stub-model") -> None:
+                 send_usage: bool = True, model: str = "stub-model",
+                 tls: tuple[str, str] | None = None) -> None:
+        """tls: (certfile, keyfile) to serve https instead of http."""
         self.ttft_s, self.itl_s, self.api_key, self.send_usage, self.model = ttft_s, itl_s, api_key, send_usage, model
         self.received: list[tuple[float, dict]] = []
         self._lock = threading.Lock()
@@ -96,11 +99,17 @@ class StubOpenAI:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, name="stub-openai", daemon=True)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def __enter__(self) -> "StubOpenAI":
         self.thread.start()

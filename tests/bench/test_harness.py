@@ -236,3 +236,40 @@ def test_peak_rss_of_a_process_tree():
     finally:
         child.kill()
         child.wait()
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stub head")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return str(cert_path), str(key_path)
+
+
+def test_https_endpoint_is_verified_against_the_given_ca_cert(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    reqs = datasets.fixed_prompts(2, 3, seed=0)
+    with StubOpenAI(ttft_s=0.01, itl_s=0.005, tls=(cert, key)) as stub:
+        trusted = runner.run(runner.BenchConfig(endpoint=stub.endpoint, ca_cert=cert, model="stub-model"), reqs)
+        untrusted = runner.run(runner.BenchConfig(endpoint=stub.endpoint, model="stub-model"), reqs)
+    assert stub.endpoint.startswith("https://")
+    assert trusted["metrics"]["completed"] == 2
+    assert untrusted["metrics"]["errors"] == {"transport": 2}  # unknown CA: refused, never silently accepted

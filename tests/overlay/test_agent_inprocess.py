@@ -97,6 +97,26 @@ def test_secrets_by_role(agents):
     assert "model_key" not in w1.received_secrets and w1.secret_errors["model_key"] == "role_not_allowed"
 
 
+def test_agent_records_conclave_metrics(agents):
+    """Each agent records into its own runtime.metrics.ConclaveMetrics (served on the overlay address)."""
+    head, w1, w2 = agents
+    wait_for(lambda: "ray_token" in w1.received_secrets and "ray_token" in w2.received_secrets, what="secrets")
+    names = {a.cfg.node_name for a in agents}
+    for a in agents:
+        reg = a.metrics.registry
+        peers = names - {a.cfg.node_name}
+        wait_for(lambda: all(reg.get_sample_value("conclave_wireguard_rx_bytes", {"peer": p}) is not None
+                             for p in peers), what="wireguard series after a reconcile")
+        assert reg.get_sample_value("conclave_admissions_total", {"result": "admitted", "reason": "ok"}) >= 2
+        assert reg.get_sample_value("conclave_peers_admitted") == 2
+        assert reg.get_sample_value("conclave_verification_seconds_count", {"tee": "sim"}) >= 2
+        for p in peers:
+            age = reg.get_sample_value("conclave_peer_evidence_age_seconds", {"peer": p})
+            assert age is not None and 0 <= age < 600
+    assert head.metrics.registry.get_sample_value("conclave_secrets_released_total", {"name": "ray_token"}) == 2
+    assert head.metrics.registry.get_sample_value("conclave_secrets_released_total", {"name": "model_key"}) is None
+
+
 def test_status_socket_is_private_and_answers(agents):
     path = agents[0].cfg.status_socket
     assert (path.stat().st_mode & 0o777) == 0o600
@@ -187,3 +207,11 @@ def test_policy_change_evicts_on_reattestation_within_one_reconcile_period(agent
     for p in (p for p in w2.status()["peers"] if p["node_id"] in mesh):
         assert p["reason"] == "measurement_mismatch"
         assert any(e["event"] == "reattestation_failed" for e in p["events"])
+    reg = w2.metrics.registry
+    assert reg.get_sample_value("conclave_evictions_total", {"reason": "measurement_mismatch"}) == 2
+    assert reg.get_sample_value("conclave_admissions_total",
+                                {"result": "rejected", "reason": "measurement_mismatch"}) >= 2
+    still = [p for p in w2.status()["peers"] if p["state"] in ("admitted", "meshed")]
+    assert all(p["node_id"] not in mesh for p in still)          # only the earlier test's picky node
+    assert reg.get_sample_value("conclave_peers_admitted") == len(still)
+    assert all(reg.get_sample_value("conclave_peer_evidence_age_seconds", {"peer": p}) is None for p in mesh)
