@@ -11,8 +11,8 @@ folder, eager (one stage), no Ray, no plugin. Every ratio in the output compares
 measured in this same run. The N=1 cluster is also measured at concurrency 1 to calibrate the
 scaling model's step cost, and the model is checked against the measured N>1 rows.
 
-The network layer is passed through as `conclave up --network NAME` (the plain layer is the
-default, so `plain` passes nothing); when `conclave up` rejects the name, that arm is skipped
+The network layer is always passed explicitly as `conclave up --network NAME` (`up` defaults
+to the attested overlay); when `conclave up` rejects the name, that arm is skipped
 with the reason recorded. Writes sweep.json, sweep.md and PNG plots into --out.
 Needs root (network namespaces). CPU-heavy: run it on an otherwise idle machine.
 """
@@ -112,9 +112,7 @@ def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool) -> di
     state = tempfile.mkdtemp(prefix="conclave-sweep-")
     env = dict(os.environ, CONCLAVE_STATE_DIR=state)
     argv = ["up", "--local", "--nodes", str(nodes), "--port", str(free_port()), "--model", opts.model,
-            "--detach", "--json"]
-    if network != PLAIN:
-        argv += ["--network", network]
+            "--detach", "--json", "--network", network]   # always explicit: `up` defaults to attested
     entry: dict = {"config": f"conclave local, {network}, {nodes} node(s)", "kind": "cluster",
                    "network": network, "nodes": nodes}
     t0 = time.perf_counter()

@@ -50,7 +50,7 @@ def _fake_conclave(tmp_path, endpoint: str, accept_network: bool) -> list[str]:
         args = sys.argv[1:]
         open({str(tmp_path / 'calls.log')!r}, "a").write(" ".join(args) + "\\n")
         if args[0] == "up":
-            if "--network" in args and not {accept_network!r}:
+            if "--network" in args and args[args.index("--network") + 1] != "plain" and not {accept_network!r}:
                 print("conclave up: error: argument --network: invalid choice: 'attested'", file=sys.stderr)
                 sys.exit(1)
             print(json.dumps({{"endpoint": {endpoint!r}, "api_key": None, "nodes": []}}))
@@ -74,7 +74,8 @@ def test_cluster_arm_runs_up_bench_down_and_calibrates(tmp_path, monkeypatch):
     assert entry["calibration_c1"]["config"]["concurrency"] == 1
     assert entry["calibration_c1"]["metrics"]["completed"] == 2
     calls = (tmp_path / "calls.log").read_text().splitlines()
-    assert calls[0].startswith("up --local --nodes 1 ") and "--network" not in calls[0]  # plain = the default
+    # the layer is always explicit: `conclave up` defaults to the attested overlay
+    assert calls[0].startswith("up --local --nodes 1 ") and "--network plain" in calls[0]
     assert calls[-1] == "down"
 
 
