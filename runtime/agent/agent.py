@@ -176,8 +176,10 @@ class NodeAgent:
         targets = list(cfg.rendezvous)
         self._rendezvous = RendezvousClient(targets)
         if cfg.metrics_port and cfg.device_factory is None:
-            # overlay address only: the operator's scraper is inside the deployment, never on the underlay
-            self._metrics_server = serve_metrics(self.metrics.registry, str(cfg.overlay_address),
+            # default: the overlay address only (the operator's scraper is inside the deployment, never on
+            # the underlay); --metrics-host names another specific address (e.g. the pod IP), never a wildcard
+            host = cfg.metrics_host or str(cfg.overlay_address)
+            self._metrics_server = serve_metrics(self.metrics.registry, host,
                                                  cfg.metrics_port, upstream_url=cfg.metrics_upstream)
         self._status = StatusServer(cfg.status_socket, self.handle_status_command)
         self._status.start()

@@ -60,6 +60,7 @@ class NodeConfig:
     interface: str | None = None
     firewall: str = "auto"              # auto | nft | none
     metrics_port: int | None = DEFAULT_METRICS_PORT
+    metrics_host: str | None = None       # /metrics bind address; default: the overlay address
     metrics_upstream: str | None = None   # head: vLLM's /metrics URL, appended to every scrape
     status_socket: Path | None = None
     timing: Timing = field(default_factory=Timing)

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.report",
     "conclave.runtime.cli.bench",
     "conclave.runtime.cli.measure",
+    "conclave.runtime.cli.rendezvous",
 )
 
 

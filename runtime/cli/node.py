@@ -85,7 +85,10 @@ def register(subparsers) -> None:
     p.add_argument("--retry-interval", type=float, default=5.0)
     p.add_argument("--tick", type=float, default=0.25)
     p.add_argument("--firewall", choices=["auto", "nft", "none"], default="auto")
-    p.add_argument("--metrics-port", type=int, default=None, help="0 disables (overlay address only)")
+    p.add_argument("--metrics-port", type=int, default=None, help="0 disables")
+    p.add_argument("--metrics-host", default=None, metavar="ADDR",
+                   help="bind address of /metrics (default: the overlay address); a specific IP such as the "
+                        "pod IP, never a wildcard")
     p.add_argument("--interface", default=None)
     p.add_argument("--status-socket", type=Path, default=None)
     p.set_defaults(func=run_node)
@@ -193,6 +196,8 @@ def build_config(args):
         kwargs["admission_port"] = args.admission_port
     if args.metrics_port is not None:
         kwargs["metrics_port"] = args.metrics_port or None
+    if args.metrics_host is not None:
+        kwargs["metrics_host"] = _metrics_host(args.metrics_host)
     if args.front_port is not None and args.role == "head":
         # the head serves vLLM behind its front: one scrape of the agent's metrics sees both
         from conclave.runtime.serving.front import parse_upstream
@@ -213,6 +218,18 @@ def build_config(args):
         secrets=secrets_map, allowed_roles=roles, want_secrets=want, interface=args.interface,
         firewall=args.firewall, status_socket=args.status_socket, timing=timing,
         public_tcp_ports=tuple(args.public_port), allow_launch=args.allow_launch, manifest=manifest, **kwargs)
+
+
+def _metrics_host(value: str) -> str:
+    """A specific IP address: serve_metrics refuses wildcards, so refuse them here as a usage error."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise UsageError(f"--metrics-host must be an IP address, not {value!r}", reason="metrics_host_invalid") from None
+    if address.is_unspecified:
+        raise UsageError(f"--metrics-host {value} is a wildcard; pass a specific address (the pod or overlay IP)",
+                         reason="metrics_host_invalid")
+    return str(address)
 
 
 def run_node(args) -> int:
