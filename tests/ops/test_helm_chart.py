@@ -1,6 +1,6 @@
 """helm/conclave: rendered by real Helm (v4 Go SDK via helm-python-sdk), linted, values checked
 against values.schema.json, every rendered object validated against the Kubernetes API schemas
-(kubernetes-validate). What is NOT checked here: installing into a cluster, the ServiceMonitor
+(kubernetes-validate), and the rendered container args parsed by the real `conclave` CLI parser. What is NOT checked here: installing into a cluster, the ServiceMonitor
 against the Prometheus Operator CRD schema (checked structurally only)."""
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ K8S_VERSION = "1.30.0"
 INSTALL_VALUES = {
     "image": {"digest": "sha256:" + "a" * 64},
     "manifest": {"signed": '{"content": {}, "signature": "x"}', "digest": "b" * 64,
-                 "policy": {"production": True, "allowed_tee": ["tdx"],
-                            "tdx": {"mr_td": ["c" * 96]}}},
-    "ownerFingerprint": "d" * 64,
+                 "ownerFingerprint": "d" * 64},
 }
+# Kubernetes expands these from the pod's env at start; any concrete value will do for parsing.
+ENV_PLACEHOLDERS = {"$(POD_IP)": "10.1.2.3", "$(NODE_NAME)": "gpu-node-1"}
 
 
 def merged(extra: dict | None = None) -> dict:
@@ -81,6 +81,11 @@ def test_default_values_match_schema():
     {"pools": [{"name": "a", "role": "head", "runtimeClassName": "x", "nodeSelector": {}}]},
     {"agent": {"metrics": {"port": 9469, "listen": "0.0.0.0"}}},
     {"unknownKey": 1},
+    {"manifest": {"ownerFingerprint": "D" * 64}},
+    {"manifest": {"ownerFingerprint": "d" * 63}},
+    {"manifest": {"policy": {"production": True}}},   # the policy comes from the signed manifest
+    {"ownerFingerprint": "d" * 64},                   # moved to manifest.ownerFingerprint
+    {"rendezvous": {"args": ["rendezvous"]}},         # replaced by rendezvous.extraArgs
 ])
 def test_schema_rejects_bad_values_in_helm(bad):
     with helm.Chart.load(str(CHART)) as chart:
@@ -117,19 +122,26 @@ def test_one_daemonset_per_pool_in_a_cvm_with_wireguard_rights():
         assert tun["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
         args = container["args"]
         assert args[0] == "node" and f"--owner={pool}" in args
-        assert "--manifest-digest=" + "b" * 64 in args
+        # the production boot path: signed manifest + pinned owner, never the development flags
+        assert "--manifest=/etc/conclave/manifest.json" in args
+        assert "--owner-fingerprint=" + "d" * 64 in args
+        assert not [a for a in args if a.startswith(("--manifest-digest", "--policy"))]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "manifest")
+        assert mount == {"name": "manifest", "mountPath": "/etc/conclave", "readOnly": True}
+        annotations = ds["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["conclave.dev/manifest-digest"] == "b" * 64  # rolls pods on a new manifest
     roles = {p: ds["metadata"]["labels"]["conclave.dev/role"] for p, ds in sets.items()}
     assert roles == {"owner-a": "head", "owner-b": "worker"}
 
 
-def test_secret_carries_manifest_and_policy():
+def test_secret_carries_only_the_signed_manifest():
     secret = by_kind(render(merged()), "Secret")[0]
-    assert secret["stringData"]["manifest.json"] == INSTALL_VALUES["manifest"]["signed"]
-    assert yaml.safe_load(secret["stringData"]["policy.yaml"]) == INSTALL_VALUES["manifest"]["policy"]
+    # the policy travels inside the signed manifest: no separate, unsigned policy file
+    assert secret["stringData"] == {"manifest.json": INSTALL_VALUES["manifest"]["signed"]}
 
 
 def test_existing_secret_replaces_generated_one():
-    docs = render(merged({"manifest": {"existingSecret": "mine", "signed": "", "policy": {}}}))
+    docs = render(merged({"manifest": {"existingSecret": "mine", "signed": ""}}))
     assert by_kind(docs, "Secret") == []
     ds = by_kind(docs, "DaemonSet")[0]
     vol = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "manifest")
@@ -158,7 +170,7 @@ def test_service_monitor_without_reachable_metrics_fails():
         render(merged({"serviceMonitor": {"enabled": True}}))  # metrics on the overlay only
 
 
-@pytest.mark.parametrize("missing", ["image.digest", "manifest.digest", "ownerFingerprint",
+@pytest.mark.parametrize("missing", ["image.digest", "manifest.digest", "manifest.ownerFingerprint",
                                      "manifest.signed"])
 def test_required_values_fail_rendering(missing):
     values = merged()
@@ -225,3 +237,52 @@ def test_host_network_pool_with_configfs_is_valid_kubernetes():
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _cli_args(container: dict) -> list[str]:
+    args = []
+    for arg in container["args"]:
+        for placeholder, value in ENV_PLACEHOLDERS.items():
+            arg = arg.replace(placeholder, value)
+        assert "$(" not in arg, f"unexpanded variable in {arg!r}"
+        args.append(arg)
+    return args
+
+
+def _parse_with_real_cli(args: list[str]):
+    """Every flag the chart passes must exist in `conclave` (argparse exits on an unknown one)."""
+    from conclave.runtime.cli import build_parser
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit as exc:
+        pytest.fail(f"the conclave CLI rejects the chart's args {args}: exit {exc.code}")
+
+
+@pytest.mark.parametrize("listen", ["overlay", "pod"])
+def test_rendered_agent_args_are_accepted_by_the_cli(listen):
+    docs = render(merged({"agent": {"metrics": {"port": 9469, "listen": listen},
+                                    "maxEvidenceAge": 900, "extraArgs": ["--reconcile-interval=3"]}}))
+    for ds in by_kind(docs, "DaemonSet"):
+        parsed = _parse_with_real_cli(_cli_args(ds["spec"]["template"]["spec"]["containers"][0]))
+        assert parsed.command == "node"
+        assert str(parsed.manifest) == "/etc/conclave/manifest.json"
+        assert parsed.owner_fingerprint == "d" * 64
+        assert parsed.manifest_digest is None and parsed.policy is None
+        assert parsed.underlay_host == ENV_PLACEHOLDERS["$(POD_IP)"]
+        assert parsed.max_evidence_age == 900 and parsed.reconcile_interval == 3
+        assert parsed.rendezvous == ["demo-conclave-rendezvous:51822"]
+        assert parsed.metrics_host == (ENV_PLACEHOLDERS["$(POD_IP)"] if listen == "pod" else None)
+
+
+def test_rendered_rendezvous_args_are_accepted_by_the_cli():
+    docs = render(merged({"rendezvous": {"port": 6000, "extraArgs": ["--ttl", "120"]}}))
+    deployment = next(d for d in by_kind(docs, "Deployment")
+                      if d["metadata"]["labels"]["app.kubernetes.io/component"] == "rendezvous")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    parsed = _parse_with_real_cli(_cli_args(container))
+    assert parsed.command == "rendezvous"
+    # all pod interfaces (the Service fronts it), on the port the Service and probe use
+    assert parsed.host == "0.0.0.0" and parsed.port == 6000 and parsed.ttl == 120
+    assert container["ports"][0]["containerPort"] == 6000
+    service = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-rendezvous"))
+    assert service["spec"]["ports"][0]["port"] == 6000

@@ -157,3 +157,43 @@ def test_bundle_over_an_inherited_fd(tmp_path):
         os.close(r)
     # the attester arrived over the fd (its debug claim is what stops the node)
     assert res.returncode == 2 and b"debug_enabled" in res.stderr
+
+
+def _metrics_host_args(tmp: Path, *extra: str):
+    """Parse `conclave node` with the real CLI parser (dev-mode policy + a sim attester in a 0600 bundle file)."""
+    from conclave.runtime.cli import build_parser
+    bundle = _setup(tmp)
+    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+              "sim": {"measurement": [GOOD.hex()]}}
+    (tmp / "policy.json").write_text(json.dumps(policy))
+    path = tmp / "bundle.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, json.dumps(bundle).encode())
+    os.close(fd)
+    return build_parser().parse_args([
+        "node", "--role", "worker", "--name", "cli-n1", "--policy", str(tmp / "policy.json"),
+        "--manifest-digest", "11" * 32, "--underlay-host", "198.18.0.5", "--evidence", "sim",
+        "--sim-root", str(tmp / "root.pem"), "--bundle-file", str(path), *extra])
+
+
+def test_metrics_host_defaults_to_the_overlay_address(tmp_path):
+    from conclave.runtime.cli.node import build_config
+    args = _metrics_host_args(tmp_path)
+    assert args.metrics_host is None
+    assert build_config(args).metrics_host is None  # the agent then binds the overlay address
+
+
+def test_metrics_host_flag_reaches_the_node_config(tmp_path):
+    from conclave.runtime.cli.node import build_config
+    cfg = build_config(_metrics_host_args(tmp_path, "--metrics-host", "10.1.2.3", "--metrics-port", "9469"))
+    assert cfg.metrics_host == "10.1.2.3" and cfg.metrics_port == 9469
+
+
+def test_metrics_host_refuses_wildcards_and_names(tmp_path):
+    import pytest
+    from conclave.runtime.cli.node import build_config
+    from conclave.runtime.errors import ConclaveError, ExitCode
+    for bad in ("0.0.0.0", "::", "pod-ip"):
+        with pytest.raises(ConclaveError) as err:
+            build_config(_metrics_host_args(tmp_path, "--metrics-host", bad))
+        assert err.value.reason == "metrics_host_invalid" and err.value.exit_code == ExitCode.USAGE
