@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Sequence
 
 from cryptography import x509
@@ -84,17 +81,8 @@ def answer_challenge(*, me: Announcement, source: EvidenceSource, manifest_diges
         for i in items])
 
 
-def _load_collateral(tee: TeeType, blob: bytes) -> object | None:
-    """Collateral travels with the evidence (vendor-signed, so untrusted transport is fine)."""
-    if not blob:
-        return None
-    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        return attestation.load_collateral(tee, Path(name))
-    finally:
-        os.unlink(name)
+def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
+    return attestation.load_collateral_bytes(tee, blob)
 
 
 class Verifier:

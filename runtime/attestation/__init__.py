@@ -74,6 +74,24 @@ def load_collateral(tee: TeeType | str, path: Path) -> object:
     return format_module(tee).load_collateral(Path(path))
 
 
+def load_collateral_bytes(tee: TeeType | str, blob: bytes | None) -> object | None:
+    """Collateral that travelled with the evidence (vendor-signed, so untrusted transport is fine).
+
+    The format loaders read files, so the blob goes through a 0600 temp file removed at once.
+    """
+    if not blob:
+        return None
+    import os
+    import tempfile
+    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        return load_collateral(tee, Path(name))
+    finally:
+        os.unlink(name)
+
+
 def verify_evidence(data: bytes, *, tee: TeeType | str | None = None, at: datetime,
                     certs: Sequence[x509.Certificate] = (), collateral: object | None = None,
                     nonce: bytes | None = None,

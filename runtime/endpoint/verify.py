@@ -18,11 +18,8 @@ Order (bundle-level checks stop at the first failure; then every node is checked
 from __future__ import annotations
 
 import hmac
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cryptography import x509
@@ -173,16 +170,7 @@ def _check_bundle_level(parsed: ParsedBundle, manifest: VerifiedManifest, tls_sp
 
 
 def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
-    """Collateral rides with the evidence (vendor-signed, so untrusted transport is fine)."""
-    if not blob:
-        return None
-    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        return attestation.load_collateral(tee, Path(name))
-    finally:
-        os.unlink(name)
+    return attestation.load_collateral_bytes(tee, blob)
 
 
 def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes | None,
