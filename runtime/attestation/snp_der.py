@@ -1,4 +1,4 @@
-"""A small, strict DER reader for the X.509 certificates of the AMD SEV-SNP chain.
+"""A small, strict X.509 reader for the certificates of the AMD SEV-SNP chain (on der.py).
 
 Why our own reader: AMD's KDS issues VCEKs with serial number 0 (go-sev-guest's test VCEK is
 one). RFC 5280 forbids that, and `cryptography` already warns that loading such a certificate
@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-# Universal tags used below.
-TAG_BOOLEAN = 0x01
-TAG_INTEGER = 0x02
-TAG_BIT_STRING = 0x03
-TAG_OCTET_STRING = 0x04
-TAG_NULL = 0x05
-TAG_OID = 0x06
-TAG_UTF8 = 0x0C
-TAG_PRINTABLE = 0x13
-TAG_IA5 = 0x16
-TAG_UTCTIME = 0x17
-TAG_GENERALIZEDTIME = 0x18
-TAG_SEQUENCE = 0x30
-TAG_SET = 0x31
+from conclave.runtime.attestation.der import (
+    TAG_BIT_STRING, TAG_BOOLEAN, TAG_INTEGER, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET,
+    DerError, children, decode_integer, decode_oid, decode_string, decode_time, expect, oid_and_value,
+    read_single,
+)
+
+# DerError is re-exported: SNP callers catch it from here and map it to their reasons.
+__all__ = ["AmdCert", "DerError", "SignatureAlgorithm", "decode_extension_integer",
+           "decode_extension_string", "parse_certificate"]
 
 OID_COMMON_NAME = "2.5.4.3"
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
@@ -41,108 +36,6 @@ OID_ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 MAX_CERT_BYTES = 16 * 1024
 
 
-class DerError(ValueError):
-    """The bytes are not the DER structure we expect (callers map this to their own reason)."""
-
-
-def read_tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """Returns (tag, value_start, value_end) of the element at `pos`, bounded by `end`."""
-    if pos + 2 > end:
-        raise DerError("truncated DER header")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise DerError("multi-byte DER tags are not used in these certificates")
-    first = data[pos + 1]
-    pos += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 3:
-            raise DerError("unsupported DER length form")
-        if pos + count > end:
-            raise DerError("truncated DER length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        if length < 0x80 or (count > 1 and data[pos] == 0):
-            raise DerError("non-minimal DER length")
-        pos += count
-    if pos + length > end:
-        raise DerError("DER length runs past its container")
-    return tag, pos, pos + length
-
-
-def children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """All elements between start and end: (tag, element_start, value_start, value_end)."""
-    out = []
-    pos = start
-    while pos < end:
-        tag, vs, ve = read_tlv(data, pos, end)
-        out.append((tag, pos, vs, ve))
-        pos = ve
-    return out
-
-
-def expect(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
-    got, vs, ve = read_tlv(data, pos, end)
-    if got != tag:
-        raise DerError(f"expected DER tag 0x{tag:02x}, got 0x{got:02x}")
-    return vs, ve
-
-
-def decode_oid(value: bytes) -> str:
-    if not value or value[-1] & 0x80:
-        raise DerError("bad OID encoding")
-    arcs: list[int] = []
-    acc = 0
-    for b in value:
-        acc = (acc << 7) | (b & 0x7F)
-        if not b & 0x80:
-            arcs.append(acc)
-            acc = 0
-    first = arcs[0]
-    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
-    return ".".join(str(a) for a in head + arcs[1:])
-
-
-def decode_integer(value: bytes) -> int:
-    if not value:
-        raise DerError("empty INTEGER")
-    return int.from_bytes(value, "big", signed=True)
-
-
-def decode_time(tag: int, value: bytes) -> datetime:
-    try:
-        text = value.decode("ascii")
-        if tag == TAG_UTCTIME:
-            if len(text) != 13 or not text.endswith("Z"):
-                raise DerError("UTCTime must be YYMMDDHHMMSSZ")
-            year = int(text[0:2])
-            year += 2000 if year < 50 else 1900
-            rest = text[2:12]
-        elif tag == TAG_GENERALIZEDTIME:
-            if len(text) != 15 or not text.endswith("Z"):
-                raise DerError("GeneralizedTime must be YYYYMMDDHHMMSSZ")
-            year = int(text[0:4])
-            rest = text[4:14]
-        else:
-            raise DerError("validity must be UTCTime or GeneralizedTime")
-        return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]),
-                        int(rest[8:10]), tzinfo=timezone.utc)
-    except (UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, DerError):
-            raise
-        raise DerError(f"bad time value: {exc}") from None
-
-
-def decode_string(tag: int, value: bytes) -> str:
-    if tag not in (TAG_UTF8, TAG_PRINTABLE, TAG_IA5):
-        raise DerError(f"unexpected string tag 0x{tag:02x}")
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DerError("bad string encoding") from None
-
-
 def common_name(data: bytes, start: int, end: int) -> str | None:
     """CN of a Name (SEQUENCE OF SET OF AttributeTypeAndValue), None when absent."""
     cn = None
@@ -152,11 +45,9 @@ def common_name(data: bytes, start: int, end: int) -> str | None:
         for atag, _, as_, ae in children(data, rs, re_):
             if atag != TAG_SEQUENCE:
                 raise DerError("RDN must hold SEQUENCEs")
-            parts = children(data, as_, ae)
-            if len(parts) != 2 or parts[0][0] != TAG_OID:
-                raise DerError("bad AttributeTypeAndValue")
-            if decode_oid(data[parts[0][2]:parts[0][3]]) == OID_COMMON_NAME:
-                cn = decode_string(parts[1][0], data[parts[1][2]:parts[1][3]])
+            oid, (vtag, vs, ve) = oid_and_value(data, as_, ae)  # AttributeTypeAndValue
+            if oid == OID_COMMON_NAME:
+                cn = decode_string(vtag, data[vs:ve])
     return cn
 
 
@@ -329,14 +220,12 @@ def parse_certificate(der: bytes) -> AmdCert:
 
 def decode_extension_integer(value: bytes) -> int:
     """An AMD SPL extension value: a DER INTEGER (0..255 in practice)."""
-    s, e = expect(value, 0, len(value), TAG_INTEGER)
-    if e != len(value):
-        raise DerError("trailing bytes after INTEGER")
+    tag, s, e = read_single(value)
+    if tag != TAG_INTEGER:
+        raise DerError(f"expected DER tag 0x{TAG_INTEGER:02x}, got 0x{tag:02x}")
     return decode_integer(value[s:e])
 
 
 def decode_extension_string(value: bytes) -> str:
-    tag, s, e = read_tlv(value, 0, len(value))
-    if e != len(value):
-        raise DerError("trailing bytes after string")
+    tag, s, e = read_single(value)
     return decode_string(tag, value[s:e])

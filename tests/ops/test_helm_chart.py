@@ -1,7 +1,10 @@
 """helm/conclave: rendered by real Helm (v4 Go SDK via helm-python-sdk), linted, values checked
 against values.schema.json, every rendered object validated against the Kubernetes API schemas
-(kubernetes-validate), and the rendered container args parsed by the real `conclave` CLI parser. What is NOT checked here: installing into a cluster, the ServiceMonitor
-against the Prometheus Operator CRD schema (checked structurally only)."""
+(kubernetes-validate), and the rendered container args parsed by the real `conclave` CLI parser.
+Stage names: the install values carry a real signed manifest (Ed25519, this project's manifest
+code); every rendered agent's parsed args must boot against it through require_manifest, the
+check a node runs before anything else. What is NOT checked here: installing into a cluster, the
+ServiceMonitor against the Prometheus Operator CRD schema (checked structurally only)."""
 from __future__ import annotations
 
 import copy
@@ -15,18 +18,39 @@ import yaml
 
 import helm_python as helm
 import kubernetes_validate
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from conclave.runtime.manifest import Stage, build_content, content_digest, require_manifest, sign_content
+from conclave.runtime.manifest import ed25519_keys as keys
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "conclave"
 README = CHART.parent / "README.md"
 K8S_VERSION = "1.30.0"
 
+# The stages of values.yaml's example pools (owner = pool name), as the owner signs them.
+MANIFEST_STAGES = (Stage("stage-0", "owner-a", "head", 0, 15),
+                   Stage("stage-1", "owner-b", "worker", 15, 30))
+OWNER_KEY = ed25519.Ed25519PrivateKey.generate()
+OWNER_FINGERPRINT = keys.fingerprint(keys.public_key_bytes(OWNER_KEY))
+
+
+def signed_manifest(stages=MANIFEST_STAGES) -> tuple[str, str]:
+    """A real signed manifest (text) and its content digest (hex)."""
+    content = build_content(owner_public_key=keys.public_key_bytes(OWNER_KEY),
+                            policy={"production": False, "allowed_tee": ["sim"],
+                                    "unsafe_allow_simulated": True,
+                                    "sim": {"measurement": ["11" * 48]}},
+                            model_digest="ab" * 32, engine_digest="cd" * 32, stages=stages)
+    return sign_content(content, OWNER_KEY).decode(), content_digest(content).hex()
+
+
+SIGNED, DIGEST = signed_manifest()
 INSTALL_VALUES = {
     "image": {"digest": "sha256:" + "a" * 64},
-    "manifest": {"signed": '{"content": {}, "signature": "x"}', "digest": "b" * 64,
-                 "ownerFingerprint": "d" * 64},
+    "manifest": {"signed": SIGNED, "digest": DIGEST, "ownerFingerprint": OWNER_FINGERPRINT},
 }
 # Kubernetes expands these from the pod's env at start; any concrete value will do for parsing.
-ENV_PLACEHOLDERS = {"$(POD_IP)": "10.1.2.3", "$(NODE_NAME)": "gpu-node-1"}
+ENV_PLACEHOLDERS = {"$(POD_IP)": "10.1.2.3"}
 
 
 def merged(extra: dict | None = None) -> dict:
@@ -40,6 +64,11 @@ def merged(extra: dict | None = None) -> dict:
                 dst[k] = v
     merge(out, extra or {})
     return out
+
+
+def _pool(name: str, *stages: tuple[str, str], **extra) -> dict:
+    return {"name": name, "stages": [{"name": n, "role": r} for n, r in stages],
+            "runtimeClassName": "kata-qemu-tdx", "nodeSelector": {"conclave.dev/owner": name}, **extra}
 
 
 def render(values: dict) -> list[dict]:
@@ -77,8 +106,12 @@ def test_default_values_match_schema():
 
 @pytest.mark.parametrize("bad", [
     {"image": {"digest": "latest"}},
-    {"pools": [{"name": "a", "role": "boss", "runtimeClassName": "x", "nodeSelector": {"a": "b"}}]},
-    {"pools": [{"name": "a", "role": "head", "runtimeClassName": "x", "nodeSelector": {}}]},
+    {"pools": [_pool("a", ("s-0", "boss"))]},
+    {"pools": [{**_pool("a", ("s-0", "head")), "nodeSelector": {}}]},
+    {"pools": [{**_pool("a", ("s-0", "head")), "stages": []}]},            # a pool runs stages
+    {"pools": [{**_pool("a", ("s-0", "head")), "role": "head"}]},          # role is per stage now
+    {"pools": [_pool("a", ("Stage.0", "head"))]},                          # stage names: DNS labels
+    {"pools": [{**_pool("a"), "stages": [{"name": "s-0", "role": "head", "node": "x"}]}]},
     {"agent": {"metrics": {"port": 9469, "listen": "0.0.0.0"}}},
     {"unknownKey": 1},
     {"manifest": {"ownerFingerprint": "D" * 64}},
@@ -97,7 +130,7 @@ def test_rendered_objects_are_valid_kubernetes():
     docs = render(merged({"serviceMonitor": {"enabled": True},
                           "agent": {"metrics": {"port": 9469, "listen": "pod"}}}))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["DaemonSet", "DaemonSet", "Service", "Service", "Service", "Service",
+    assert kinds == sorted(["StatefulSet", "StatefulSet", "Service", "Service", "Service", "Service",
                             "Deployment", "Secret", "ServiceAccount", "ServiceMonitor"])
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
@@ -105,11 +138,13 @@ def test_rendered_objects_are_valid_kubernetes():
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_one_daemonset_per_pool_in_a_cvm_with_wireguard_rights():
+def test_one_single_pod_statefulset_per_stage_in_a_cvm_with_wireguard_rights():
     docs = render(merged())
-    sets = {d["metadata"]["labels"]["conclave.dev/pool"]: d for d in by_kind(docs, "DaemonSet")}
+    sets = {d["metadata"]["labels"]["conclave.dev/pool"]: d for d in by_kind(docs, "StatefulSet")}
     assert set(sets) == {"owner-a", "owner-b"}
     for pool, ds in sets.items():
+        assert ds["spec"]["replicas"] == 1
+        assert ds["spec"]["serviceName"] == f"demo-conclave-{pool}"  # the pool's headless Service
         spec = ds["spec"]["template"]["spec"]
         assert spec["runtimeClassName"].startswith("kata-qemu-")
         assert spec["nodeSelector"] == {"conclave.dev/owner": pool}
@@ -122,16 +157,20 @@ def test_one_daemonset_per_pool_in_a_cvm_with_wireguard_rights():
         assert tun["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
         args = container["args"]
         assert args[0] == "node" and f"--owner={pool}" in args
+        assert not [a for a in args if "NODE_NAME" in a]  # never the Kubernetes node name
         # the production boot path: signed manifest + pinned owner, never the development flags
         assert "--manifest=/etc/conclave/manifest.json" in args
-        assert "--owner-fingerprint=" + "d" * 64 in args
+        assert "--owner-fingerprint=" + OWNER_FINGERPRINT in args
         assert not [a for a in args if a.startswith(("--manifest-digest", "--policy"))]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "manifest")
         assert mount == {"name": "manifest", "mountPath": "/etc/conclave", "readOnly": True}
         annotations = ds["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["conclave.dev/manifest-digest"] == "b" * 64  # rolls pods on a new manifest
-    roles = {p: ds["metadata"]["labels"]["conclave.dev/role"] for p, ds in sets.items()}
-    assert roles == {"owner-a": "head", "owner-b": "worker"}
+        assert annotations["conclave.dev/manifest-digest"] == DIGEST  # rolls pods on a new manifest
+    labels = {p: (ds["metadata"]["labels"]["conclave.dev/stage"], ds["metadata"]["labels"]["conclave.dev/role"])
+              for p, ds in sets.items()}
+    assert labels == {"owner-a": ("stage-0", "head"), "owner-b": ("stage-1", "worker")}
+    assert {ds["metadata"]["name"] for ds in sets.values()} == {"demo-conclave-stage-0",
+                                                                 "demo-conclave-stage-1"}
 
 
 def test_secret_carries_only_the_signed_manifest():
@@ -143,7 +182,7 @@ def test_secret_carries_only_the_signed_manifest():
 def test_existing_secret_replaces_generated_one():
     docs = render(merged({"manifest": {"existingSecret": "mine", "signed": ""}}))
     assert by_kind(docs, "Secret") == []
-    ds = by_kind(docs, "DaemonSet")[0]
+    ds = by_kind(docs, "StatefulSet")[0]
     vol = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "manifest")
     assert vol["secret"]["secretName"] == "mine"
 
@@ -161,7 +200,7 @@ def test_service_monitor_is_guarded():
                 if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
     assert services and all(any(p["name"] == "metrics" for p in s["spec"]["ports"])
                             for s in services)
-    ds = by_kind(docs, "DaemonSet")[0]
+    ds = by_kind(docs, "StatefulSet")[0]
     assert "--metrics-host=$(POD_IP)" in ds["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -183,17 +222,22 @@ def test_required_values_fail_rendering(missing):
         render(values)
 
 
-def test_exactly_one_head_pool():
-    two_heads = [{"name": n, "role": "head", "runtimeClassName": "kata-qemu-tdx",
-                  "nodeSelector": {"o": n}} for n in ("a", "b")]
-    with pytest.raises(helm.HelmError):
-        render(merged({"pools": two_heads}))
+@pytest.mark.parametrize("heads", [0, 2])
+def test_exactly_one_head_stage(heads):
+    roles = ["head"] * heads + ["worker"] * (2 - heads)
+    pools = [_pool("a", ("s-0", roles[0])), _pool("b", ("s-1", roles[1]))]
+    with pytest.raises(helm.HelmError, match="exactly one stage must have role head"):
+        render(merged({"pools": pools, "manifest": {"signed": "", "existingSecret": "mine"}}))
 
 
-def test_api_service_selects_the_head_pool():
-    api = next(s for s in by_kind(render(merged()), "Service")
-               if s["metadata"]["name"].endswith("-api"))
-    assert api["spec"]["selector"]["conclave.dev/pool"] == "owner-a"
+def test_api_service_selects_the_head_stage():
+    docs = render(merged())
+    api = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-api"))
+    assert api["spec"]["selector"]["conclave.dev/stage"] == "stage-0"
+    selected = [d for d in by_kind(docs, "StatefulSet")
+                if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
+                       for k, v in api["spec"]["selector"].items())]
+    assert [d["metadata"]["labels"]["conclave.dev/role"] for d in selected] == ["head"]
 
 
 def _leaf_paths(node, prefix=""):
@@ -210,6 +254,7 @@ def test_every_value_is_documented():
     readme = README.read_text()
     paths = [p for p in _leaf_paths(defaults) if not p.startswith("pools")]
     paths += [f"pools[].{k}" for k in defaults["pools"][0]]
+    paths += [f"pools[].stages[].{k}" for k in defaults["pools"][0]["stages"][0]]
     undocumented = [p for p in paths if f"`{p}`" not in readme]
     assert undocumented == []
     # values.yaml: every key at indent 0 or 2 outside the pools example is preceded by a comment.
@@ -226,10 +271,12 @@ def test_every_value_is_documented():
 
 
 def test_host_network_pool_with_configfs_is_valid_kubernetes():
-    pools = [{"name": "vm-node", "role": "head", "runtimeClassName": "cvm-node",
+    pools = [{"name": "vm-node", "stages": [{"name": "stage-0", "role": "head"}],
+              "runtimeClassName": "cvm-node",
               "nodeSelector": {"conclave.dev/owner": "vm"}, "hostNetwork": True, "gpusPerPod": 2}]
-    docs = render(merged({"pools": pools, "agent": {"configfsTsm": True, "tunDevice": False}}))
-    ds = by_kind(docs, "DaemonSet")[0]
+    docs = render(merged({"pools": pools, "agent": {"configfsTsm": True, "tunDevice": False},
+                          "manifest": {"signed": "", "existingSecret": "mine"}}))
+    ds = by_kind(docs, "StatefulSet")[0]
     spec = ds["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert {v["name"] for v in spec["volumes"]} >= {"configfs", "manifest"}
@@ -262,11 +309,11 @@ def _parse_with_real_cli(args: list[str]):
 def test_rendered_agent_args_are_accepted_by_the_cli(listen):
     docs = render(merged({"agent": {"metrics": {"port": 9469, "listen": listen},
                                     "maxEvidenceAge": 900, "extraArgs": ["--reconcile-interval=3"]}}))
-    for ds in by_kind(docs, "DaemonSet"):
+    for ds in by_kind(docs, "StatefulSet"):
         parsed = _parse_with_real_cli(_cli_args(ds["spec"]["template"]["spec"]["containers"][0]))
         assert parsed.command == "node"
         assert str(parsed.manifest) == "/etc/conclave/manifest.json"
-        assert parsed.owner_fingerprint == "d" * 64
+        assert parsed.owner_fingerprint == OWNER_FINGERPRINT
         assert parsed.manifest_digest is None and parsed.policy is None
         assert parsed.underlay_host == ENV_PLACEHOLDERS["$(POD_IP)"]
         assert parsed.max_evidence_age == 900 and parsed.reconcile_interval == 3
@@ -286,3 +333,89 @@ def test_rendered_rendezvous_args_are_accepted_by_the_cli():
     assert container["ports"][0]["containerPort"] == 6000
     service = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-rendezvous"))
     assert service["spec"]["ports"][0]["port"] == 6000
+
+
+# ------------------------------------------------------------ stage names from the manifest ---
+def _agent_containers(docs: list[dict]) -> list[dict]:
+    return [d["spec"]["template"]["spec"]["containers"][0] for d in by_kind(docs, "StatefulSet")]
+
+
+def test_every_rendered_agent_boots_on_its_manifest_stage(tmp_path):
+    """The node's own boot check (require_manifest with the parsed args) accepts every pod's
+    stage, and the pod's owner and role are the ones the owner signed for that stage."""
+    signed, digest = signed_manifest(MANIFEST_STAGES + (Stage("stage-2", "owner-b", "worker", 30, 31),))
+    pools = [_pool("owner-a", ("stage-0", "head")),
+             _pool("owner-b", ("stage-1", "worker"), ("stage-2", "worker"))]
+    docs = render(merged({"pools": pools, "manifest": {"signed": signed, "digest": digest}}))
+    path = tmp_path / "manifest.json"
+    path.write_text(by_kind(docs, "Secret")[0]["stringData"]["manifest.json"])
+    booted = {}
+    for container in _agent_containers(docs):
+        parsed = _parse_with_real_cli(_cli_args(container))
+        manifest = require_manifest(path, trusted_owner=parsed.owner_fingerprint, node=parsed.stage_name)
+        stage = manifest.stage_for(parsed.stage_name)
+        assert (stage.owner, stage.role) == (parsed.owner, parsed.role)
+        assert parsed.name == parsed.stage_name
+        booted[parsed.stage_name] = parsed.owner
+    assert booted == {"stage-0": "owner-a", "stage-1": "owner-b", "stage-2": "owner-b"}
+    # one pool, two stages: two single-pod StatefulSets behind the pool's one headless Service
+    b_sets = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["labels"]["conclave.dev/pool"] == "owner-b"]
+    assert sorted(d["metadata"]["name"] for d in b_sets) == ["demo-conclave-stage-1", "demo-conclave-stage-2"]
+    assert {d["spec"]["serviceName"] for d in b_sets} == {"demo-conclave-owner-b"}
+    for doc in docs:
+        if doc["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("pools, message", [
+    ([_pool("owner-a", ("stage-0", "head")), _pool("owner-b", ("stage-9", "worker"))],
+     "is not a stage of the signed manifest"),
+    ([_pool("owner-a", ("stage-0", "head"), ("stage-1", "worker"))],       # owner-b's stage
+     "the signed manifest gives owner"),
+    ([_pool("owner-a", ("stage-0", "head")), _pool("owner-b", ("stage-1", "head"))],
+     "exactly one stage must have role head"),
+    ([_pool("owner-a", ("stage-0", "worker")), _pool("owner-b", ("stage-1", "head"))],
+     "the signed manifest gives role"),
+    ([_pool("owner-a", ("stage-0", "head")), _pool("owner-b", ("stage-0", "worker"))],
+     "is listed twice"),
+])
+def test_stages_that_disagree_with_the_signed_manifest_fail_rendering(pools, message):
+    with pytest.raises(helm.HelmError, match=message):
+        render(merged({"pools": pools}))
+
+
+def test_signed_manifest_must_be_a_manifest():
+    with pytest.raises(helm.HelmError, match="is not a signed manifest"):
+        render(merged({"manifest": {"signed": '{"content": {}, "signature": "x"}'}}))
+    with pytest.raises(helm.HelmError, match="is not a signed manifest"):
+        render(merged({"manifest": {"signed": "not json"}}))
+
+
+def test_existing_secret_renders_stages_from_values_alone():
+    """The chart cannot read an existing Secret: values are used as given (the node still
+    refuses a stage its verified manifest lacks); duplicates are still refused."""
+    pools = [_pool("owner-a", ("stage-x", "head"))]
+    docs = render(merged({"pools": pools, "manifest": {"signed": "", "existingSecret": "mine"}}))
+    [container] = _agent_containers(docs)
+    assert "--stage-name=stage-x" in container["args"]
+    with pytest.raises(helm.HelmError, match="is listed twice"):
+        render(merged({"pools": [_pool("a", ("s", "head")), _pool("b", ("s", "worker"))],
+                       "manifest": {"signed": "", "existingSecret": "mine"}}))
+
+
+def test_stage_node_selector_is_merged_over_the_pools():
+    pools = [_pool("owner-a", ("stage-0", "head")), _pool("owner-b", ("stage-1", "worker"))]
+    pools[1]["stages"][0]["nodeSelector"] = {"kubernetes.io/hostname": "gpu-7"}
+    docs = render(merged({"pools": pools}))
+    selectors = {d["metadata"]["labels"]["conclave.dev/stage"]: d["spec"]["template"]["spec"]["nodeSelector"]
+                 for d in by_kind(docs, "StatefulSet")}
+    assert selectors == {"stage-0": {"conclave.dev/owner": "owner-a"},
+                         "stage-1": {"conclave.dev/owner": "owner-b", "kubernetes.io/hostname": "gpu-7"}}
+
+
+def test_overlong_workload_name_is_refused_not_truncated():
+    long_stage = "s" * 40  # demo-conclave- (14) + 40 > 52
+    signed, digest = signed_manifest((Stage(long_stage, "owner-a", "head", 0, 30),))
+    with pytest.raises(helm.HelmError, match="longer than 52 characters"):
+        render(merged({"pools": [_pool("owner-a", (long_stage, "head"))],
+                       "manifest": {"signed": signed, "digest": digest}}))

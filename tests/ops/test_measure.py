@@ -5,8 +5,9 @@ What each test proves is written on it. Summary:
   parsing and the RTMR extend rule are right end to end.
 - MRTD: the TDVF parser reads Debian's real OVMF.fd (the ovmf package, IntelTdx metadata);
   the accumulation matches an independent, spec-shaped computation on a synthetic firmware.
-  No public (firmware, MRTD) pair was available offline: MRTD has NO real-world known-output
-  test here.
+  No public (firmware, MRTD) pair or independent MRTD implementation can be had from the
+  registries this project reaches (searched again; see images/README.md): MRTD has NO
+  real-world known-output test here.
 - SNP: the OVMF part of sev-snp-measure's digest equals an independent PAGE_INFO chain written
   from the SNP ABI spec, on Debian's real OVMF.fd; the rest (VMSA, metadata pages) is the
   package's, checked only for sensitivity to its inputs.

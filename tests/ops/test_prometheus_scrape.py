@@ -5,14 +5,18 @@ state, a verification and a released secret through ConclaveMetrics, and serves 
 with a vLLM-style upstream exposition (`vllm:*`). Prometheus (Debian package, temp config and
 storage on 127.0.0.1) must then return those series through /api/v1/query. To run the same
 check against a cluster, call prom_harness.running_prometheus with the nodes' metrics
-addresses as targets.
+addresses as targets (tests/confidential does, inside the head's network namespace; the last test
+here runs that netns mode against a namespace of its own, without a cluster).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from conclave.runtime import netns
 
 from .prom_harness import running_prometheus
 
@@ -46,9 +50,8 @@ head.close(); upstream.close()
 """
 
 
-@pytest.fixture
-def metrics_process():
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+def _serve(prefix: list[str]):
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline().strip())
@@ -60,6 +63,11 @@ def metrics_process():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def metrics_process():
+    yield from _serve([])
 
 
 def _value(series: list[dict], **labels) -> float:
@@ -90,3 +98,24 @@ def test_prometheus_scrapes_conclave_and_vllm_metrics(metrics_process):
         assert _value(prom.wait_for_series("conclave_upstream_up")) == 1
         assert _value(prom.wait_for_series('{__name__="vllm:num_requests_running"}'),
                       model_name="smollm2") == 5
+
+
+def test_prometheus_inside_a_network_namespace(require_root):
+    """The harness' netns mode (used by tests/confidential in the head's namespace): Prometheus
+    and the target both live on 127.0.0.1 of a namespace this test creates and deletes."""
+    name = f"cops-prom-{os.getpid()}"
+    netns.add_netns(name)
+    try:
+        serving = _serve(["ip", "netns", "exec", name])
+        target = next(serving)
+        try:
+            with running_prometheus([target], netns=name) as prom:
+                assert prom.netns == name
+                assert _value(prom.wait_for_series('up{job="conclave"} == 1'), instance=target) == 1
+                series = prom.wait_for_series("conclave_admissions_total", count=2)
+                assert _value(series, result="rejected", reason="measurement_mismatch") == 1
+        finally:
+            serving.close()
+    finally:
+        netns.del_netns(name)
+    assert not netns.netns_exists(name)
