@@ -17,5 +17,9 @@ How two nodes A and B end up with a tunnel (every message is in proto/conclave.p
     pure function of the mutually admitted peers (desired.py, reconcile.py): each peer exactly
     its /32, its PSK, its endpoint. Eviction (failed/expired re-attestation, policy change)
     removes the peer at the next reconcile, which an eviction triggers immediately.
+ 5. Liveness (liveness.py): each side Pings every admitted peer every few seconds; silence
+    evicts (peer_unreachable), a reply from another key evicts at once (identity_changed).
+    Liveness only ever evicts; a peer that is back is re-admitted through step 2 and re-keyed
+    through step 3. A device whose daemon died is recreated with the same keys and peers.
 The node agent that drives all this is conclave.runtime.agent.
 """

@@ -5,6 +5,10 @@ fingerprint, never the PSK or private key); they are deliberately a different ty
 desired config. `WgDevice` drives kernel WireGuard when the module exists and wireguard-go
 otherwise, always through `wg` (wireguard-tools). Secrets go to `wg` through a pipe read as
 /dev/fd/N: never argv, never a file.
+
+Devices that can die (a wireguard-go process killed or crashed, an interface deleted) offer
+`check()` (why it is dead, or None) and `recreate()` (same key, port and address); the
+reconciler heals them on its next step.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from conclave.overlay.keys import PresharedKey, WgPrivateKey, WgPublicKey, psk_fingerprint_of_b64
+from conclave.overlay.reasons import DeviceReason
 from conclave.runtime.errors import ConclaveError
 
 log = logging.getLogger("conclave.overlay.device")
@@ -71,8 +77,27 @@ class FakeDevice:
     def __init__(self, interface: str = "fake0", listen_port: int = 0):
         self.interface = interface
         self.listen_port = listen_port
+        self._initial_port = listen_port
         self.peers: dict[WgPublicKey, ObservedPeer] = {}
         self.ops: list[tuple[str, str]] = []
+        self.dead: DeviceReason | None = None
+        self.recreations = 0
+
+    def kill(self, why: DeviceReason = DeviceReason.DAEMON_EXITED) -> None:
+        """Tests: the daemon dies; its peers and sessions are gone with it."""
+        self.dead = why
+        self.peers = {}
+        self.ops.append(("killed", str(why)))
+
+    def check(self) -> DeviceReason | None:
+        return self.dead
+
+    def recreate(self) -> None:
+        self.dead = None
+        self.peers = {}
+        self.listen_port = self._initial_port
+        self.recreations += 1
+        self.ops.append(("recreate", self.interface))
 
     def read(self) -> ObservedDevice:
         return ObservedDevice(self.interface, self.listen_port, dict(self.peers))
@@ -146,18 +171,52 @@ class WgDevice:
             raise ValueError("interface names are at most 15 characters")
         self.interface = interface
         self._proc: subprocess.Popen | None = None
+        self._wanted = implementation
         self.implementation = implementation
+        # kept (in memory only) to recreate the same device if its daemon dies
+        self._private_key = private_key
+        self._listen_port = listen_port
+        self._address = address
+        self._overlay = overlay
         if shutil.which("wg") is None:
             raise ConclaveError("no_wireguard_tools", "`wg` (wireguard-tools) is not installed")
+        self._bring_up()
+
+    def _bring_up(self) -> None:
+        self.implementation = self._wanted
         self._create()
         try:
-            _wg(["set", interface, "private-key", "{fd}", "listen-port", str(listen_port)],
-                secret=private_key.wg_text())
-            self._ip(["addr", "replace", f"{address}/{overlay.prefixlen}", "dev", interface])
-            self._ip(["link", "set", interface, "mtu", "1420", "up"])
+            _wg(["set", self.interface, "private-key", "{fd}", "listen-port", str(self._listen_port)],
+                secret=self._private_key.wg_text())
+            self._ip(["addr", "replace", f"{self._address}/{self._overlay.prefixlen}", "dev", self.interface])
+            self._ip(["link", "set", self.interface, "mtu", "1420", "up"])
         except Exception:
             self.close()
             raise
+
+    @property
+    def pid(self) -> int | None:
+        """wireguard-go's PID (our child), None for kernel WireGuard."""
+        return self._proc.pid if self._proc is not None else None
+
+    def check(self) -> DeviceReason | None:
+        """Why this device no longer works (None: it does). Cheap: no subprocess."""
+        if self._proc is not None and self._proc.poll() is not None:
+            return DeviceReason.DAEMON_EXITED
+        if self.implementation == "wireguard-go" and not (WG_RUN_DIR / f"{self.interface}.sock").exists():
+            return DeviceReason.SOCKET_MISSING
+        try:
+            socket.if_nametoindex(self.interface)
+        except OSError:
+            return DeviceReason.INTERFACE_MISSING
+        return None
+
+    def recreate(self) -> None:
+        """Tear down what is left (our process by PID, the interface, a stale UAPI socket) and
+        bring the device up again with the same private key, listen port and address; peers are
+        re-applied by the reconciler."""
+        self.close()
+        self._bring_up()
 
     @staticmethod
     def _ip(args: list[str]) -> None:

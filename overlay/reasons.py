@@ -17,7 +17,8 @@ class OverlayReason(StrEnum):
     ADDRESS_OUT_OF_RANGE = "overlay_address_out_of_range"
     ADDRESS_CONFLICT = "overlay_address_conflict"
     ROLE_INVALID = "role_invalid"
-    PEER_UNREACHABLE = "peer_unreachable"
+    PEER_UNREACHABLE = "peer_unreachable"      # no liveness reply within the timeout (or unreachable at admission)
+    IDENTITY_CHANGED = "identity_changed"      # a liveness reply named another WireGuard key than the admitted one
     EVIDENCE_EXPIRED = "evidence_expired"      # no successful re-attestation within max evidence age
     REATTESTATION_FAILED = "reattestation_failed"
     REPLACED = "replaced"                      # same node came back with new keys
@@ -26,3 +27,11 @@ class OverlayReason(StrEnum):
     UNKNOWN_SECRET = "unknown_secret"
     KEY_CONFIRMATION_FAILED = "key_confirmation_failed"
     SELF = "self"                              # our own announcement (ignored)
+
+
+class DeviceReason(StrEnum):
+    """Why the agent recreated its WireGuard device (status, logs, metric label)."""
+
+    DAEMON_EXITED = "wireguard_daemon_exited"        # our wireguard-go process is gone
+    SOCKET_MISSING = "wireguard_socket_missing"      # its UAPI socket vanished
+    INTERFACE_MISSING = "wireguard_interface_missing"   # the network interface vanished

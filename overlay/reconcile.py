@@ -2,7 +2,9 @@
 
 `plan` is pure (desired, observed) -> actions; `Reconciler.step` reads the device, plans,
 applies and reports what it did. Removals come first so an evicted peer loses its tunnel
-before anything else happens in the period.
+before anything else happens in the period. `Reconciler.heal` recreates a device whose daemon
+died (same key, port, address) and forgets the old observation, so the next step re-applies
+every admitted peer with its PSK: no re-admission, no new keys.
 """
 from __future__ import annotations
 
@@ -79,6 +81,18 @@ class Reconciler:
     def __init__(self, device: Device):
         self.device = device
         self.last_observed: ObservedDevice | None = None
+
+    def heal(self) -> str | None:
+        """If the device reports itself dead (`check()`), recreate it and return why; else None.
+        Devices without `check`/`recreate` (a plain Device) are assumed healthy. A failed
+        recreation raises (ConclaveError) and is retried on the next reconcile."""
+        check = getattr(self.device, "check", None)
+        why = check() if check is not None else None
+        if why is None:
+            return None
+        self.last_observed = None
+        self.device.recreate()
+        return str(why)
 
     def step(self, desired: DesiredDevice) -> tuple[list[Action], ObservedDevice]:
         observed = self.device.read()

@@ -10,9 +10,14 @@ from concurrent import futures
 
 import grpc
 
+from conclave.runtime.errors import ConclaveError
+
 MAX_REQUEST_BYTES = 16 * 1024          # anything a node or the rendezvous receives as a server
 MAX_REPLY_BYTES = 2 * 1024 * 1024       # evidence + chains + collateral
 RPC_TIMEOUT = 5.0
+# gRPC's default reconnect backoff grows to 120 s: after a partition heals, a peer would stay
+# unreachable that long. Cap it so recovery takes seconds (a handful of peers, cheap retries).
+RECONNECT_BACKOFF_MS = (500, 5000)   # initial, max
 
 
 def server(workers: int = 8) -> grpc.Server:
@@ -29,13 +34,21 @@ def channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=[
         ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
         ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
-        ("grpc.enable_http_proxy", 0)])
+        ("grpc.enable_http_proxy", 0),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])])
 
 
 def bind(srv: grpc.Server, host: str, port: int) -> int:
+    """Listen on host:port. grpcio reports a busy (or unusable) address either by returning 0 or
+    by raising RuntimeError, depending on version and cause: both become ConclaveError(port_in_use)
+    so the CLI funnel prints one clear reason instead of a traceback."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = srv.add_insecure_port(target)
+    try:
+        bound = srv.add_insecure_port(target)
+    except RuntimeError as exc:
+        raise ConclaveError("port_in_use", f"cannot listen on {target} (in use or unavailable): {exc}") from None
     if bound == 0:
-        from conclave.runtime.errors import ConclaveError
-        raise ConclaveError("bind_failed", f"cannot listen on {target}")
+        raise ConclaveError("port_in_use", f"cannot listen on {target} (in use or unavailable)")
     return bound

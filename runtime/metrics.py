@@ -128,6 +128,9 @@ class ConclaveMetrics:
         self.secrets_released = Counter("conclave_secrets_released_total",
                                         "Secrets released HPKE-sealed to attested peers, by name",
                                         ["name"], registry=self.registry)
+        self.device_restarts = Counter("conclave_wireguard_device_restarts_total",
+                                       "WireGuard devices recreated after their daemon or interface died, by reason",
+                                       ["reason"], registry=self.registry)
         self._ages = _AgeCollector(clock)
         self.registry.register(self._ages)
 
@@ -150,6 +153,10 @@ class ConclaveMetrics:
         """Counts the eviction and drops every per-peer series of that peer."""
         self.evictions.labels(reason=str(reason)).inc()
         self.forget_peer(peer)
+
+    def record_device_restart(self, reason: str) -> None:
+        """reason: an overlay.reasons.DeviceReason string (daemon exited, socket or interface gone)."""
+        self.device_restarts.labels(reason=str(reason)).inc()
 
     def forget_peer(self, peer: str) -> None:
         with self._ages._lock:

@@ -172,6 +172,11 @@ class NodeStub:
                 request_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretRequest.SerializeToString,
                 response_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretReply.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/conclave.v1.Node/Ping',
+                request_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingRequest.SerializeToString,
+                response_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -205,6 +210,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Liveness: a cheap probe, no evidence. The reply names the callee's WireGuard key; a caller
+        uses it only to EVICT (no reply in time, or another key than the admitted one), never to admit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +240,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.GetSecret,
                     request_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretRequest.FromString,
                     response_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingRequest.FromString,
+                    response_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -337,6 +355,33 @@ class Node:
             '/conclave.v1.Node/GetSecret',
             conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretRequest.SerializeToString,
             conclave_dot_overlay_dot_proto_dot_conclave__pb2.SecretReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.Node/Ping',
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingRequest.SerializeToString,
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.PingReply.FromString,
             options,
             channel_credentials,
             insecure,

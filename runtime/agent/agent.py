@@ -1,9 +1,17 @@
 """The node agent: attest itself, announce, admit peers mutually, agree PSKs, keep the device
 in line with the admitted set, re-attest on a schedule, and evict whoever stops passing.
 
-Threads: one main loop (discovery, scheduling, evidence-age checks, reconcile), a small pool
-for per-peer network work (challenge, key release, secrets), gRPC's server pool, the status
-socket. The peer table is guarded by one lock; no network call happens while holding it.
+Threads: one main loop (discovery, scheduling, evidence-age checks, liveness, reconcile), a
+small pool for per-peer network work (challenge, key release, secrets), gRPC's server pool, the
+status socket. The peer table is guarded by one lock; no network call happens while holding it.
+
+Liveness (overlay/liveness.py): every Timing.liveness_interval the main loop sends each admitted
+peer an asynchronous Ping (a gRPC future: no thread waits on it, its callback only records the
+outcome); silence for Timing.liveness_timeout evicts (peer_unreachable), a reply naming another
+WireGuard key evicts at once (identity_changed). Liveness only ever evicts. An evicted peer that
+is alive again is re-admitted by the ordinary retry path (fresh challenge, new PSK). A dead
+WireGuard device (daemon killed, interface gone) is recreated on the next reconcile with the
+same keys, and every meshed peer re-applied: no re-admission.
 
 Metrics: one runtime.metrics.ConclaveMetrics per agent, served on the overlay address only
 (the head appends vLLM's /metrics, cfg.metrics_upstream). Every verifier decision counts as an
@@ -26,6 +34,7 @@ from conclave.overlay.device import WgDevice
 from conclave.overlay.firewall import Firewall, ruleset
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.keys import PresharedKey, WgPublicKey
+from conclave.overlay.liveness import PeerLiveness, PingOutcome, judge_reply, new_token
 from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -74,6 +83,7 @@ class NodeAgent:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="conclave-peer")
         self._channels: dict[str, grpc.Channel] = {}
+        self._channel_lock = threading.Lock()
         self._device = None
         self._reconciler: Reconciler | None = None
         self._device_lock = threading.Lock()
@@ -87,6 +97,9 @@ class NodeAgent:
         self._last_reconcile = 0.0
         self._last_announce = 0.0
         self._reconcile_error: str | None = None
+        self.device_restarts = 0                      # the WireGuard device died and was recreated
+        self.device_restart_reason: str | None = None
+        self.device_restarted_at: float | None = None
         self.started_wall = time.time()
         self.own_evidence_ok_wall: float | None = None
         self.first_announce_wall: float | None = None
@@ -256,15 +269,32 @@ class NodeAgent:
             now = time.monotonic()
             if self._dirty.is_set() or now - self._last_reconcile >= t.reconcile_interval:
                 self._dirty.clear()
-                self.reconcile()
+                try:
+                    self.reconcile()
+                except Exception:   # e.g. a hung `wg` (TimeoutExpired): the loop must survive it
+                    log.exception("reconcile failed")
             self._wake.wait(t.tick)
             self._wake.clear()
 
     def _stub(self, target: str) -> pb_grpc.NodeStub:
-        ch = self._channels.get(target)
-        if ch is None:
-            ch = self._channels[target] = rpc.channel(target)
+        with self._channel_lock:
+            ch = self._channels.get(target)
+            if ch is None:
+                ch = self._channels[target] = rpc.channel(target)
         return pb_grpc.NodeStub(ch)
+
+    def _reset_channel(self, target: str) -> None:
+        """Drop the cached channel after a timeout: its TCP connection may be dead without knowing it
+        (a partition drops packets, no RST), and would otherwise stall recovery for a TCP retransmit
+        backoff. The next RPC opens a fresh connection. Never call from a gRPC callback."""
+        with self._channel_lock:
+            ch = self._channels.pop(target, None)
+        if ch is not None:
+            ch.close()
+
+    def _note_rpc_failure(self, target: str, exc: grpc.RpcError) -> None:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            self._reset_channel(target)
 
     def _tick(self) -> None:
         t = self.cfg.timing
@@ -273,8 +303,13 @@ class NodeAgent:
             self._last_self_check = now
             self._submit_self_check()
         age_limit = t.evidence_age_limit()
+        pings: list[tuple[PeerRecord, PeerLiveness]] = []
+        stale_channels: list[str] = []
         with self._lock:
             for rec in list(self.peers.values()):
+                if rec.state in (PeerState.ADMITTED, PeerState.MESHED) and t.liveness_enabled \
+                        and self._check_liveness(rec, now, pings, stale_channels):
+                    continue   # evicted (even with a task in flight: that task's result is then dropped)
                 if rec.in_flight:
                     continue
                 if rec.state in (PeerState.ADMITTED, PeerState.MESHED):
@@ -287,6 +322,10 @@ class NodeAgent:
                     elif not rec.admitted_me and keyrelease.is_leader(rec.key, self.identity.wg_public) \
                             and now >= rec.next_attempt_mono:
                         self._submit(rec, self._request_key)
+                    elif self._pairing_lost(rec, now):
+                        rec.liveness.peer_not_meshed_since = None   # act at most once per grace period
+                        rec.event("pairing_check", "peer_not_meshed")
+                        self._submit(rec, self._reconfirm_key)
                     elif rec.state == PeerState.MESHED and self._wants_secrets_from(rec) \
                             and now >= rec.next_attempt_mono:
                         self._submit(rec, self._fetch_secrets)
@@ -294,6 +333,81 @@ class NodeAgent:
                     continue  # no longer announced anywhere: stop knocking (kept for status until pruned)
                 elif now >= rec.next_attempt_mono and self.state in (AgentState.MESHED, AgentState.SERVING):
                     self._submit(rec, self._attest_peer, False)
+        for target in stale_channels:
+            self._reset_channel(target)
+        for rec, lv in pings:
+            self._send_ping(rec, lv)
+
+    # ------------------------------------------------------------------ liveness (see overlay/liveness.py)
+    def _check_liveness(self, rec: PeerRecord, now: float, pings: list, stale_channels: list) -> bool:
+        """With the lock held: evict a silent or re-keyed peer (True), else queue a ping if one is due.
+        Liveness only ever evicts; admission and re-keying stay with attested evidence."""
+        t = self.cfg.timing
+        lv = rec.liveness
+        if lv is None:   # admitted before liveness existed for it (should not happen): start now
+            lv = rec.liveness = PeerLiveness(last_alive_mono=now)
+        if lv.identity_changed:
+            self._evict(rec, OverlayReason.IDENTITY_CHANGED, "identity_changed")
+            return True
+        if lv.overdue(now, t.liveness_timeout):
+            self._evict(rec, OverlayReason.PEER_UNREACHABLE, "unreachable")
+            return True
+        if lv.reset_channel:
+            lv.reset_channel = False
+            stale_channels.append(rec.announcement.admission_target)
+        if lv.due(now, t.liveness_interval):
+            lv.in_flight = True
+            lv.last_sent_mono = now
+            pings.append((rec, lv))
+        return False
+
+    def _pairing_lost(self, rec: PeerRecord, now: float) -> bool:
+        """Follower only: the leader keeps answering that it does not hold our pairing (it evicted
+        us and re-admitted us while we stayed meshed), so re-confirm the PSK with it, which re-keys.
+        The leader never acts on the hint: the follower drives every key agreement."""
+        lv = rec.liveness
+        return (lv is not None and rec.state == PeerState.MESHED and rec.psk is not None
+                and keyrelease.is_leader(rec.key, self.identity.wg_public)
+                and lv.pairing_lost(now, 2 * self.cfg.timing.liveness_interval))
+
+    def _send_ping(self, rec: PeerRecord, lv: PeerLiveness) -> None:
+        """Start one asynchronous Ping (no lock held, no thread used while it is in the air)."""
+        token = new_token()
+        sent = time.monotonic()
+        request = pb.PingRequest(verifier_wg_public_key=self.identity.wg_public.raw, token=token)
+        try:
+            call = self._stub(rec.announcement.admission_target).Ping.future(
+                request, timeout=self.cfg.timing.ping_deadline())
+        except Exception:   # channel closed while stopping
+            with self._lock:
+                lv.record(PingOutcome.NO_REPLY, time.monotonic(), sent=sent, peer_meshed=None)
+            return
+        call.add_done_callback(lambda fut: self._on_ping_done(rec.key, lv, token, sent, fut))
+
+    def _on_ping_done(self, expected: WgPublicKey, lv: PeerLiveness, token: bytes, sent: float, fut) -> None:
+        """gRPC callback thread: record the outcome only (no RPC, no eviction here; the main loop
+        acts on it at its next tick)."""
+        timed_out, meshed = False, None
+        try:
+            reply = fut.result()
+            outcome = judge_reply(expected, token, bytes(reply.wg_public_key), bytes(reply.token))
+            meshed = bool(reply.meshed)
+        except grpc.RpcError as exc:
+            outcome = PingOutcome.NO_REPLY
+            timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        except Exception:   # cancelled (channel closed) or anything unexpected: just no reply
+            outcome = PingOutcome.NO_REPLY
+        with self._lock:
+            lv.record(outcome, time.monotonic(), sent=sent, peer_meshed=meshed, timed_out=timed_out)
+        if outcome == PingOutcome.IDENTITY_CHANGED:
+            self._wake.set()
+
+    def handle_ping(self, caller: WgPublicKey) -> tuple[WgPublicKey, bool]:
+        """Our key, and whether we hold a meshed pairing (agreed PSK) with the caller's key."""
+        with self._lock:
+            rec = self._admitted_by_key(caller)
+            meshed = rec is not None and rec.state == PeerState.MESHED and rec.psk is not None
+        return self.identity.wg_public, meshed
 
     def _discovery_loop(self) -> None:
         """Announce and list on its own thread: a slow or black-holed rendezvous must never delay
@@ -382,6 +496,7 @@ class NodeAgent:
                     pb.AttestRequest(nonce=nonce, verifier_wg_public_key=self.identity.wg_public.raw),
                     timeout=rpc.RPC_TIMEOUT)
             except grpc.RpcError as exc:
+                self._note_rpc_failure(ann.admission_target, exc)
                 with self._lock:
                     rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
                     # re-attestation: the peer stays until its evidence is too old (evidence_expired)
@@ -399,7 +514,8 @@ class NodeAgent:
                 self.metrics.record_admission("rejected", str(exc.reason))
                 with self._lock:
                     if reattest:
-                        self._evict(rec, exc.reason, "reattestation_failed", exc.reasons)
+                        if rec.state in (PeerState.ADMITTED, PeerState.MESHED):   # not evicted meanwhile
+                            self._evict(rec, exc.reason, "reattestation_failed", exc.reasons)
                     else:
                         self._reject(rec, exc.reason, exc.reasons)
                 return
@@ -407,6 +523,10 @@ class NodeAgent:
         finally:
             self.nonces.retire(nonce)
         with self._lock:
+            if reattest and rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
+                # liveness evicted it while this re-attestation was in the air: the retry path
+                # re-admits it (with a fresh nonce) once it is reachable again
+                return
             conflict = self._address_conflict(rec)
             if conflict is not None:
                 self.metrics.record_admission("rejected", str(OverlayReason.ADDRESS_CONFLICT))
@@ -421,6 +541,10 @@ class NodeAgent:
             rec.last_verified_mono = time.monotonic()
             rec.last_verified_wall = time.time()
             rec.reason, rec.reasons = None, []
+            if rec.state not in (PeerState.ADMITTED, PeerState.MESHED) or rec.liveness is None:
+                rec.liveness = PeerLiveness(last_alive_mono=rec.last_verified_mono)
+            else:
+                rec.liveness.last_alive_mono = rec.last_verified_mono   # it just answered a challenge
             if rec.state != PeerState.MESHED:
                 rec.state = PeerState.ADMITTED
             if reattest:
@@ -458,6 +582,7 @@ class NodeAgent:
         if rec.state != PeerState.EVICTED:
             rec.state = PeerState.REJECTED
         rec.admitted = None
+        rec.liveness = None
         rec.forget_keys()
         rec.reason, rec.reasons = str(reason), [str(r) for r in reasons]
         rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
@@ -473,6 +598,7 @@ class NodeAgent:
     def _evict(self, rec: PeerRecord, reason: str, event: str, reasons: list[str] | None = None) -> None:
         rec.state = PeerState.EVICTED
         rec.admitted = None
+        rec.liveness = None   # a reply still in the air lands on the detached object
         rec.forget_keys()
         rec.reason = str(reason)
         rec.reasons = [str(r) for r in (reasons or [reason])]
@@ -534,8 +660,13 @@ class NodeAgent:
         self._wake.set()
 
     def _reconfirm_key(self, rec: PeerRecord) -> None:
-        """After a re-attestation: check the leader still holds our PSK; if not, agree a new one."""
-        leader, me, psk = rec.key, self.identity.wg_public, rec.psk
+        """After a re-attestation, or when the leader's pings say it lost our pairing: check the
+        leader still holds our PSK; if not, agree a new one."""
+        leader, me = rec.key, self.identity.wg_public
+        with self._lock:
+            psk = rec.psk
+            if psk is None or rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
+                return
         try:
             conf = self._stub(rec.announcement.admission_target).ConfirmKey(pb.KeyConfirmRequest(
                 requester_wg_public_key=me.raw, leader_wg_public_key=leader.raw,
@@ -544,6 +675,8 @@ class NodeAgent:
             return
         if conf.status != pb.OK:
             with self._lock:
+                if rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
+                    return   # evicted meanwhile
                 rec.forget_keys()
                 if rec.state == PeerState.MESHED:
                     rec.state = PeerState.ADMITTED
@@ -587,7 +720,8 @@ class NodeAgent:
             self.secret_errors.pop(name, None)
             log.info("secret %s received from %s", name, rec.node_id)
         with self._lock:
-            rec.secrets_fetched = True
+            if rec.state == PeerState.MESHED:
+                rec.secrets_fetched = True
 
     # ------------------------------------------------------------------ served RPCs (they ask us)
     def handle_attest(self, nonce: bytes) -> pb.AttestReply:
@@ -675,6 +809,7 @@ class NodeAgent:
         with self._device_lock:
             self._last_reconcile = time.monotonic()
             try:
+                self._heal_device()
                 actions, observed = self._reconciler.step(self.desired())
                 self._reconcile_error = None
                 self.metrics.update_wireguard_from_device(observed, self._peer_names())
@@ -685,6 +820,20 @@ class NodeAgent:
             except ConclaveError as exc:
                 self._reconcile_error = exc.reason
                 log.error("reconcile failed: %s", exc)
+
+    def _heal_device(self) -> None:
+        """The WireGuard daemon died (killed, crashed) or its interface vanished: recreate it with
+        the same private key, port and address; the step that follows re-applies every meshed
+        peer with its PSK. Peers stay admitted: nothing about their evidence changed."""
+        why = self._reconciler.heal()
+        if why is None:
+            return
+        self.device_restarts += 1
+        self.device_restart_reason = why
+        self.device_restarted_at = time.time()
+        self.metrics.record_device_restart(why)
+        log.warning("wireguard device %s recreated (%s), restart %d", self.cfg.interface, why,
+                    self.device_restarts, extra={"reason": why})
 
     def _peer_names(self) -> dict[WgPublicKey, str]:
         """WireGuard public key -> node name of every admitted peer (metric labels)."""
@@ -723,6 +872,12 @@ class NodeAgent:
             "reconcile_interval_s": self.cfg.timing.reconcile_interval,
             "reattest_interval_s": self.cfg.timing.reattest_interval,
             "reconcile_error": self._reconcile_error,
+            "liveness_interval_s": self.cfg.timing.liveness_interval,
+            "liveness_timeout_s": self.cfg.timing.liveness_timeout,
+            "device_restarts": self.device_restarts,
+            "device_pid": getattr(self._device, "pid", None),   # wireguard-go (our child); None: kernel/fake
+            "device_restart_reason": self.device_restart_reason,
+            "device_restarted_at": self.device_restarted_at,
             "own_evidence_error": self.own_evidence_error,
             "device_peers": sorted(k.to_base64() for k in observed.peers) if observed else [],
             "rendezvous_errors": dict(self._rendezvous.errors) if self._rendezvous else {},

@@ -32,6 +32,21 @@ class Timing:
     retry_interval: float = 5.0         # after a rejection or unreachable peer
     nonce_ttl: float = 30.0
     announce_interval: float = 5.0
+    liveness_interval: float = 2.0      # Ping every admitted peer this often (0 disables liveness)
+    liveness_timeout: float = 10.0      # no good Ping reply for this long: evict (peer_unreachable)
+    ping_timeout: float = 2.0           # one Ping RPC's deadline (at most half the liveness timeout)
+
+    def __post_init__(self) -> None:
+        if self.liveness_interval < 0 or (self.liveness_interval and self.liveness_timeout <= self.liveness_interval):
+            raise UsageError("liveness timeout must exceed the liveness interval (interval 0 disables liveness)",
+                             reason="liveness_invalid")
+
+    @property
+    def liveness_enabled(self) -> bool:
+        return self.liveness_interval > 0
+
+    def ping_deadline(self) -> float:
+        return min(self.ping_timeout, self.liveness_timeout / 2)
 
     def evidence_age_limit(self) -> float:
         return self.max_evidence_age if self.max_evidence_age is not None else 2 * self.reattest_interval + 30

@@ -8,6 +8,7 @@ from enum import StrEnum
 from conclave.overlay.admission import AdmittedPeer
 from conclave.overlay.identity import Announcement
 from conclave.overlay.keys import PresharedKey, WgPublicKey
+from conclave.overlay.liveness import PeerLiveness
 
 MAX_EVENTS = 8
 
@@ -39,6 +40,7 @@ class PeerRecord:
     secrets_fetched: bool = False
     reattestations: int = 0
     last_admission_s: float | None = None      # challenge sent -> admitted decision
+    liveness: PeerLiveness | None = None        # while admitted: Ping bookkeeping (fresh per admission)
 
     @property
     def key(self) -> WgPublicKey:
@@ -75,7 +77,10 @@ class PeerRecord:
             "events": [{"at": round(t, 3), "event": e, "reason": r} for t, e, r in self.events],
             "on_device": observed is not None,
             "latest_handshake": None, "rx_bytes": None, "tx_bytes": None,
+            "alive_age_s": None, "ping_failures": None, "ping_rtt_ms": None,
         }
+        if self.liveness is not None:
+            out.update(self.liveness.to_json(now_mono))
         if observed is not None:
             out["latest_handshake"] = observed.latest_handshake
             out["rx_bytes"] = observed.rx_bytes

@@ -12,6 +12,7 @@ import time
 import grpc
 
 from conclave.overlay.keys import WgPublicKey
+from conclave.overlay.liveness import TOKEN_LEN
 from conclave.overlay.nonces import NONCE_LEN
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -78,3 +79,11 @@ class NodeService(pb_grpc.NodeServicer):
             return pb.SecretReply(status=pb.MALFORMED, reason="malformed_message")
         status, sealed, reason = self.agent.handle_get_secret(requester, request.name)
         return pb.SecretReply(status=status, sealed_secret=sealed, reason=reason)
+
+    def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
+        """Cheap liveness probe: no evidence, no state change; answers anyone (its content is public)."""
+        caller = _key(request.verifier_wg_public_key)
+        if caller is None or len(request.token) != TOKEN_LEN:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ping needs a 32-byte key and a 16-byte token")
+        wg_public, meshed = self.agent.handle_ping(caller)
+        return pb.PingReply(wg_public_key=wg_public.raw, token=bytes(request.token), meshed=meshed)

@@ -254,6 +254,12 @@ def _status(args) -> int:
               f"cluster={node['cluster_ip']}@{node['ifname']} layers={node['layers']} "
               + (f"admission={node['admission_port']} " if node.get("admission_port") else "")
               + f"ray={'up' if node['ray_alive'] else 'down'}")
+    health = view.get("health") or {}
+    if health.get("status") == "degraded":
+        for problem in health.get("problems") or []:
+            print(f"degraded [{problem['reason']}]: {problem['detail']}")
+    if health.get("recoveries"):
+        print(f"recovered without an operator {health['recoveries']} time(s)")
     if view.get("error"):
         print(f"error [{view['error']['reason']}]: {view['error']['message']}")
     return 0

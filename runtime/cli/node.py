@@ -3,7 +3,8 @@
 Secret material never comes through argv: in local mode the parent hands over the simulated
 attester (and any secrets to broker) as a JSON bundle on stdin (--bundle-stdin), on an
 inherited fd (--bundle-fd N), or in a 0600 temp file that is deleted as soon as it is read
-(--bundle-file PATH). Bundle: {"sim_attester": base64, "secrets": {"name": base64}}.
+(--bundle-file PATH). Bundle: {"sim_attester": base64, "secrets": {"name": base64},
+"api_key": str (head with --front-port: the front then checks the deployment's API key itself)}.
 """
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-evidence-age", type=float, default=None)
     p.add_argument("--retry-interval", type=float, default=5.0)
     p.add_argument("--tick", type=float, default=0.25)
+    p.add_argument("--liveness-interval", type=float, default=2.0, metavar="S",
+                   help="ping every admitted peer this often (0 disables liveness)")
+    p.add_argument("--liveness-timeout", type=float, default=10.0, metavar="S",
+                   help="evict a peer (peer_unreachable) after this long without a ping reply")
     p.add_argument("--firewall", choices=["auto", "nft", "none"], default="auto")
     p.add_argument("--metrics-port", type=int, default=None, help="0 disables")
     p.add_argument("--metrics-host", default=None, metavar="ADDR",
@@ -132,7 +137,7 @@ def _b64(value, what: str) -> bytes:
         raise UsageError(f"bundle {what} is not base64", reason="bundle_invalid") from None
 
 
-def build_config(args):
+def build_config(args, bundle: dict | None = None):
     from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, parse_cidr
     from conclave.overlay.evidence import NodeEvidenceSource, SimEvidenceSource
     from conclave.runtime.agent import config as ac
@@ -142,7 +147,7 @@ def build_config(args):
     from conclave.runtime.keys.broker import DEFAULT_ALLOWED_ROLES
     from conclave.runtime.keys.secret import SecretValue
 
-    bundle = _read_bundle(args)
+    bundle = _read_bundle(args) if bundle is None else bundle
     if args.manifest is not None:
         from conclave.runtime.manifest.node import require_manifest
         if args.policy is not None:
@@ -188,7 +193,8 @@ def build_config(args):
     want = args.want_secret if args.want_secret is not None else (["ray_token"] if args.role == "worker" else [])
     timing = ac.Timing(tick=args.tick, reconcile_interval=args.reconcile_interval,
                        reattest_interval=args.reattest_interval, max_evidence_age=args.max_evidence_age,
-                       retry_interval=args.retry_interval)
+                       retry_interval=args.retry_interval, liveness_interval=args.liveness_interval,
+                       liveness_timeout=args.liveness_timeout)
     kwargs = {}
     if args.wg_port is not None:
         kwargs["wireguard_port"] = args.wg_port
@@ -236,9 +242,10 @@ def run_node(args) -> int:
     from conclave.runtime.agent.agent import NodeAgent
 
     clog.setup()
-    cfg = build_config(args)
+    bundle = _read_bundle(args)
+    cfg = build_config(args, bundle)
     agent = NodeAgent(cfg)
-    front = _head_front(args, cfg, agent)
+    front = _head_front(args, cfg, agent, api_key=bundle_api_key(bundle))
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     clog.progress(f"node {cfg.node_name} ({cfg.role}) overlay {cfg.overlay_address} on {cfg.interface}")
@@ -251,7 +258,18 @@ def run_node(args) -> int:
     return 0
 
 
-def _head_front(args, cfg, agent):
+def bundle_api_key(bundle: dict) -> str | None:
+    """The deployment's API key for the head's front, from the bundle (never argv): a non-empty
+    string without whitespace, or absent."""
+    key = bundle.get("api_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or any(c.isspace() for c in key):
+        raise UsageError("bundle api_key must be a non-empty string without whitespace", reason="bundle_invalid")
+    return key
+
+
+def _head_front(args, cfg, agent, api_key: str | None = None):
     """The head's public TLS front server (conclave.runtime.serving.front), bound into its evidence."""
     if args.front_port is None:
         return None
@@ -267,7 +285,7 @@ def _head_front(args, cfg, agent):
     front = head_front_for_agent(agent, manifest=cfg.manifest, upstream=args.front_upstream,
                                  listen_host=cfg.underlay_host, listen_port=args.front_port,
                                  tls_names=[cfg.underlay_host, "127.0.0.1", "localhost"],
-                                 model_manifest=model_manifest)
+                                 model_manifest=model_manifest, api_key=api_key)
     if args.front_cert_out is not None:
         front.write_public_cert(args.front_cert_out)
     return front

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from conclave.runtime import log as clog
-from conclave.runtime.errors import ConclaveError, UsageError
+from conclave.runtime.errors import UsageError
 
 STOP_GRACE_SECONDS = 2.0
 
@@ -51,10 +51,7 @@ def run_rendezvous(args) -> int:
     service = RendezvousService() if args.ttl is None else RendezvousService(ttl=args.ttl)
     server = rpc.server(workers=4)
     pb_grpc.add_RendezvousServicer_to_server(service, server)
-    try:
-        port = rpc.bind(server, args.host, args.port)
-    except RuntimeError:  # grpcio raises instead of returning 0 when the address is taken
-        raise ConclaveError("bind_failed", f"cannot listen on {args.host}:{args.port} (address in use?)") from None
+    port = rpc.bind(server, args.host, args.port)   # ConclaveError port_in_use when taken
     server.start()
     try:
         clog.progress(f"rendezvous listening on {args.host}:{port}")

@@ -58,6 +58,7 @@ class AttestedOverlayNetwork:
         self._addresses: dict[str, ClusterAddress] = {}
         self.trust: local_trust.LocalTrust | None = None
         self.context: ClusterContext | None = None
+        self._rendezvous: dict | None = None     # {"pid", "head", "restarts"}
 
     # -- bring up ---------------------------------------------------------------------------------
     def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
@@ -76,6 +77,7 @@ class AttestedOverlayNetwork:
                                         rendezvous=[rendezvous])
         agents_dir = context.run_dir / "agents"
         agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._start_rendezvous(head)
         for i, host in enumerate(hosts):
             name = node_name(cid, i)
             ifname = interface_name(cid, i)
@@ -91,24 +93,98 @@ class AttestedOverlayNetwork:
                     "--rendezvous", rendezvous, "--firewall", "nft", "--status-socket", str(sock),
                     "--allow-launch", "--retry-interval", "2"]
             if i == 0:
-                argv += ["--serve-rendezvous", str(RENDEZVOUS_PORT), "--generate-secret", "ray_token",
+                # the rendezvous is its own process on the head's host: its port is opened like a public one
+                argv += ["--public-port", str(RENDEZVOUS_PORT), "--generate-secret", "ray_token",
                          "--public-port", str(context.public_port)]
                 argv += list(context.extra.get("head_node_args", []))
-            bundle = json.dumps({"sim_attester": base64.b64encode(
-                self.trust.attester(name).to_secret_bytes()).decode()}).encode()
-            log_path = context.run_dir / "logs" / f"agent-{host.name}.log"
-            started = process.spawn(f"agent-{host.name}", argv, env=_agent_env(), log_path=log_path,
-                                    netns_name=host.netns, stdin_data=bundle)
-            del bundle
-            context.record(started)
             self._hosts[host.name] = host
-            self._agents[host.name] = {"name": name, "socket": sock, "pid": started.pid, "log": Path(started.log),
-                                       "ifname": ifname, "overlay_ip": str(address)}
+            self._agents[host.name] = {"name": name, "socket": sock, "pid": None, "argv": argv,
+                                       "log": context.run_dir / "logs" / f"agent-{host.name}.log",
+                                       "ifname": ifname, "overlay_ip": str(address), "head": i == 0}
+            self._spawn_agent(host.name)
             self._addresses[host.name] = ClusterAddress(str(address), ifname)
             log.progress(f"overlay: agent {name} ({'head' if i == 0 else 'worker'}) on {host.underlay_ip}, "
                          f"overlay {address} on {ifname}")
         self._wait_meshed(len(hosts))
         return dict(self._addresses)
+
+    def _spawn_agent(self, host_name: str) -> None:
+        """Start (or restart) a host's agent; its simulated attester goes over stdin, never argv."""
+        agent, host = self._agents[host_name], self._hosts[host_name]
+        payload = {"sim_attester": base64.b64encode(self.trust.attester(agent["name"]).to_secret_bytes()).decode()}
+        if agent["head"] and self.context.extra.get("head_api_key"):
+            payload["api_key"] = self.context.extra["head_api_key"]   # the head's front checks it itself
+        bundle = json.dumps(payload).encode()
+        del payload
+        started = process.spawn(f"agent-{host_name}", agent["argv"], env=_agent_env(), log_path=agent["log"],
+                                netns_name=host.netns, stdin_data=bundle)
+        del bundle
+        agent["pid"] = started.pid
+        self.context.record(started)
+
+    def _start_rendezvous(self, head: Host) -> None:
+        """The untrusted announcement relay, as its own process on the head's host (as it would run
+        beside the cluster in production): a dead or frozen rendezvous must not stop a running cluster."""
+        argv = [process.venv_bin("python"), "-m", "conclave.runtime", "rendezvous",
+                "--host", head.underlay_ip, "--port", str(RENDEZVOUS_PORT)]
+        started = process.spawn("rendezvous", argv, env=_agent_env(),
+                                log_path=self.context.run_dir / "logs" / "rendezvous.log", netns_name=head.netns)
+        self._rendezvous = {"pid": started.pid, "head": head.name, "restarts": 0}
+        self.context.record(started)
+
+    # -- health and recovery (the local supervisor plays each host's service manager) -------------------
+    def problems(self) -> list[tuple[str, str, str | None]]:
+        """What keeps the cluster from serving, as (reason, detail, host to restart or None)."""
+        out: list[tuple[str, str, str | None]] = []
+        for host_name, agent in self._agents.items():
+            if not process.alive(agent["pid"]):
+                out.append(("agent_lost", f"the node agent on {host_name} exited", host_name))
+        if out:
+            return out
+        head = next(h for h, a in self._agents.items() if a["head"])
+        st = self._status(head)
+        if st is None:
+            return [("agent_unresponsive", f"the head agent on {head} does not answer its status socket", None)]
+        for host_name, agent in self._agents.items():
+            if agent["head"]:
+                continue
+            records = [p for p in st.get("peers", []) if p.get("node_id") == agent["name"]]
+            if not any(p.get("state") == "meshed" for p in records):
+                why = sorted({p.get("reason") or p.get("state") for p in records}) or ["not discovered"]
+                out.append(("stage_not_meshed", f"{agent['name']} is not meshed with the head ({', '.join(why)})",
+                            None))
+        return out
+
+    def maintain(self) -> bool:
+        """Restart what may die without stopping the serving cluster (the rendezvous: running peers
+        know each other's endpoints already). True when something was restarted."""
+        rdv = self._rendezvous
+        if rdv is None or process.alive(rdv["pid"]):
+            return False
+        restarts = rdv["restarts"] + 1
+        log.progress(f"overlay: the rendezvous exited; restarting it (restart {restarts})")
+        self._start_rendezvous(self._hosts[rdv["head"]])
+        self._rendezvous["restarts"] = restarts
+        return True
+
+    def restart_hosts(self, host_names: Sequence[str]) -> None:
+        """A host "reboots": whatever is left of it stops, its wireguard-go socket goes, its agent starts
+        again with fresh keys and must be admitted again. The head's restart takes every host with it
+        (its new agent generates a new Ray token, which the workers must fetch again)."""
+        names = list(host_names)
+        if any(self._agents[n]["head"] for n in names):
+            names = list(self._agents)
+        for name in names:
+            process.kill_netns_processes(self._hosts[name].netns)
+            _remove_wg_socket(self._agents[name]["ifname"])
+        if any(self._agents[n]["head"] for n in names):
+            self._start_rendezvous(self._hosts[next(h for h, a in self._agents.items() if a["head"])])
+        for name in names:
+            log.progress(f"overlay: restarting the node agent on {name}")
+            self._spawn_agent(name)
+
+    def wait_meshed(self, timeout: float = MESH_TIMEOUT, check_stop=None) -> None:
+        self._wait_meshed(len(self._agents), timeout, check_stop)
 
     def _status(self, host_name: str) -> dict | None:
         try:
@@ -116,12 +192,15 @@ class AttestedOverlayNetwork:
         except ConclaveError:
             return None
 
-    def _wait_meshed(self, count: int) -> None:
-        """Until every agent meshed with every other one and every worker holds the Ray token."""
-        deadline = time.monotonic() + MESH_TIMEOUT
+    def _wait_meshed(self, count: int, timeout: float = MESH_TIMEOUT, check_stop=None) -> None:
+        """Until every agent meshed with every other one and every worker holds the Ray token.
+        check_stop: called every round; raises to abandon the wait (the supervisor was told to stop)."""
+        deadline = time.monotonic() + timeout
         log.progress(f"overlay: mutual admission between {count} hosts")
         last = ""
         while True:
+            if check_stop is not None:
+                check_stop()
             pending = []
             for host_name, agent in self._agents.items():
                 if not process.alive(agent["pid"]):
@@ -131,7 +210,8 @@ class AttestedOverlayNetwork:
                 if st is None:
                     pending.append(f"{host_name}: starting")
                     continue
-                meshed = [p for p in st.get("peers", []) if p.get("state") == "meshed"]
+                # distinct names: a restarted peer's old record may still be listed beside the new one
+                meshed = {p.get("node_id") for p in st.get("peers", []) if p.get("state") == "meshed"}
                 if len(meshed) < count - 1:
                     reasons = sorted({p.get("reason") for p in st.get("peers", []) if p.get("reason")})
                     pending.append(f"{host_name}: {len(meshed)}/{count - 1} meshed {reasons or ''}")
@@ -142,7 +222,7 @@ class AttestedOverlayNetwork:
                 return
             last = "; ".join(pending)
             if time.monotonic() > deadline:
-                raise ConclaveError("mesh_timeout", f"the overlay did not form within {MESH_TIMEOUT:.0f}s: {last}",
+                raise ConclaveError("mesh_timeout", f"the overlay did not form within {timeout:.0f}s: {last}",
                                     exit_code=ExitCode.RUNTIME)
             time.sleep(0.5)
 
@@ -190,6 +270,9 @@ class AttestedOverlayNetwork:
         out = {"kind": self.kind, "encrypted": True, "attested": True, "tee": "sim",
                "overlay_cidr": DEFAULT_OVERLAY_CIDR, "wireguard_port": WIREGUARD_PORT,
                "admission_port": ADMISSION_PORT, "rendezvous_port": RENDEZVOUS_PORT}
+        rdv = self._rendezvous
+        if rdv is not None:
+            out["rendezvous"] = {"pid": rdv["pid"], "restarts": rdv["restarts"]}
         if self.trust is not None:
             out.update({"manifest": str(self.trust.manifest_path), "sim_root": str(self.trust.root_pem_path),
                         "owner_fingerprint": self.trust.owner_fingerprint,
@@ -198,7 +281,11 @@ class AttestedOverlayNetwork:
 
     def tear_down(self) -> None:
         for agent in self._agents.values():
-            process.stop_group(agent["pid"])
+            if agent["pid"] is not None:
+                process.stop_group(agent["pid"])
+        rdv = self._rendezvous
+        if rdv is not None:
+            process.stop_group(rdv["pid"])
         self._agents = {}
 
     def __repr__(self) -> str:
@@ -220,14 +307,8 @@ def cleanup(st: dict) -> list[str]:
     left = []
     for node in st.get("nodes") or []:
         ifname = node.get("wg_ifname")
-        if ifname:
-            sock = Path("/var/run/wireguard") / f"{ifname}.sock"
-            try:
-                sock.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError:
-                left.append(f"file:{sock}")
+        if ifname and not _remove_wg_socket(ifname):
+            left.append(f"file:/var/run/wireguard/{ifname}.sock")
     trust_dir = (st.get("network") or {}).get("trust_dir")
     if trust_dir and Path(trust_dir).name.startswith("local-") and Path(trust_dir).exists():
         shutil.rmtree(trust_dir, ignore_errors=True)
@@ -235,3 +316,15 @@ def cleanup(st: dict) -> list[str]:
             left.append(f"dir:{trust_dir}")
     return left
 
+
+
+def _remove_wg_socket(ifname: str) -> bool:
+    """Remove a stale wireguard-go control socket (the folder is shared by every namespace)."""
+    sock = Path("/var/run/wireguard") / f"{ifname}.sock"
+    try:
+        sock.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True

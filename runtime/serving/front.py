@@ -12,18 +12,28 @@ Routes
                                    stage's admission evidence (endpoint.bundle.respond). No API key.
     GET /v1/report                 the signed run report (RunReportState.signed()). No API key.
                                    503 report_incomplete until every stage has evidence and a shard.
-    /v1/*, /health, /metrics, /version
-                                   forwarded to the upstream vLLM server: method, path+query, headers
-                                   (Authorization included: vLLM enforces its own API key), body,
-                                   status, response headers; SSE streamed chunk by chunk. Upstream
-                                   errors pass through unchanged.
-    anything else                  404, OpenAI-style error.
+    /v1/*, /health                 forwarded to the upstream vLLM server through the shared guard
+    /metrics, /version             (runtime/serving/api_guard.py): method, path+query, headers
+                                   (Authorization included: vLLM enforces its own API key), body up
+                                   to max_body (4 MiB), status, response headers; SSE streamed chunk
+                                   by chunk. Upstream errors pass through unchanged.
+                                   /metrics and /version only when the front holds the API key
+                                   (api_key=...): it then requires the key itself on every route but
+                                   /health, /v1/attestation and /v1/report. Without a key they are 404
+                                   (vLLM would serve them to anyone); vLLM's metrics still reach
+                                   operators through the head AGENT's /metrics on the overlay.
+    anything else                  404, OpenAI-style error (401 first when the front holds a key).
 While a manifest stage has no admitted evidence (not yet admitted, or evicted), forwarded requests
-get 503 {"error": {"code": "stage_not_attested"}} (except /metrics): serving stops with a clear
-error rather than running with an unverified stage. Errors made here have the OpenAI shape
+get 503 {"error": {"code": "stage_not_attested", "missing": [stages]}} (except /metrics): serving
+stops with a clear error rather than running with an unverified stage. When a stage is evicted,
+every in-flight forwarded request ends at once: streaming responses get a final SSE event
+data: {"error": {..., "type": "conclave_attestation_error", "code": "stage_lost"}} and close,
+requests not answered yet get the 503 above. An upstream lost mid-stream ends an SSE response with
+an event of code upstream_lost (api_guard.py). Errors made here have the OpenAI shape
 {"error": {"message", "type", "param", "code"}}: 413 request_too_large (body over max_body),
-503 engine_unavailable (upstream refuses connections), 502 upstream_error, 404 not_found,
-400 invalid_path, 503 attestation_unavailable (head evidence collection failed or timed out).
+401 invalid_api_key, 503 engine_unavailable (upstream refuses connections), 502 upstream_error,
+404 not_found, 400 invalid_path, 503 attestation_unavailable (head evidence collection failed or
+timed out).
 
 API for the head's agent (runtime/cli/node.py / runtime/agent; the integration engineer wires it)
 
@@ -35,6 +45,7 @@ API for the head's agent (runtime/cli/node.py / runtime/agent; the integration e
         listen_host=underlay_ip, listen_port=8443,
         tls_names=[underlay_ip, "127.0.0.1", "localhost"],   # certificate SANs clients connect by
         model_manifest=json.load(...) or None,               # model manifest dict -> shard digests
+        api_key=None or "sk-...",     # the deployment's API key (from the agent's stdin bundle, never argv)
     )                                 # also appends front.agent_hook() to agent.admission_hooks
     front.write_public_cert(path)     # 0644 PEM; clients use it as verify=/--cacert (ca_cert)
     agent.run_forever(on_started=front.start_in_thread, on_stopping=front.stop_thread)
@@ -53,7 +64,8 @@ API for the head's agent (runtime/cli/node.py / runtime/agent; the integration e
         admission binding extra (Announcement.binding_extra()). First admission registers the
         stage; later calls (re-attestation, re-admission) replace it and log an "ok" event.
     front.on_peer_evicted(name, reason)       drops the stage (clients then fail node_missing,
-        forwarding answers 503 stage_not_attested) and logs an "evicted" event.
+        forwarding answers 503 stage_not_attested), ends every in-flight forwarded request (SSE:
+        stage_lost event) and logs an "evicted" event.
     front.on_reattested(name, result="ok", reason=None, evidence_sha256=None)
         appends an event only (e.g. result="failed" for a failed round that did not evict).
     front.agent_hook() -> object with on_admitted(ann, reply, nonce) and on_evicted(node_id,
@@ -66,7 +78,7 @@ API for the head's agent (runtime/cli/node.py / runtime/agent; the integration e
   Lower level (tests, other embeddings):
     HeadFront(*, builder: BundleBuilder, report: RunReportState, upstream: str,
               identity: HeadTlsIdentity, listen_host="127.0.0.1", listen_port=0,
-              max_body=10 MiB, require_all_stages=True)
+              max_body=4 MiB, require_all_stages=True, api_key=None)
     await front.start() -> (host, port); await front.stop(); front.serve_forever(stop_event)
     front.url -> "https://host:port" once started; front.missing_stages() -> [stage names]
 """
@@ -81,101 +93,60 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from conclave.runtime.endpoint.bundle import BundleBuilder, NodeEvidence, respond
 from conclave.runtime.endpoint.tls import HeadTlsIdentity, generate_head_identity
 from conclave.runtime.manifest.document import VerifiedManifest
 from conclave.runtime.report import ReportSigner
+from conclave.runtime.serving.api_guard import (DEFAULT_MAX_BODY, Abort, ApiGuard, bad_path as _bad_path,  # noqa: F401
+                                                 openai_error, parse_upstream)
 from conclave.runtime.serving.front_report import ReportIncomplete, RunReportState
+from conclave.runtime.serving.loop_server import LoopServer
 
 log = logging.getLogger("conclave.front")
 
-DEFAULT_MAX_BODY = 10 * 1024 * 1024
 ATTESTATION_PATH = "/v1/attestation"
 REPORT_PATH = "/v1/report"
-FORWARDED_EXACT = frozenset({"/health", "/metrics", "/version"})
 UNGATED = frozenset({"/metrics"})           # operators still see metrics while a stage is missing
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-                        "host", "content-length"})
-# request side only: the front answers Expect: 100-continue itself and sends the whole body on
-REQUEST_ONLY_STRIP = frozenset({"expect"})
+ATTESTATION_ERROR_TYPE = "conclave_attestation_error"
 ATTESTATION_TIMEOUT = 60.0
 MAX_CONCURRENT_ATTESTATIONS = 4
-READ_CHUNK = 64 * 1024
-_NO_AUTO = ("User-Agent", "Accept", "Accept-Encoding")   # forward only what the client sent
 
 
-def openai_error(status: int, code: str, message: str, *,
-                 type_: str = "conclave_error", headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": code}},
-                             status=status, headers=headers)
-
-
-def parse_upstream(upstream: str) -> str:
-    """"127.0.0.1:8000" or "http://127.0.0.1:8000" -> "http://127.0.0.1:8000" (plain HTTP only:
-    the upstream is vLLM on the head's own loopback, inside the CVM)."""
-    text = upstream if "://" in upstream else f"http://{upstream}"
-    parts = urlsplit(text)
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise ValueError(f"upstream must be HOST:PORT or http://HOST:PORT, got {upstream!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("upstream takes no path, query or fragment")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"http://{host}:{parts.port}"
-
-
-def _bad_path(raw_path: str) -> bool:
-    """Dot segments or encoded dots/slashes could make the path we route differ from the one the
-    upstream resolves: refuse them instead of guessing."""
-    lowered = raw_path.lower()
-    if "%2e" in lowered or "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
-        return True
-    return any(seg in (".", "..") for seg in raw_path.split("/"))
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class HeadFront:
+class HeadFront(LoopServer):
     """The head's public HTTPS server (see the module docstring for routes and hooks)."""
+
+    _thread_name = "conclave-front"
 
     def __init__(self, *, builder: BundleBuilder, report: RunReportState, upstream: str,
                  identity: HeadTlsIdentity, listen_host: str = "127.0.0.1", listen_port: int = 0,
                  max_body: int = DEFAULT_MAX_BODY, require_all_stages: bool = True,
-                 connect_timeout: float = 10.0, attestation_timeout: float = ATTESTATION_TIMEOUT):
+                 connect_timeout: float = 10.0, attestation_timeout: float = ATTESTATION_TIMEOUT,
+                 api_key: str | None = None):
         if report.manifest.digest != builder.manifest.digest:
             raise ValueError("the run report and the attestation bundle are for different manifests")
-        if max_body <= 0:
-            raise ValueError("max_body must be positive")
+        self.guard = ApiGuard(upstream=upstream, api_key=api_key, max_body=max_body,
+                              connect_timeout=connect_timeout)
         self.builder = builder
         self.report = report
         self.identity = identity
-        self.upstream = parse_upstream(upstream)
+        self.upstream = self.guard.upstream
         self.listen_host, self.listen_port = listen_host, int(listen_port)
-        self.max_body = int(max_body)
+        self.max_body = self.guard.max_body
         self.require_all_stages = require_all_stages
-        self.connect_timeout = float(connect_timeout)
         self.attestation_timeout = float(attestation_timeout)
         self.bound: tuple[str, int] | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._attest_slots: asyncio.Semaphore | None = None
         self._hook_lock = threading.Lock()
         self._registered: set[str] = set()      # worker stages admitted at least once
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return (f"HeadFront(head={self.builder.head_node}, upstream={self.upstream}, "
-                f"bound={self.bound}, tls={self.identity!r})")
+                f"bound={self.bound}, api_key={'<redacted>' if self.guard.api_key else None}, "
+                f"tls={self.identity!r})")
 
     # ------------------------------------------------------------------ hooks (agent threads)
     def on_peer_admitted(self, name: str, evidence_items: Iterable[Any], wg_public_key: bytes,
@@ -195,11 +166,19 @@ class HeadFront:
         log.info("front: stage %s %s", name, "re-attested" if again else "admitted")
 
     def on_peer_evicted(self, name: str, reason: str | None) -> None:
-        """A worker stage lost its admission: clients and forwarded requests stop at once."""
+        """A worker stage lost its admission: clients and forwarded requests stop at once, in-flight
+        ones included (streams end with a stage_lost event, unanswered requests get 503)."""
         self.builder.drop_peer(name)
-        if self.report.manifest.stage_for(name) is not None:
+        is_stage = self.report.manifest.stage_for(name) is not None
+        if is_stage:
             self.report.add_event(name, "evicted", reason=str(reason) if reason else "evicted")
         log.warning("front: stage %s evicted (%s); serving refuses until it is re-admitted", name, reason)
+        if self.require_all_stages and is_stage:
+            why = str(reason) if reason else "evicted"
+            self.guard.abort_all_threadsafe(Abort(
+                status=503, code="stage_not_attested", stream_code="stage_lost", type_=ATTESTATION_ERROR_TYPE,
+                message=f"serving stopped: stage {name} lost its attestation ({why}); the response is incomplete",
+                extra={"missing": self.builder.missing_stages()}))
 
     def on_reattested(self, name: str, result: str = "ok", reason: str | None = None,
                       evidence_sha256: str | None = None) -> None:
@@ -241,6 +220,8 @@ class HeadFront:
 
     # ------------------------------------------------------------------ handlers
     async def _attestation(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _get_only(request.path)
         assert self._attest_slots is not None
         loop = asyncio.get_running_loop()
         try:
@@ -257,6 +238,8 @@ class HeadFront:
         return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
     async def _report(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _get_only(request.path)
         try:
             data = self.report.signed()
         except ReportIncomplete as exc:
@@ -264,77 +247,20 @@ class HeadFront:
         return web.Response(body=data, content_type="application/json",
                             headers={"Cache-Control": "no-store"})
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise _BodyTooLarge
-        chunks, size = [], 0
-        while True:
-            chunk = await request.content.read(READ_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > self.max_body:
-                raise _BodyTooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _stage_gate(self, path: str) -> web.Response | None:
+        """Serving stops with a clear error while any manifest stage lacks admitted evidence."""
+        if not self.require_all_stages or path in UNGATED:
+            return None
+        missing = self.builder.missing_stages()
+        if not missing:
+            return None
+        return openai_error(503, "stage_not_attested",
+                            "serving stopped: no admitted evidence for stage(s) " + ", ".join(missing),
+                            type_=ATTESTATION_ERROR_TYPE, extra={"missing": missing})
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
-        raw_path = request.rel_url.raw_path
-        if _bad_path(raw_path):
-            return openai_error(400, "invalid_path", "path with dot segments or encoded separators",
-                                type_="invalid_request_error")
-        if path == ATTESTATION_PATH or path == REPORT_PATH:
-            if request.method not in ("GET", "HEAD"):
-                return openai_error(405, "method_not_allowed", f"{path} answers GET only",
-                                    type_="invalid_request_error", headers={"Allow": "GET"})
-            return await (self._attestation(request) if path == ATTESTATION_PATH else self._report(request))
-        if not (path.startswith("/v1/") or path in FORWARDED_EXACT):
-            return openai_error(404, "not_found", f"no route {path}", type_="invalid_request_error")
-        if self.require_all_stages and path not in UNGATED:
-            missing = self.builder.missing_stages()
-            if missing:
-                return openai_error(503, "stage_not_attested",
-                                    "serving stopped: no admitted evidence for stage(s) " + ", ".join(missing),
-                                    type_="conclave_attestation_error")
-        return await self._forward(request)
-
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        try:
-            body = await self._read_body(request)
-        except _BodyTooLarge:
-            return openai_error(413, "request_too_large",
-                                f"request body larger than {self.max_body} bytes",
-                                type_="invalid_request_error", headers={"Connection": "close"})
-        headers = CIMultiDict((k, v) for k, v in request.headers.items()
-                              if k.lower() not in HOP_BY_HOP and k.lower() not in REQUEST_ONLY_STRIP)
-        url = URL(self.upstream + request.rel_url.raw_path_qs, encoded=True)   # exactly what we routed
-        resp: web.StreamResponse | None = None
-        try:
-            async with self._session.request(request.method, url, headers=headers, data=body or None,
-                                             allow_redirects=False, skip_auto_headers=_NO_AUTO) as up:
-                resp = web.StreamResponse(status=up.status, reason=up.reason)
-                for k, v in up.headers.items():
-                    if k.lower() not in HOP_BY_HOP:
-                        resp.headers.add(k, v)
-                await resp.prepare(request)
-                async for chunk in up.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-                return resp
-        except aiohttp.ClientConnectorError:
-            return openai_error(503, "engine_unavailable", "the inference engine is not reachable",
-                                type_="conclave_upstream_error")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            if resp is not None and resp.prepared:
-                # headers are out: the only honest signal left is to cut the connection
-                log.warning("front: upstream failed mid-response: %s", type(exc).__name__)
-                if request.transport is not None:
-                    request.transport.close()
-                return resp
-            return openai_error(502, "upstream_error", f"upstream request failed: {type(exc).__name__}",
-                                type_="conclave_upstream_error")
+        return await self.guard.handle(request, gate=self._stage_gate,
+                                       local={ATTESTATION_PATH: self._attestation, REPORT_PATH: self._report})
 
     # ------------------------------------------------------------------ lifecycle
     def make_app(self) -> web.Application:
@@ -350,9 +276,7 @@ class HeadFront:
             evidence = await loop.run_in_executor(None, self.builder.attest_head, secrets.token_bytes(32))
             self.report.record_evidence(head, tee=evidence.tee, evidence=evidence.cpu.data)
         self._attest_slots = asyncio.Semaphore(MAX_CONCURRENT_ATTESTATIONS)
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=None))
+        await self.guard.open()
         ssl_ctx = self.identity.server_context()
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -372,56 +296,12 @@ class HeadFront:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.guard.close()
 
-    def serve_forever(self, stop: threading.Event | None = None) -> None:
-        """Blocking: run the server on an event loop in the calling thread until `stop` is set."""
-        async def main() -> None:
-            await self.start()
-            try:
-                while stop is None or not stop.is_set():
-                    await asyncio.sleep(0.2)
-            finally:
-                await self.stop()
-        asyncio.run(main())
 
-    def start_in_thread(self, timeout: float = 60.0) -> tuple[str, int]:
-        """Start on a private event loop thread; returns once listening (raises if start fails)."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="conclave-front", daemon=True)
-        self._thread.start()
-        try:
-            return asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(timeout)
-        except BaseException:
-            self.stop_thread()
-            raise
-
-    def stop_thread(self, timeout: float = 30.0) -> None:
-        """Stop what start_in_thread started (idempotent)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-
-        async def shutdown() -> None:
-            await self.stop()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in others:
-                t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        try:
-            if thread.is_alive():
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-            if not thread.is_alive():
-                loop.close()
+def _get_only(path: str) -> web.Response:
+    return openai_error(405, "method_not_allowed", f"{path} answers GET only",
+                        type_="invalid_request_error", headers={"Allow": "GET"})
 
 
 class AgentAdmissionHook:
@@ -450,7 +330,7 @@ class AgentAdmissionHook:
 def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, listen_host: str,
                          listen_port: int, tls_names: Sequence[str],
                          model_manifest: Mapping | None = None, max_body: int = DEFAULT_MAX_BODY,
-                         require_all_stages: bool = True) -> HeadFront:
+                         require_all_stages: bool = True, api_key: str | None = None) -> HeadFront:
     """Everything the head's agent needs: TLS identity and report key made in memory, the bundle
     builder over the agent's own evidence source and keys, the report state, and the admission
     hook registered on the agent. Call after NodeAgent(...) and before agent.start()."""
@@ -473,6 +353,6 @@ def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, li
         report.set_shards_from_model_manifest(model_manifest)
     front = HeadFront(builder=builder, report=report, upstream=upstream, identity=identity,
                       listen_host=listen_host, listen_port=listen_port, max_body=max_body,
-                      require_all_stages=require_all_stages)
+                      require_all_stages=require_all_stages, api_key=api_key)
     agent.admission_hooks.append(front.agent_hook())
     return front

@@ -25,11 +25,15 @@ from conclave.runtime.hosts import local as local_hosts
 from conclave.runtime.model.manifest import check_manifest, verify_layer_range
 from conclave.runtime.serving import engine, process, ray_cluster, state as state_mod
 from conclave.runtime.serving.forwarder import Forwarder
+from conclave.runtime.serving.plain_front import PlainFront
 from conclave.runtime.serving import network as network_mod
 from conclave.runtime.serving.network import NetworkLayer
 
 RAY_JOIN_TIMEOUT = 180.0
 ENGINE_READY_TIMEOUT = 900.0
+HEALTH_POLL = 1.0              # how often a running cluster is checked
+RECOVERY_BACKOFF = 5.0         # between failed recovery attempts
+RECOVERY_MESH_TIMEOUT = 180.0  # a restarted host must be admitted and meshed within this
 
 # Engine log lines worth a progress line while starting (first occurrence only).
 _ENGINE_MILESTONES = (
@@ -65,7 +69,7 @@ class Supervisor:
         self.state_file = state_file
         self.state = state_mod.read(state_file) or {}
         self.network = network or network_mod.create(self.state.get("network_kind", "plain-veth"))
-        self.forwarder: Forwarder | None = None
+        self.forwarder: Forwarder | PlainFront | None = None
         self.stop_requested = threading.Event()
 
     # -- state -------------------------------------------------------------------------
@@ -92,6 +96,7 @@ class Supervisor:
 
         self._phase("hosts", f"hosts: creating {stages} network namespaces on {st['underlay']}")
         hosts = local_hosts.LocalHosts(st["cluster_id"], local_hosts.parse_underlay(st["underlay"]))
+        self.hosts = hosts
         try:
             hosts.create(stages)
         finally:
@@ -104,8 +109,7 @@ class Supervisor:
         st["groups"] = []
 
         def record(started) -> None:  # agents first: stopped last, after Ray and the engine
-            st["groups"].append({"name": started.name, "pid": started.pid, "start": _start_time(started.pid)})
-            self._save()
+            self._record_group(started.name, started.pid)
 
         context = network_mod.ClusterContext(
             cluster_id=st["cluster_id"], run_dir=run_dir, state_dir=self.state_file.parent,
@@ -141,22 +145,59 @@ class Supervisor:
         # Each stage checks its shard once the network admitted it (attested: after mutual admission).
         self._verify_shards()
 
-        head = plans[0]
-        for plan, node in zip(plans, st["nodes"]):
+        self.plans = plans
+        self._start_ray([n["name"] for n in st["nodes"]])
+        self._check_stop()
+        self._start_public_endpoint()
+        self._start_engine()
+        self._wait_front()
+        self._set_health("ok")
+        self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+
+    def _start_public_endpoint(self) -> None:
+        """127.0.0.1:PORT in the root namespace. With the head's TLS front the bytes pass through (the
+        front checks keys and routes inside the head); otherwise vLLM itself is the target, so an
+        HTTP guard checks the API key on every route but /health and caps request bodies."""
+        st = self.state
+        target = self._engine_binding(self.plans[0])[1]
+        if self._front_enabled():
+            self.forwarder = Forwarder("127.0.0.1", int(st["port"]), target, self._public_port())
+            self.forwarder.start()
+        else:
+            self.forwarder = PlainFront(upstream=f"{target}:{self._public_port()}", listen_host="127.0.0.1",
+                                        listen_port=int(st["port"]), api_key=st.get("api_key"))
+            self.forwarder.start_in_thread()
+
+    def _stop_public_endpoint(self) -> None:
+        if isinstance(self.forwarder, PlainFront):
+            self.forwarder.stop_thread()
+        elif self.forwarder is not None:
+            self.forwarder.stop()
+
+    def _start_ray(self, names: list[str]) -> None:
+        """`ray start` on the named hosts (the head first), then wait until every node is in."""
+        st = self.state
+        head = self.plans[0]
+        for plan, node in zip(self.plans, st["nodes"]):
+            if node["name"] not in names:
+                continue
             self._check_stop()
             log.progress(f"ray: starting {'head' if plan.head else 'worker'} on {node['name']} "
                          f"({plan.address.ip}, {plan.address.ifname})")
-            started = ray_cluster.start_node(plan, head.address.ip, self.network, logs)
+            started = ray_cluster.start_node(plan, head.address.ip, self.network, Path(st["run_dir"]) / "logs")
             node["ray_pid"] = started.pid
-            st["groups"].append({"name": started.name, "pid": started.pid, "start": _start_time(started.pid)})
-            self._save()
+            self._record_group(started.name, started.pid)
             if plan.head:
                 time.sleep(3)  # let the GCS bind before the workers dial it
-        self._phase("ray", f"ray: waiting for {stages} nodes to join")
-        ray_cluster.wait_for_nodes(head, self.network, stages, RAY_JOIN_TIMEOUT,
-                                   lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]), logs)
-        self._check_stop()
+        self._phase("ray", f"ray: waiting for {len(st['nodes'])} nodes to join")
+        ray_cluster.wait_for_nodes(head, self.network, len(st["nodes"]), RAY_JOIN_TIMEOUT,
+                                   lambda: all(process.alive(n["ray_pid"]) for n in st["nodes"]),
+                                   Path(st["run_dir"]) / "logs")
 
+    def _start_engine(self) -> None:
+        st = self.state
+        stages = int(st["stages"])
+        head = self.plans[0]
         spec = engine.EngineSpec(model_path=st["model"]["path"], served_name=st["model"]["name"], stages=stages,
                                  dtype=st["model"]["dtype"], max_model_len=int(st["max_model_len"]),
                                  kv_cache_bytes=int(st["kv_cache_mb"]) * 1024 * 1024,
@@ -164,18 +205,19 @@ class Supervisor:
         mode = "eager (one stage)" if stages == 1 else "compiled"
         self._phase("engine", f"engine: launching vLLM OpenAI server, pipeline_parallel_size={stages}, {mode}")
         bind_host, public_ip = self._engine_binding(head)
-        started = engine.start(spec, head.host, head.address, self.network, st.get("api_key"), logs,
-                               bind_host=bind_host)
+        started = engine.start(spec, head.host, head.address, self.network, st.get("api_key"),
+                               Path(st["run_dir"]) / "logs", bind_host=bind_host)
         st["engine_pid"] = started.pid
         st["engine_log"] = started.log
-        st["groups"].append({"name": "engine", "pid": started.pid, "start": _start_time(started.pid)})
-        self._save()
-
-        self.forwarder = Forwarder("127.0.0.1", int(st["port"]), public_ip, self._public_port())
-        self.forwarder.start()
+        self._record_group("engine", started.pid)
         self._wait_engine(f"http://{public_ip}:{engine.ENGINE_PORT}/v1/models", started.log)
-        self._wait_front()
-        self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+
+    def _record_group(self, name: str, pid: int) -> None:
+        """Remember a process group for teardown; a restarted one replaces its dead predecessor."""
+        groups = self.state.setdefault("groups", [])
+        groups[:] = [g for g in groups if g["name"] != name or process.alive(int(g["pid"]))]
+        groups.append({"name": name, "pid": pid, "start": _start_time(pid)})
+        self._save()
 
     # -- the head's public endpoint ------------------------------------------------------------
     def _front_enabled(self) -> bool:
@@ -191,7 +233,8 @@ class Supervisor:
         front = self.state.get("front")
         if not front:
             return {}
-        return {"head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
+        return {"head_api_key": self.state.get("api_key"),   # to the head's front over its stdin bundle, never argv
+                "head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
                                    "--model-manifest", self.state["model"]["manifest"]]}
 
@@ -275,16 +318,91 @@ class Supervisor:
 
     # -- run / stop ----------------------------------------------------------------------
     def serve_until_stopped(self) -> None:
-        while not self.stop_requested.wait(1.0):
+        """Watch the cluster; on a lost stage, stop the engine at once (in-flight requests end with an
+        error instead of hanging), then bring back what died and restart the engine, without an operator."""
+        while not self.stop_requested.wait(HEALTH_POLL):
             process.reap()
-            if not process.alive(int(self.state["engine_pid"])):
-                raise ConclaveError("engine_failed", "the vLLM server exited:\n" + _log_tail(self.state["engine_log"]))
+            if hasattr(self.network, "maintain") and self.network.maintain():
+                self.state["network"] = self.network.describe()
+                self._save()
+            problems = self._problems()
+            if problems:
+                self._recover(problems)
+
+    def _problems(self) -> list[tuple[str, str, str | None]]:
+        """(reason, detail, host to restart or None) for everything that stops serving now."""
+        out = list(self.network.problems()) if hasattr(self.network, "problems") else []
+        for n in self.state["nodes"]:
+            if not process.alive(int(n["ray_pid"])):
+                out.append(("ray_node_lost", f"the Ray node on {n['name']} exited", None))
+        if not process.alive(int(self.state["engine_pid"])):
+            out.append(("engine_exited", "the vLLM server exited", None))
+        return out
+
+    def _set_health(self, status: str, problems: list[tuple[str, str, str | None]] = ()) -> None:
+        health = self.state.setdefault("health", {"status": "ok", "recoveries": 0})
+        health["status"] = status
+        health["problems"] = [{"reason": r, "detail": d} for r, d, _ in problems]
+        if status == "degraded" and health.get("since") is None:
+            health["since"] = time.time()
+        if status == "ok":
+            health["since"] = None
+        self._save()
+
+    def _recover(self, problems: list[tuple[str, str, str | None]]) -> None:
+        first = problems[0]
+        self._set_health("degraded", problems)
+        self._phase("degraded", f"degraded [{first[0]}]: {first[1]}; stopping the engine and recovering")
+        attempt = 0
+        while not self.stop_requested.is_set():
+            attempt += 1
+            try:
+                self._recover_once(problems)
+            except ConclaveError as exc:
+                self.state["health"]["last_error"] = {"reason": exc.reason, "message": exc.message[-500:]}
+                log.progress(f"recovery attempt {attempt} failed [{exc.reason}]; retrying in {RECOVERY_BACKOFF:.0f}s")
+                if self.stop_requested.wait(RECOVERY_BACKOFF):
+                    return
+                process.reap()
+                problems = self._problems() or problems
+                self._set_health("degraded", problems)
+                continue
+            self.state["health"]["recoveries"] = int(self.state["health"].get("recoveries", 0)) + 1
+            self.state["health"]["last_error"] = None
+            self._set_health("ok")
+            self._phase("ready", f"ready again after recovery ({first[0]}): {self.state['endpoint']}")
+            return
+
+    def _recover_once(self, problems: list[tuple[str, str, str | None]]) -> None:
+        st = self.state
+        if isinstance(self.forwarder, PlainFront):   # the TLS front ends its own streams (stage_lost / upstream_lost)
+            reason, detail, _ = problems[0]
+            self.forwarder.end_in_flight("stage_lost", f"serving stopped [{reason}]: {detail}")
+        process.stop_group(int(st["engine_pid"]), grace=5.0)   # never serve with a stage missing
+        restart = sorted({h for _, _, h in problems if h})
+        if restart:
+            self.network.restart_hosts(restart)
+        if hasattr(self.network, "wait_meshed"):
+            self._phase("degraded", "recovering: waiting until every host is admitted and meshed again")
+            self.network.wait_meshed(RECOVERY_MESH_TIMEOUT, self._check_stop)
+        dead = [n["name"] for n in st["nodes"] if not process.alive(int(n["ray_pid"]))]
+        if st["nodes"][0]["name"] in dead:   # a new GCS: every node joins it again
+            for n in st["nodes"][1:]:
+                process.stop_group(int(n["ray_pid"]), grace=5.0)
+            dead = [n["name"] for n in st["nodes"]]
+        if dead:
+            self._start_ray(dead)
+        self._check_stop()
+        self._start_engine()
+        self._wait_front()
+        left = self._problems()
+        if left:
+            raise ConclaveError(left[0][0], f"still degraded after restarting the engine: {left[0][1]}")
 
     def shutdown(self) -> list[str]:
         self.state["phase"] = "stopping"
         self._save()
-        if self.forwarder is not None:
-            self.forwarder.stop()
+        self._stop_public_endpoint()
         left = teardown(self.state)
         self.network.tear_down()
         return left + _network_cleanup(self.state)

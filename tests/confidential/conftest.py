@@ -20,7 +20,23 @@ def wg_sockets(status: dict) -> list[str]:
     return [f"/var/run/wireguard/{n['wg_ifname']}.sock" for n in status["nodes"]]
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(session, config, items):
+    """The fault tests (test_faults.py) break and heal the shared cluster: run them after every other
+    test of this folder, and before anything outside it (the cluster is package-scoped)."""
+    here = Path(__file__).parent
+    mine = [i for i in items if Path(str(i.fspath)).parent == here]
+    if not mine:
+        return
+    faults = [i for i in mine if Path(str(i.fspath)).name == "test_faults.py"]
+    others = [i for i in mine if i not in faults]
+    if not faults or not others:
+        return
+    rest = [i for i in items if i not in faults]
+    at = rest.index(others[-1]) + 1
+    items[:] = rest[:at] + faults + rest[at:]
+
+
+@pytest.fixture(scope="package")
 def ccluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("the confidential cluster tests need root (network namespaces); CI runs as root")

@@ -65,3 +65,25 @@ def make_front(tmp_path, deployment, vllm) -> Callable[..., HeadFront]:
     yield make
     for f in started:
         f.stop_thread()
+
+
+@pytest.fixture
+def make_plain(vllm) -> Callable[..., "PlainFront"]:
+    """Factory for started PlainFronts on 127.0.0.1 in front of the fake vLLM (stopped after the test).
+
+    make_plain(api_key=API_KEY, upstream=None, **kw)."""
+    from conclave.runtime.serving.plain_front import PlainFront
+    from front_support import API_KEY
+
+    started: list[PlainFront] = []
+
+    def make(*, api_key: str | None = API_KEY, upstream: str | None = None, **kw) -> PlainFront:
+        front = PlainFront(upstream=upstream or vllm.address, listen_host="127.0.0.1", listen_port=0,
+                           api_key=api_key, **kw)
+        front.start_in_thread()
+        started.append(front)
+        return front
+
+    yield make
+    for f in started:
+        f.stop_thread()

@@ -126,21 +126,35 @@ def new_report_signer() -> ReportSigner:
     return ReportSigner.generate()
 
 
+# vLLM 0.32 routes outside /v1 that answer without its API key (tests/reliability/README.md findings)
+OPEN_ROUTES = (("GET", "/ping"), ("GET", "/version"), ("GET", "/openapi.json"), ("GET", "/docs"),
+               ("POST", "/invocations"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+               ("POST", "/scale_elastic_ep"), ("GET", "/load"))
+
+
 class FakeVllm:
     """The slice of vLLM's OpenAI server the front forwards to, on 127.0.0.1 (own loop thread).
 
     Like vLLM: /v1/* needs `Authorization: Bearer API_KEY` (401 otherwise), unknown models are 404,
-    a request with "bad" in the prompt is a 400 BadRequestError; /health and /metrics are open.
-    Streams send STREAM_WORDS with STREAM_GAP seconds between chunks.
+    a request with "bad" in the prompt is a 400 BadRequestError; every route outside /v1 is open
+    (/health, /ping, /metrics, /version, /invocations, /tokenize, /openapi.json, /docs), as in
+    vLLM 0.32. Streams send STREAM_WORDS with STREAM_GAP seconds between chunks.
+    Faults, by a word in the prompt: "die" = the engine's connection breaks after two chunks (a
+    streamed reply also leaves half an SSE event behind; a plain reply stops short of its
+    Content-Length); "wait" = no response header for WAIT seconds.
     """
 
     STREAM_WORDS = ["The", " capital", " of", " France", " is", " Paris", "."]
     STREAM_GAP = 0.12
+    WAIT = 5.0
 
     def __init__(self, api_key: str = API_KEY):
         self.api_key = api_key
         self.seen: list[dict] = []
         self.aborted = threading.Event()    # a stream's client went away mid-stream
+        self.streamed = threading.Event()   # a stream chunk went out
+        self.waiting = threading.Event()    # a "wait" request is holding its response header
+        self.active = self.max_active = 0   # streams being generated now / at most at once
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -172,7 +186,18 @@ class FakeVllm:
         prompt = " ".join(m.get("content", "") for m in body.get("messages", []))
         if "bad" in prompt:
             return self._error(400, "This model's maximum context length is 8 tokens.", "BadRequestError")
+        if "wait" in prompt:
+            self.waiting.set()
+            await asyncio.sleep(self.WAIT)
         base = {"id": "chatcmpl-1", "created": 0, "model": "smollm2"}
+        if "die" in prompt and not body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = 1000
+            await resp.prepare(request)
+            await resp.write(b'{"id": "chatcmpl-1", "choices": [')
+            await asyncio.sleep(self.STREAM_GAP)
+            request.transport.abort()           # the engine process died: connection reset
+            return resp
         if not body.get("stream"):
             return web.json_response({**base, "object": "chat.completion", "choices": [
                 {"index": 0, "finish_reason": "stop",
@@ -181,15 +206,25 @@ class FakeVllm:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         words = self.STREAM_WORDS * (20 if body.get("max_tokens", 0) > 100 else 1)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
-            for w in words:
+            for i, w in enumerate(words):
                 chunk = {**base, "object": "chat.completion.chunk",
                          "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
+                if "die" in prompt and i == 2:
+                    await resp.write(b'data: {"id": "chatcmpl-1", "obj')   # half an event, then gone
+                    await asyncio.sleep(self.STREAM_GAP)
+                    request.transport.abort()
+                    return resp
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.streamed.set()
                 await asyncio.sleep(self.STREAM_GAP)
         except (ConnectionError, asyncio.CancelledError):
             self.aborted.set()              # vLLM aborts the request when its client disconnects
             raise
+        finally:
+            self.active -= 1
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -200,12 +235,19 @@ class FakeVllm:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text="vllm:num_requests_running 0\n", content_type="text/plain")
 
+    async def _open_route(self, request: web.Request) -> web.Response:
+        """vLLM's routes outside /v1 (no key check there): each answers 200 with its own name."""
+        await request.read()
+        return web.json_response({"route": request.path})
+
     async def _start(self) -> int:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024 * 1024)   # vLLM has no limit
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        for method, path in OPEN_ROUTES:
+            app.router.add_route(method, path, self._open_route)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -279,3 +321,32 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
             return last
         time.sleep(interval)
     return last
+
+
+class FakeVllmProcess:
+    """FakeVllm in its own process, so a test can kill the engine (SIGKILL, by PID) mid-stream."""
+
+    _SCRIPT = ("import sys, time; sys.path.insert(0, sys.argv[1]); from front_support import FakeVllm\n"
+               "with FakeVllm() as v:\n"
+               "    print(v.port, flush=True)\n"
+               "    while True: time.sleep(1)\n")
+
+    def __enter__(self) -> "FakeVllmProcess":
+        self.proc = subprocess.Popen([sys.executable, "-c", self._SCRIPT, str(Path(__file__).parent)],
+                                     stdout=subprocess.PIPE, start_new_session=True)
+        line = self.proc.stdout.readline().decode().strip()   # the port, once listening
+        if not line.isdigit():
+            self.kill()
+            raise RuntimeError(f"the fake vLLM process did not start (said {line!r})")
+        self.address = f"127.0.0.1:{int(line)}"
+        return self
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

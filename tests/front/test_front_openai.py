@@ -94,13 +94,16 @@ def test_public_routes_need_no_api_key_and_others_are_forwarded(make_front, vllm
         assert http.get("/v1/report").status_code == 200
         assert http.get("/v1/models").status_code == 401                       # vLLM's own key check
         assert http.get("/health").status_code == 200
-        metrics = http.get("/metrics")
-        assert metrics.status_code == 200 and "vllm:num_requests_running" in metrics.text
+        # the front holds no API key here: routes vLLM serves to anyone are not public
+        for path in ("/metrics", "/version"):
+            r = http.get(path, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
         r = http.get("/v1/models?x=1", headers={"Authorization": f"Bearer {API_KEY}", "X-Custom": "kept"})
         assert r.status_code == 200
     last = vllm.seen[-1]
     assert (last["path"], last["x_custom"]) == ("/v1/models?x=1", "kept")
-    assert not any(s["path"].startswith(("/v1/attestation", "/v1/report")) for s in vllm.seen)
+    assert not any(s["path"].startswith(("/v1/attestation", "/v1/report", "/metrics", "/version"))
+                   for s in vllm.seen)
 
 
 @pytest.mark.parametrize("path,status,code", [
@@ -168,13 +171,19 @@ def test_upstream_down_is_an_openai_error(make_front):
 
 
 def test_serving_stops_while_a_stage_is_not_attested(make_front, deployment, vllm):
-    front = make_front(admit_worker=False)
+    front = make_front(admit_worker=False, api_key=API_KEY)
     with pytest.raises(openai.APIStatusError) as err:
         _client(front).models.list()
     assert err.value.status_code == 503 and err.value.body["code"] == "stage_not_attested"
+    assert err.value.body["missing"] == ["node-1"]
     assert not any(s["path"].startswith("/v1/models") for s in vllm.seen)
     with _http(front) as http:
-        assert http.get("/metrics").status_code == 200                # operators keep their metrics
+        health = http.get("/health")                                  # keyless, and says what is missing
+        assert health.status_code == 503
+        assert health.json()["error"]["code"] == "stage_not_attested"
+        assert health.json()["error"]["missing"] == ["node-1"]
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert metrics.status_code == 200 and "vllm:num_requests_running" in metrics.text   # operators keep them
     front.on_peer_admitted(**deployment.worker_admission())
     assert [m.id for m in _client(front).models.list().data] == ["smollm2"]
 

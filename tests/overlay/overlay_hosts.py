@@ -43,6 +43,7 @@ class Host:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     status_socket: Path | None = None
+    veth: str = ""       # its underlay link, root-namespace side (taking it down partitions the host)
 
     @property
     def interface(self) -> str:
@@ -85,7 +86,7 @@ class LocalHosts:
         netns.attach_host(ns, self.bridge, veth, f"{self.underlay(index)}/24")
         self._created_links.append(veth)
         host = Host(name=f"{self.prefix}-{short}", ns=ns, underlay_ip=self.underlay(index),
-                    overlay_ip=str(ipaddress.IPv4Address("100.64.1.1") + index), role=role)
+                    overlay_ip=str(ipaddress.IPv4Address("100.64.1.1") + index), role=role, veth=veth)
         host.status_socket = self.state_dir / "nodes" / f"{host.name}.sock"
         self.hosts[short] = host
         return host
@@ -158,6 +159,25 @@ class LocalHosts:
 
     def exec(self, short: str, cmd: list[str], timeout: float = 20, **kw) -> subprocess.CompletedProcess:
         return netns.run(cmd, netns=self.hosts[short].ns, check=False, timeout=timeout, **kw)
+
+    def set_underlay(self, short: str, up: bool) -> None:
+        """Partition (down) or heal (up) one host: its veth on the bridge."""
+        netns.run(["ip", "link", "set", self.hosts[short].veth, "up" if up else "down"])
+
+    def overlay_ping(self, short: str, ip: str) -> bool:
+        return self.exec(short, ["ping", "-c1", "-W1", ip], timeout=10).returncode == 0
+
+    def wireguard_go_pids(self, short: str) -> list[int]:
+        """PIDs of the wireguard-go processes in this host's namespace (started by its agent)."""
+        res = netns.run(["ip", "netns", "pids", self.hosts[short].ns], check=False)
+        pids = []
+        for pid in res.stdout.split():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                    pids.append(int(pid))
+            except (OSError, ValueError):
+                pass
+        return pids
 
     def tcp_probe(self, short: str, ip: str, port: int, timeout: float = 2.0) -> bool:
         code = ("import socket,sys\n"

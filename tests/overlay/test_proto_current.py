@@ -22,5 +22,5 @@ def test_one_proto_defines_every_node_boundary_service():
     services = set(pb.DESCRIPTOR.services_by_name)
     assert services == {"Rendezvous", "Node"}
     assert {m.name for m in pb.DESCRIPTOR.services_by_name["Node"].methods} == \
-        {"Attest", "ReleaseKey", "ConfirmKey", "GetSecret"}
+        {"Attest", "ReleaseKey", "ConfirmKey", "GetSecret", "Ping"}
     assert list(PROTO_DIR.glob("*.proto")) == [PROTO_DIR / "conclave.proto"]

@@ -91,7 +91,7 @@ def test_non_numeric_port_and_bad_host_are_refused():
     assert b"host_invalid" in res.stderr
 
 
-def test_port_already_in_use_fails_with_bind_error():
+def test_port_already_in_use_fails_with_port_in_use():
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         busy.bind(("127.0.0.1", 0))
@@ -100,4 +100,4 @@ def test_port_already_in_use_fails_with_bind_error():
         res = subprocess.run(rendezvous_cmd("--host", "127.0.0.1", "--port", str(port)),
                              capture_output=True, timeout=60)
     assert res.returncode != 0, res.stderr
-    assert b"bind_failed" in res.stderr
+    assert b"port_in_use" in res.stderr
