@@ -16,14 +16,16 @@ odd secret names, random values):
   confirm_key  NodeService.ConfirmKey        (PSK confirmation HMAC)
   get_secret   NodeService.GetSecret         (secrets broker)
   announce     RendezvousService.Announce    (untrusted relay)
+  ping         NodeService.Ping              (liveness probe: answers anyone, changes nothing)
 
 Outcomes that are by design: a reply with a Status enum value and a known reason, an abort with
 the status code the handler documents (INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an
 AdmissionRejected from admit, or a DecodeError (gRPC answers INTERNAL before the handler runs).
 A crash is anything else; a hang is a call longer than --hang seconds (SIGALRM watchdog). The
 fuzzer also checks two security oracles: nothing sealed is ever returned to a requester other
-than the admitted worker, and admit never accepts an input that differs from the valid reply.
-Then --wire raw mutated messages go through a real channel to the real servers (a crash there is
+than the admitted worker, admit never accepts an input that differs from the valid reply, and a
+Ping reply only ever carries the responder's own WireGuard key, echoes the request's token, and
+says `meshed` only to the peer it really meshed with. Then --wire raw mutated messages go through a real channel to the real servers (a crash there is
 UNKNOWN, the code of an unhandled handler exception), and the servers must still answer a valid
 challenge and keep the mesh. Expected: 0 crashes, 0 hangs, 0 oracle violations; exit 1 otherwise.
 """
@@ -56,6 +58,7 @@ from conclave.overlay.admission import AdmissionRejected  # noqa: E402
 from conclave.overlay.device import FakeDevice  # noqa: E402
 from conclave.overlay.evidence import SimEvidenceSource  # noqa: E402
 from conclave.overlay.keys import WgPrivateKey  # noqa: E402
+from conclave.overlay.liveness import TOKEN_LEN, new_token  # noqa: E402
 from conclave.overlay.nonces import NonceCache  # noqa: E402
 from conclave.overlay.proto import conclave_pb2 as pb  # noqa: E402
 from conclave.overlay.reasons import OverlayReason  # noqa: E402
@@ -74,19 +77,21 @@ from fuzz_support import mutate  # noqa: E402
 GOOD = bytes.fromhex("ab" * 48)
 POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
           "sim": {"measurement": [GOOD.hex()]}}
-TARGETS = ("attest", "admit", "release_key", "confirm_key", "get_secret", "announce")
+TARGETS = ("attest", "admit", "release_key", "confirm_key", "get_secret", "announce", "ping")
 # share of --count per target: admission (verifier side) is the richest parser, so it gets most
-WEIGHTS = {"attest": 0.15, "admit": 0.25, "release_key": 0.15, "confirm_key": 0.15, "get_secret": 0.15,
-           "announce": 0.15}
+WEIGHTS = {"attest": 0.13, "admit": 0.22, "release_key": 0.13, "confirm_key": 0.13, "get_secret": 0.13,
+           "announce": 0.13, "ping": 0.13}
 ALLOWED_ABORTS = {"attest": {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED},
-                  "announce": {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}}
+                  "announce": {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED},
+                  "ping": {grpc.StatusCode.INVALID_ARGUMENT}}
 KNOWN_REASONS = ({str(r) for r in OverlayReason} | {str(r) for r in Reason}
                  | {"", "wrong_leader", "unknown_secret", "role_not_allowed"})
 WIRE_METHODS = {"attest": ("/conclave.v1.Node/Attest", pb.AttestReply),
                 "release_key": ("/conclave.v1.Node/ReleaseKey", pb.KeyReleaseReply),
                 "confirm_key": ("/conclave.v1.Node/ConfirmKey", pb.KeyConfirmReply),
                 "get_secret": ("/conclave.v1.Node/GetSecret", pb.SecretReply),
-                "announce": ("/conclave.v1.Rendezvous/Announce", pb.AnnounceReply)}
+                "announce": ("/conclave.v1.Rendezvous/Announce", pb.AnnounceReply),
+                "ping": ("/conclave.v1.Node/Ping", pb.PingReply)}
 SECRET_NAMES = ("ray_token", "model_key", "nope", "", "../etc/passwd", "RAY_TOKEN", "ray_token\x00", "a" * 64,
                 "a" * 65, "ray token", "ray_token\n", "é", "-x", ".", "x" * 10_000)
 
@@ -341,6 +346,8 @@ class AdmissionFuzzer:
         if target == "admit":
             nonce = self.nonces.issue(m.worker.me.node_id)
             return m.worker.handle_attest(nonce)
+        if target == "ping":
+            return pb.PingRequest(verifier_wg_public_key=m.worker.identity.wg_public.raw, token=new_token())
         raise ValueError(target)
 
     # one case ----------------------------------------------------------------
@@ -432,11 +439,39 @@ class AdmissionFuzzer:
             raise Crash("Announce answered the wrong type")
         return "ok"
 
+    def _call_ping(self, req: pb.PingRequest, valid) -> str:
+        try:
+            reply = self.head_svc.Ping(req, self.ctx)
+        except Aborted as exc:
+            # INVALID_ARGUMENT is the designed answer to a malformed probe, and only to one
+            if _well_formed_ping(req):
+                raise Crash(f"Ping aborted a well-formed request with {exc.code.name}") from None
+            return self._aborted("ping", exc)
+        if not _well_formed_ping(req):
+            raise Crash("Ping answered a malformed request instead of INVALID_ARGUMENT")
+        return self.judge_ping_reply(req, reply)
+
+    def judge_ping_reply(self, req: pb.PingRequest, reply) -> str:
+        """The Ping oracle: the head's own key, the request's token, `meshed` only for its real peer."""
+        if not isinstance(reply, pb.PingReply):
+            raise Crash(f"Ping answered {type(reply).__name__}")
+        if reply.wg_public_key != self.mesh.head.identity.wg_public.raw:
+            raise Crash("Ping answered with a WireGuard key that is not the responder's own")
+        if reply.token != req.token:
+            raise Crash("Ping did not echo the request's token")
+        if reply.meshed and req.verifier_wg_public_key != self.admitted_worker:
+            raise Crash("Ping said meshed to a caller the responder never meshed with")
+        return "ok:meshed" if reply.meshed else "ok"
+
     @staticmethod
     def _aborted(target: str, exc: Aborted) -> str:
         if exc.code not in ALLOWED_ABORTS[target]:
             raise Crash(f"{target} aborted with {exc.code.name}")
         return f"abort:{exc.code.name}"
+
+
+def _well_formed_ping(req: pb.PingRequest) -> bool:
+    return len(req.verifier_wg_public_key) == 32 and len(req.token) == TOKEN_LEN
 
 
 def _equivalent_reply(a: pb.AttestReply, b: pb.AttestReply) -> bool:
@@ -525,9 +560,15 @@ def fuzz_wire(fuzzer: AdmissionFuzzer, *, count: int) -> dict:
             codes[f"{target}:{code}"] += 1
             if code == "OK":
                 try:
-                    reply_type.FromString(raw)
+                    reply = reply_type.FromString(raw)
+                    if target == "ping":  # the same oracle as in process, on what really crossed the wire
+                        fuzzer.judge_ping_reply(pb.PingRequest.FromString(data), reply)
                 except DecodeError:
                     code = "BAD_REPLY"
+                except Crash as exc:
+                    code = f"ORACLE: {exc}"
+            elif code == "INVALID_ARGUMENT" and target == "ping" and _well_formed_ping(pb.PingRequest.FromString(data)):
+                code = "ORACLE: Ping refused a well-formed probe"
             if code not in WIRE_ALLOWED:
                 failures.append({"target": target, "code": code, "input_hex": data[:512].hex()})
         healthy = still_serving(mesh)

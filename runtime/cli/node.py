@@ -1,5 +1,10 @@
 """`conclave node`: run one node agent (the same program in a CVM and in local mode).
 
+Every node boots from the owner-signed deployment manifest (--manifest, owner pinned by
+--owner-fingerprint or CONCLAVE_OWNER_FINGERPRINT): its policy admits peers and its digest is
+bound into evidence. There is no unsigned policy path; a start without --manifest is a usage
+error (reason manifest_required).
+
 Secret material never comes through argv: in local mode the parent hands over the simulated
 attester (and any secrets to broker) as a JSON bundle on stdin (--bundle-stdin), on an
 inherited fd (--bundle-fd N), or in a 0600 temp file that is deleted as soon as it is read
@@ -33,13 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--role", required=True, choices=["head", "worker"])
     p.add_argument("--name", default=None, help="node name (default: hostname)")
     p.add_argument("--owner", default="", help="owner label shown to peers")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--manifest", type=Path, default=None,
-                       help="the signed deployment manifest: signature and owner are checked at boot, its policy "
-                            "admits peers and its digest is bound into evidence (the node refuses a bad one)")
-    which.add_argument("--manifest-digest", default=None,
-                       help="DEVELOPMENT ONLY (with --policy): hex digest bound into evidence, no signed manifest")
-    p.add_argument("--policy", type=Path, default=None, help="with --manifest-digest only: attestation policy")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="REQUIRED: the signed deployment manifest: signature and owner are checked at boot, its "
+                        "policy admits peers and its digest is bound into evidence (the node refuses a bad one)")
     p.add_argument("--owner-fingerprint", default=None,
                    help="SHA-256 fingerprint of the trusted deployment-owner key (default: CONCLAVE_OWNER_FINGERPRINT)")
     p.add_argument("--stage-name", default=None,
@@ -142,28 +143,13 @@ def build_config(args, bundle: dict | None = None):
     from conclave.overlay.evidence import NodeEvidenceSource, SimEvidenceSource
     from conclave.runtime.agent import config as ac
     from conclave.runtime.attestation import collect
-    from conclave.runtime.attestation.policy import Policy
     from conclave.runtime.attestation.sim import SimulatedAttester
     from conclave.runtime.keys.broker import DEFAULT_ALLOWED_ROLES
     from conclave.runtime.keys.secret import SecretValue
 
     bundle = _read_bundle(args) if bundle is None else bundle
-    if args.manifest is not None:
-        from conclave.runtime.manifest.node import require_manifest
-        if args.policy is not None:
-            raise UsageError("--policy comes from the signed --manifest; do not pass both", reason="policy_conflict")
-        manifest = require_manifest(args.manifest, trusted_owner=args.owner_fingerprint,
-                                    node=args.stage_name or args.name or socket.gethostname())
-        policy, digest = manifest.policy, manifest.digest
-    else:
-        manifest = None
-        if args.policy is None:
-            raise UsageError("--manifest-digest needs --policy", reason="policy_missing")
-        policy = Policy.load(args.policy)
-        try:
-            digest = bytes.fromhex(args.manifest_digest)
-        except ValueError:
-            raise UsageError("--manifest-digest must be hex", reason="manifest_digest_invalid") from None
+    manifest = _signed_manifest(args)
+    policy, digest = manifest.policy, manifest.digest
     roots: list[x509.Certificate] = []
     if args.evidence == "sim":
         if "sim_attester" not in bundle:
@@ -226,6 +212,17 @@ def build_config(args, bundle: dict | None = None):
         public_tcp_ports=tuple(args.public_port), allow_launch=args.allow_launch, manifest=manifest, **kwargs)
 
 
+def _signed_manifest(args):
+    """The one source of a node's policy and bound digest: the owner-signed manifest, checked at
+    boot (signature, pinned owner, this node listed as a stage). There is no unsigned path."""
+    from conclave.runtime.manifest.node import require_manifest
+    if args.manifest is None:
+        raise UsageError("a node needs the signed deployment manifest: pass --manifest FILE "
+                         "(and --owner-fingerprint FP or CONCLAVE_OWNER_FINGERPRINT)", reason="manifest_required")
+    return require_manifest(args.manifest, trusted_owner=args.owner_fingerprint,
+                            node=args.stage_name or args.name or socket.gethostname())
+
+
 def _metrics_host(value: str) -> str:
     """A specific IP address: serve_metrics refuses wildcards, so refuse them here as a usage error."""
     try:
@@ -273,8 +270,8 @@ def _head_front(args, cfg, agent, api_key: str | None = None):
     """The head's public TLS front server (conclave.runtime.serving.front), bound into its evidence."""
     if args.front_port is None:
         return None
-    if str(cfg.role) != "head" or cfg.manifest is None:
-        raise UsageError("--front-port needs --role head and a signed --manifest", reason="front_invalid")
+    if str(cfg.role) != "head":
+        raise UsageError("--front-port needs --role head", reason="front_invalid")
     from conclave.runtime.serving.front import head_front_for_agent
     model_manifest = None
     if args.model_manifest is not None:

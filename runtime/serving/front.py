@@ -278,16 +278,7 @@ class HeadFront(LoopServer):
         self._attest_slots = asyncio.Semaphore(MAX_CONCURRENT_ATTESTATIONS)
         await self.guard.open()
         ssl_ctx = self.identity.server_context()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen_host, self.listen_port, ssl_context=ssl_ctx)
-        try:
-            await site.start()
-        except BaseException:
-            await self.stop()
-            raise
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.bound = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+        self.bound = await self._listen(self.make_app(), self.listen_host, self.listen_port, ssl_ctx)
         log.info("front: https://%s:%d -> %s (tls spki %s)", self.bound[0], self.bound[1], self.upstream,
                  self.identity.spki_sha256.hex()[:16])
         return self.bound  # type: ignore[return-value]

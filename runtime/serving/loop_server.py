@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from aiohttp import web
+
 
 class LoopServer:
     """Subclasses implement `async start() -> (host, port)` and `async stop()`."""
@@ -25,6 +27,20 @@ class LoopServer:
 
     async def stop(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    async def _listen(self, app: web.Application, host: str, port: int, ssl_context=None) -> tuple[str, int]:
+        """Serve `app` on host:port (port 0: any free one); sets self._runner and returns the bound
+        (host, port). On failure the server is stopped again before the error propagates."""
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        return tuple(sock.getsockname()[:2])  # type: ignore[return-value]
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Blocking: run the server on an event loop in the calling thread until `stop` is set."""

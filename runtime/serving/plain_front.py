@@ -71,16 +71,7 @@ class PlainFront(LoopServer):
         await self.guard.open()
         app = web.Application(client_max_size=self.guard.max_body)
         app.router.add_route("*", "/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen_host, self.listen_port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await self.stop()
-            raise
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.bound = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+        self.bound = await self._listen(app, self.listen_host, self.listen_port)
         log.info("plain front: http://%s:%d -> %s (api key %s)", self.bound[0], self.bound[1],
                  self.guard.upstream, "required" if self.guard.api_key else "none")
         return self.bound  # type: ignore[return-value]

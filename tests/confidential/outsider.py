@@ -20,6 +20,8 @@ from pathlib import Path
 from conclave.runtime import netns
 from conclave.runtime.serving import local_trust
 
+ROGUE_NODE = Path(__file__).resolve().parents[1] / "overlay" / "rogue_node.py"
+
 SCAN_SNIPPET = r"""
 import json, socket, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -63,8 +65,10 @@ class Outsider:
     def start_bad_node(self, status: dict, workdir: Path) -> Path:
         """`conclave node` with evidence from the cluster's own simulated root but a WRONG measurement.
 
-        It pins its own (wrong) measurement in its policy, so it passes its self-check and really
-        tries to join; it binds the real manifest's digest. Returns its status socket path."""
+        It boots from the cluster's real signed manifest (so it binds the real manifest's digest) as
+        the rogue program tests/overlay/rogue_node.py own_policy=FILE, which swaps in a policy that
+        pins its own (wrong) measurement: it passes its self-check and really tries to join.
+        Returns its status socket path."""
         self.workdir = workdir
         net = status["network"]
         trust = Path(net["trust_dir"])
@@ -78,8 +82,11 @@ class Outsider:
         policy.write_text(json.dumps(local_trust.sim_policy(wrong)))
         sock = workdir / "intruder.sock"
         head = status["nodes"][0]
-        argv = [sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", name,
-                "--policy", str(policy), "--manifest-digest", manifest.digest.hex(),
+        # the manifest lists only the cluster's stages: the intruder claims a worker's stage to boot
+        stage = next(s.node for s in manifest.stages if s.role == "worker")
+        argv = [sys.executable, str(ROGUE_NODE), f"own_policy={policy}", "node", "--role", "worker", "--name", name,
+                "--manifest", str(status["manifest"]), "--owner-fingerprint", net["owner_fingerprint"],
+                "--stage-name", stage,
                 "--evidence", "sim", "--sim-root", net["sim_root"], "--bundle-stdin",
                 "--underlay-host", self.ip, "--overlay-cidr", net["overlay_cidr"],
                 "--interface", f"{self.netns}w", "--rendezvous", f"{head['underlay_ip']}:{net['rendezvous_port']}",

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reliability.api_support import wait_until
 from serving import harness
 
 from .conftest import agent_status, in_netns
@@ -41,17 +42,6 @@ def cluster_status(cluster) -> dict:
     return json.loads(harness.cli(["status", "--json"], cluster.env).stdout)
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"not within {timeout:.0f}s: {what} (last: {last!r})")
-
-
 def wait_serving(cluster, recoveries: int) -> dict:
     """Until status is ready+ok with at least `recoveries` recoveries and a chat answers."""
     def ready():
@@ -59,7 +49,7 @@ def wait_serving(cluster, recoveries: int) -> dict:
         health = st.get("health") or {}
         ok = st["phase"] == "ready" and health.get("status") == "ok" and health.get("recoveries", 0) >= recoveries
         return st if ok else None
-    st = wait_for(ready, RECOVERY_WITHIN, f"cluster ready again after {recoveries} recoveries", poll=2.0)
+    st = wait_until(ready, RECOVERY_WITHIN, f"cluster ready again after {recoveries} recoveries", interval=2.0)
     assert "Paris" in harness.chat_answer(cluster)
     return st
 
@@ -173,16 +163,16 @@ def test_rendezvous_frozen_then_dead_the_cluster_keeps_serving(ccluster):
         for _ in range(3):
             assert "Paris" in harness.chat_answer(ccluster)
             time.sleep(3)
-        wait_for(lambda: all(p["reattestations"] > before.get(p["node_id"], 0)
+        wait_until(lambda: all(p["reattestations"] > before.get(p["node_id"], 0)
                              for p in agent_status(head_socket)["peers"] if p["node_id"] in before),
-                 30, "the head re-attests its workers with the rendezvous frozen")
+                 30, "the head re-attests its workers with the rendezvous frozen", interval=1.0)
         assert cluster_status(ccluster)["health"]["status"] == "ok"
     finally:
         os.kill(pid, signal.SIGCONT)
     os.kill(pid, signal.SIGKILL)      # dead: the supervisor starts another one; serving never stops
     assert "Paris" in harness.chat_answer(ccluster)
-    new = wait_for(lambda: (r := cluster_status(ccluster)["network"]["rendezvous"])["pid"] != pid and r,
-                   30, "the rendezvous restarted")
+    new = wait_until(lambda: (r := cluster_status(ccluster)["network"]["rendezvous"])["pid"] != pid and r,
+                   30, "the rendezvous restarted", interval=1.0)
     assert new["restarts"] == rdv["restarts"] + 1
     assert cluster_status(ccluster)["health"]["status"] == "ok"
 
@@ -206,12 +196,12 @@ def test_wireguard_daemon_killed_on_a_worker_comes_back(ccluster, reference):
     stream = start_stream(ccluster)
     fault_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: agent_status(node["agent_socket"]).get("device_restarts", 0) >= 1,
-             30, "the worker's agent recreated its WireGuard device")
+    wait_until(lambda: agent_status(node["agent_socket"]).get("device_restarts", 0) >= 1,
+             30, "the worker's agent recreated its WireGuard device", interval=1.0)
     assert wireguard_go_pid(node["netns"]) != pid
     head_ip = worker(ccluster, 0)["overlay_ip"]
-    wait_for(lambda: in_netns(node["netns"], ["ping", "-c", "1", "-W", "2", head_ip]).returncode == 0,
-             30, "the overlay answers again from the worker")
+    wait_until(lambda: in_netns(node["netns"], ["ping", "-c", "1", "-W", "2", head_ip]).returncode == 0,
+             30, "the overlay answers again from the worker", interval=1.0)
     print(f"\nwireguard-go restarted and the overlay answers {time.monotonic() - fault_at:.1f}s after the kill")
     stream.join(ERROR_WITHIN)
     if stream.is_alive():   # still streaming through the new tunnel: it must finish
@@ -240,11 +230,11 @@ def test_partitioned_worker_is_evicted_then_serving_recovers(ccluster, reference
     subprocess.run(["ip", "link", "set", veth, "down"], check=True)
     try:
         assert_ended_cleanly(stream, fault_at, reference, must_fail=True)
-        evicted = wait_for(lambda: [p for p in head_view_of(ccluster, node["node_id"]) if p["state"] == "evicted"],
-                           ERROR_WITHIN, "the head evicts the partitioned worker")
+        evicted = wait_until(lambda: [p for p in head_view_of(ccluster, node["node_id"]) if p["state"] == "evicted"],
+                           ERROR_WITHIN, "the head evicts the partitioned worker", interval=1.0)
         assert evicted[0]["reason"] == "peer_unreachable", evicted
-        health = wait_for(lambda: (h := cluster_status(ccluster)["health"])["status"] == "degraded" and h,
-                          ERROR_WITHIN, "status reports degraded")
+        health = wait_until(lambda: (h := cluster_status(ccluster)["health"])["status"] == "degraded" and h,
+                          ERROR_WITHIN, "status reports degraded", interval=1.0)
         assert any(p["reason"] == "stage_not_meshed" for p in health["problems"]), health
         assert public_health(ccluster) == 503
         print(f"\npartition: evicted ({evicted[0]['reason']}) and degraded {time.monotonic() - fault_at:.1f}s "
@@ -273,8 +263,8 @@ def test_worker_host_killed_mid_stream_errors_fast_then_serving_resumes(ccluster
         except ProcessLookupError:
             pass
     assert_ended_cleanly(stream, fault_at, reference, must_fail=True)
-    health = wait_for(lambda: (h := cluster_status(ccluster)["health"])["status"] == "degraded" and h,
-                      ERROR_WITHIN, "status reports degraded")
+    health = wait_until(lambda: (h := cluster_status(ccluster)["health"])["status"] == "degraded" and h,
+                      ERROR_WITHIN, "status reports degraded", interval=1.0)
     assert {p["reason"] for p in health["problems"]} & {"agent_lost", "ray_node_lost", "stage_not_meshed"}, health
     back_at = time.monotonic()
     wait_serving(ccluster, recoveries + 1)

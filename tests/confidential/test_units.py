@@ -79,11 +79,21 @@ def test_node_refuses_a_manifest_from_another_owner(trust):
 
 
 def test_node_refuses_to_be_given_a_policy_beside_the_manifest(trust, tmp_path):
+    """The policy comes only from the signed manifest: `conclave node` has no --policy any more,
+    so a policy beside the manifest is a usage error (argparse) and the node never starts."""
     policy = tmp_path / "p.json"
     policy.write_text(json.dumps(local_trust.sim_policy(b"\x00" * 48)))
-    res = _node(_node_args(trust, trust.manifest_path, trust.owner_fingerprint) + ["--policy", str(policy)],
-                _bundle(trust))
-    assert res.returncode == 1 and b"policy_conflict" in res.stderr
+    sock = tmp_path / "s.sock"
+    res = _node(_node_args(trust, trust.manifest_path, trust.owner_fingerprint)
+                + ["--status-socket", str(sock), "--policy", str(policy)], _bundle(trust))
+    assert res.returncode == 1 and b"--policy" in res.stderr and not sock.exists()
+
+
+def test_node_refuses_to_start_without_the_signed_manifest(trust, tmp_path):
+    args = _node_args(trust, trust.manifest_path, trust.owner_fingerprint)
+    i = args.index("--manifest")
+    res = _node(args[:i] + args[i + 2:], _bundle(trust))
+    assert res.returncode == 1 and b"manifest_required" in res.stderr
 
 
 def test_launcher_adds_the_token_only_to_the_child_env(tmp_path):

@@ -1,6 +1,9 @@
 """Local hosts for overlay tests: one network namespace per host on a private bridge, each
 running a real `conclave node` (wireguard-go) with simulated evidence handed over on stdin.
 
+Every node boots from one signed deployment manifest (signed_manifest.py) that lists all the
+hosts as stages, so add every host before starting the first one; the manifest is written then.
+
 Everything created carries a per-run prefix and is recorded, so teardown removes exactly that,
 even after a failure. Processes are stopped by PID (SIGTERM, then SIGKILL).
 """
@@ -23,6 +26,8 @@ from conclave.overlay.addressing import interface_name
 from conclave.runtime import netns
 from conclave.runtime.agent.status import query
 from conclave.runtime.attestation.sim import SimulatedRoot
+
+from signed_manifest import SignedManifest, sim_policy, write_signed_manifest
 
 GOOD_MEASUREMENT = bytes.fromhex("ab" * 48)
 OVERLAY_CIDR = "100.64.0.0/16"
@@ -57,6 +62,7 @@ class LocalHosts:
     subnet: int = field(default_factory=lambda: 1 + secrets.randbelow(250))
     hosts: dict[str, Host] = field(default_factory=dict)
     root: SimulatedRoot = field(default_factory=SimulatedRoot.generate)
+    manifest: SignedManifest | None = None   # written at the first start(), listing every added host
     _created_ns: list[str] = field(default_factory=list)
     _created_links: list[str] = field(default_factory=list)
 
@@ -66,11 +72,6 @@ class LocalHosts:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.root_pem = self.workdir / "sim-root.pem"
         self.root_pem.write_bytes(self.root.cert_pem)
-        self.policy_path = self.workdir / "policy.json"
-        self.policy_path.write_text(json.dumps({
-            "production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-            "sim": {"measurement": [GOOD_MEASUREMENT.hex()]}}))
-        self.manifest_digest = secrets.token_bytes(32).hex()
         netns.add_bridge(self.bridge, f"198.19.{self.subnet}.254/24")
         self._created_links.append(self.bridge)
 
@@ -78,6 +79,8 @@ class LocalHosts:
         return f"198.19.{self.subnet}.{index + 1}"
 
     def add_host(self, short: str, role: str = "worker") -> Host:
+        if self.manifest is not None:
+            raise AssertionError("add every host before starting one: the signed manifest lists them all")
         index = len(self.hosts)
         ns = f"{self.prefix}-{short}"
         netns.add_netns(ns)
@@ -91,6 +94,18 @@ class LocalHosts:
         self.hosts[short] = host
         return host
 
+    def _signed_manifest(self) -> SignedManifest:
+        """The deployment manifest every node boots from: all hosts as stages, the head first, and a
+        policy that admits simulated evidence with GOOD_MEASUREMENT only."""
+        if self.manifest is None:
+            hosts = sorted(self.hosts.values(), key=lambda h: h.role != "head")
+            head = hosts[0]
+            self.manifest = write_signed_manifest(
+                self.workdir / "manifest.json", stages=[(h.name, h.role) for h in hosts],
+                policy=sim_policy(GOOD_MEASUREMENT), overlay_cidr=OVERLAY_CIDR,
+                rendezvous=[f"{head.underlay_ip}:{RENDEZVOUS_PORT}"])
+        return self.manifest
+
     def start(self, short: str, *, measurement: bytes = GOOD_MEASUREMENT, debug: bool = False,
               validity: timedelta = timedelta(hours=1), rogue_mode: str | None = None,
               serve_rendezvous: bool = False, extra: list[str] | None = None,
@@ -102,7 +117,7 @@ class LocalHosts:
         program = [str(ROGUE), rogue_mode] if rogue_mode else ["-m", "conclave.runtime"]
         cmd = ["ip", "netns", "exec", host.ns, sys.executable, *program, "node",
                "--role", host.role, "--name", host.name, "--owner", "test",
-               "--policy", str(self.policy_path), "--manifest-digest", self.manifest_digest,
+               *self._signed_manifest().node_args(),
                "--underlay-host", host.underlay_ip, "--overlay-cidr", OVERLAY_CIDR,
                "--overlay-address", host.overlay_ip, "--rendezvous", f"{head.underlay_ip}:{RENDEZVOUS_PORT}",
                "--evidence", "sim", "--sim-root", str(self.root_pem), "--bundle-stdin",

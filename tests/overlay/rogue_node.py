@@ -1,8 +1,12 @@
 """A misbehaving `conclave node` for overlay tests: the real agent with a dishonest prover.
 
 Usage: rogue_node.py MODE node ...   (same arguments as `conclave node`)
-Every mode skips the agent's own start-up self-check (an honest node with debug or a wrong
-measurement refuses to start; a rogue would not), then:
+Every mode but own_policy skips the agent's own start-up self-check (an honest node with debug
+or a wrong measurement refuses to start; a rogue would not), then:
+  own_policy=FILE  boots from the real signed manifest (its digest is bound into the evidence) but
+             validates evidence, its own included, against the policy in FILE instead of the
+             manifest's: a host that pins its own (wrong) measurement passes its self-check and
+             really tries to join, and it refuses the honest nodes by that policy
   unchecked  behaves honestly otherwise (debug guest, wrong measurement)
   wrong_key  answers challenges with genuine evidence bound to a WireGuard key it does not present
   replay     refuses the first challenge of each verifier, then forever answers with the evidence
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 
@@ -28,6 +33,9 @@ class _Abort(Exception):
 
 
 def install(mode: str) -> None:
+    if mode.startswith("own_policy="):
+        _own_policy(Path(mode.partition("=")[2]))
+        return
     agent_mod.NodeAgent.self_attest = lambda self: None
     if mode == "unchecked":
         return
@@ -65,6 +73,20 @@ def install(mode: str) -> None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
 
     service.NodeService.Attest = attest
+
+
+def _own_policy(path: Path) -> None:
+    from conclave.runtime.attestation.policy import Policy
+    from conclave.runtime.cli import node as node_cli
+    policy = Policy.load(path)
+    signed_config = node_cli.build_config
+
+    def build_config(args, bundle=None):
+        cfg = signed_config(args, bundle)   # the signed manifest is checked and its digest kept
+        cfg.policy = policy
+        return cfg
+
+    node_cli.build_config = build_config
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from conclave.runtime.attestation.policy import Policy
 from conclave.runtime.attestation.sim import SimulatedRoot
 from conclave.runtime.errors import ConclaveError, UsageError
 
+from signed_manifest import write_signed_manifest
+
 GOOD = bytes.fromhex("ab" * 48)
 POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
           "sim": {"measurement": [GOOD.hex()]}}
@@ -177,10 +179,11 @@ def test_node_cli_liveness_flags_reach_the_timing(tmp_path):
     is refused as a usage error before anything starts (the netns test runs the valid flags)."""
     root = SimulatedRoot.generate()
     (tmp_path / "root.pem").write_bytes(root.cert_pem)
-    (tmp_path / "policy.json").write_text(json.dumps(POLICY))
+    manifest = write_signed_manifest(tmp_path / "manifest.json", stages=[("lv-h", "head"), ("lv-cli", "worker")],
+                                     policy=POLICY)
     bundle = {"sim_attester": base64.b64encode(root.issue_attester("lv-cli", measurement=GOOD).to_secret_bytes()).decode()}
     cmd = [sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "lv-cli",
-           "--policy", str(tmp_path / "policy.json"), "--manifest-digest", "22" * 32, "--underlay-host", "127.0.0.1",
+           *manifest.node_args(), "--underlay-host", "127.0.0.1",
            "--evidence", "sim", "--sim-root", str(tmp_path / "root.pem"), "--bundle-stdin",
            "--status-socket", str(tmp_path / "s.sock"), "--liveness-interval", "3", "--liveness-timeout", "3"]
     res = subprocess.run(cmd, input=json.dumps(bundle).encode(), capture_output=True, timeout=60,

@@ -16,14 +16,22 @@ from conclave.overlay.firewall import ruleset
 from conclave.overlay.keys import WgPrivateKey
 from conclave.runtime.attestation.sim import SimulatedRoot
 
+from signed_manifest import SignedManifest, sim_policy, write_signed_manifest
+
 GOOD = bytes.fromhex("ab" * 48)
+DEV_POLICY = sim_policy(GOOD)
+
+
+def signed_manifest(tmp: Path, policy: dict) -> SignedManifest:
+    """The deployment manifest the node under test boots from (it runs the stage cli-n1)."""
+    return write_signed_manifest(tmp / "manifest.json", stages=[("cli-n0", "head"), ("cli-n1", "worker")],
+                                 policy=policy)
 
 
 def run_node(tmp: Path, policy: dict, bundle: dict, *, via: str = "stdin", extra=()) -> subprocess.CompletedProcess:
-    (tmp / "policy.json").write_text(json.dumps(policy))
     root_pem = tmp / "root.pem"
     cmd = [sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "cli-n1",
-           "--policy", str(tmp / "policy.json"), "--manifest-digest", "11" * 32, "--underlay-host", "127.0.0.1",
+           *signed_manifest(tmp, policy).node_args(), "--underlay-host", "127.0.0.1",
            "--evidence", "sim", "--sim-root", str(root_pem), "--status-socket", str(tmp / "s.sock"), *extra]
     data = json.dumps(bundle).encode()
     if via == "stdin":
@@ -55,28 +63,58 @@ def test_sim_node_under_production_policy_refuses_to_start(tmp_path):
 
 def test_debug_node_refuses_to_start_and_bundle_file_is_removed(tmp_path):
     bundle = _setup(tmp_path, debug=True)
-    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-              "sim": {"measurement": [GOOD.hex()]}}
-    res = run_node(tmp_path, policy, bundle, via="file")
+    res = run_node(tmp_path, DEV_POLICY, bundle, via="file")
     assert res.returncode == 2 and b"debug_enabled" in res.stderr
     assert not (tmp_path / "bundle.json").exists()
 
 
 def test_world_readable_bundle_file_is_refused_and_removed(tmp_path):
     bundle = _setup(tmp_path)
-    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-              "sim": {"measurement": [GOOD.hex()]}}
-    res = run_node(tmp_path, policy, bundle, via="open-file")
+    res = run_node(tmp_path, DEV_POLICY, bundle, via="open-file")
     assert res.returncode == 1 and b"bundle_permissions" in res.stderr
     assert not (tmp_path / "bundle.json").exists()
 
 
 def test_missing_attester_is_a_usage_error(tmp_path):
     _setup(tmp_path)
-    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-              "sim": {"measurement": [GOOD.hex()]}}
-    res = run_node(tmp_path, policy, {})
+    res = run_node(tmp_path, DEV_POLICY, {})
     assert res.returncode == 1 and b"attester_missing" in res.stderr
+
+
+def test_a_node_without_the_signed_manifest_refuses_to_start(tmp_path):
+    """No unsigned path: without --manifest the node stops with a usage error before doing anything."""
+    bundle = _setup(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "cli-n1",
+                          "--underlay-host", "127.0.0.1", "--evidence", "sim", "--sim-root", str(tmp_path / "root.pem"),
+                          "--status-socket", str(tmp_path / "s.sock"), "--bundle-stdin"],
+                         input=json.dumps(bundle).encode(), capture_output=True, timeout=60,
+                         env={**os.environ, "CONCLAVE_STATE_DIR": str(tmp_path)})
+    assert res.returncode == 1 and b"manifest_required" in res.stderr, res.stderr
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_the_unsigned_policy_flags_are_gone(tmp_path):
+    """--policy / --manifest-digest (the former development path) are not accepted any more."""
+    import pytest
+    from conclave.runtime.cli import build_parser
+    from conclave.runtime.errors import ExitCode
+    manifest = signed_manifest(tmp_path, DEV_POLICY)
+    (tmp_path / "policy.json").write_text(json.dumps(DEV_POLICY))
+    base = ["node", "--role", "worker", "--name", "cli-n1", "--underlay-host", "127.0.0.1"]
+    assert build_parser().parse_args(base + manifest.node_args()).manifest == manifest.path
+    for removed in (["--policy", str(tmp_path / "policy.json")], ["--manifest-digest", "11" * 32]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(base + manifest.node_args() + removed)
+        assert exit_.value.code == ExitCode.USAGE
+
+
+def test_a_node_that_is_not_a_stage_of_the_manifest_refuses_to_start(tmp_path):
+    bundle = _setup(tmp_path)
+    manifest = write_signed_manifest(tmp_path / "other.json", stages=[("cli-n0", "head"), ("cli-n2", "worker")],
+                                     policy=DEV_POLICY)
+    res = run_node(tmp_path, DEV_POLICY, bundle, extra=["--manifest", str(manifest.path),
+                                                        "--owner-fingerprint", manifest.owner_fingerprint])
+    assert res.returncode == 5 and b"[malformed]" in res.stderr, res.stderr   # ExitCode.MALFORMED
 
 
 def test_private_key_reaches_wg_only_through_a_pipe(tmp_path, monkeypatch):
@@ -140,16 +178,13 @@ def test_wg_errors_never_carry_key_material(tmp_path, monkeypatch):
 
 def test_bundle_over_an_inherited_fd(tmp_path):
     bundle = _setup(tmp_path, debug=True)
-    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-              "sim": {"measurement": [GOOD.hex()]}}
-    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    manifest = signed_manifest(tmp_path, DEV_POLICY)
     r, w = os.pipe()
     os.write(w, json.dumps(bundle).encode())
     os.close(w)
     try:
         res = subprocess.run([sys.executable, "-m", "conclave.runtime", "node", "--role", "worker", "--name", "cli-n1",
-                              "--policy", str(tmp_path / "policy.json"), "--manifest-digest", "11" * 32,
-                              "--underlay-host", "127.0.0.1", "--evidence", "sim", "--sim-root",
+                              *manifest.node_args(), "--underlay-host", "127.0.0.1", "--evidence", "sim", "--sim-root",
                               str(tmp_path / "root.pem"), "--bundle-fd", str(r)],
                              pass_fds=(r,), capture_output=True, timeout=60,
                              env={**os.environ, "CONCLAVE_STATE_DIR": str(tmp_path)})
@@ -160,19 +195,17 @@ def test_bundle_over_an_inherited_fd(tmp_path):
 
 
 def _metrics_host_args(tmp: Path, *extra: str):
-    """Parse `conclave node` with the real CLI parser (dev-mode policy + a sim attester in a 0600 bundle file)."""
+    """Parse `conclave node` with the real CLI parser (signed manifest + a sim attester in a 0600 bundle file)."""
     from conclave.runtime.cli import build_parser
     bundle = _setup(tmp)
-    policy = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-              "sim": {"measurement": [GOOD.hex()]}}
-    (tmp / "policy.json").write_text(json.dumps(policy))
+    manifest = signed_manifest(tmp, DEV_POLICY)
     path = tmp / "bundle.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, json.dumps(bundle).encode())
     os.close(fd)
     return build_parser().parse_args([
-        "node", "--role", "worker", "--name", "cli-n1", "--policy", str(tmp / "policy.json"),
-        "--manifest-digest", "11" * 32, "--underlay-host", "198.18.0.5", "--evidence", "sim",
+        "node", "--role", "worker", "--name", "cli-n1", *manifest.node_args(), "--underlay-host", "198.18.0.5",
+        "--evidence", "sim",
         "--sim-root", str(tmp / "root.pem"), "--bundle-file", str(path), *extra])
 
 

@@ -50,6 +50,11 @@ def test_unmutated_requests_succeed(fuzz_mesh):
     assert fuzz_mesh.run_case("announce", mutated=False) == "ok"
     secret = pb.SecretRequest(requester_wg_public_key=fuzz_mesh.mesh.worker.identity.wg_public.raw, name="ray_token")
     assert fuzz_mesh.run_case("get_secret", secret.SerializeToString()) == "ok"
+    assert fuzz_mesh.run_case("ping", mutated=False) == "ok:meshed"   # the worker is the head's meshed peer
+    stranger = pb.PingRequest(verifier_wg_public_key=b"\x07" * 32, token=b"\x01" * 16)
+    assert fuzz_mesh.run_case("ping", stranger.SerializeToString()) == "ok"
+    short_token = pb.PingRequest(verifier_wg_public_key=b"\x07" * 32, token=b"\x01" * 15)
+    assert fuzz_mesh.run_case("ping", short_token.SerializeToString()) == "abort:INVALID_ARGUMENT"
 
 
 def test_a_handler_that_raises_is_reported_as_a_crash(fuzz_mesh, monkeypatch):
@@ -67,6 +72,28 @@ def test_a_secret_released_to_a_stranger_breaks_the_oracle(fuzz_mesh, monkeypatc
     stranger = pb.SecretRequest(requester_wg_public_key=b"\x07" * 32, name="ray_token")
     with pytest.raises(Crash):
         fuzz_mesh.run_case("get_secret", stranger.SerializeToString())
+
+
+@pytest.mark.parametrize("forgery", ["other_key", "other_token", "meshed_to_stranger"])
+def test_a_ping_reply_that_lies_breaks_the_oracle(fuzz_mesh, monkeypatch, forgery):
+    """A reply must carry the responder's own key, echo the token, and say meshed only to its peer."""
+    head = fuzz_mesh.mesh.head.identity.wg_public.raw
+    forged = {"other_key": lambda req, ctx: pb.PingReply(wg_public_key=b"\x09" * 32, token=req.token),
+              "other_token": lambda req, ctx: pb.PingReply(wg_public_key=head, token=b"\x00" * 16),
+              "meshed_to_stranger": lambda req, ctx: pb.PingReply(wg_public_key=head, token=req.token, meshed=True)}
+    monkeypatch.setattr(fuzz_mesh.head_svc, "Ping", forged[forgery])
+    stranger = pb.PingRequest(verifier_wg_public_key=b"\x07" * 32, token=b"\x01" * 16)
+    with pytest.raises(Crash):
+        fuzz_mesh.run_case("ping", stranger.SerializeToString())
+
+
+def test_a_ping_that_refuses_a_well_formed_probe_breaks_the_oracle(fuzz_mesh, monkeypatch):
+    def refuse(req, ctx):
+        ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "no")
+    monkeypatch.setattr(fuzz_mesh.head_svc, "Ping", refuse)
+    valid = pb.PingRequest(verifier_wg_public_key=b"\x07" * 32, token=b"\x01" * 16)
+    with pytest.raises(Crash):
+        fuzz_mesh.run_case("ping", valid.SerializeToString())
 
 
 def _channel_for(mesh, target: str) -> grpc.Channel:

@@ -1,0 +1,54 @@
+"""A signed deployment manifest for tests that start a real `conclave node`.
+
+Why: the node's only boot path is the owner-signed manifest (--manifest + --owner-fingerprint):
+its policy admits peers and its digest is bound into evidence. Tests build one the way
+runtime/serving/local_trust.py does (owner key, stages, sim policy), except that the owner key
+lives only in memory: nothing private is written to disk.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from conclave.runtime.manifest import document as doc
+from conclave.runtime.manifest import ed25519_keys as keys
+
+OWNER_LABEL = "test"
+
+
+def sim_policy(measurement: bytes) -> dict:
+    """A development policy that admits simulated evidence with exactly this measurement."""
+    return {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
+            "sim": {"measurement": [measurement.hex()]}}
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    path: Path
+    owner_fingerprint: str
+    digest: bytes
+
+    def node_args(self) -> list[str]:
+        """The `conclave node` arguments that boot from this manifest."""
+        return ["--manifest", str(self.path), "--owner-fingerprint", self.owner_fingerprint]
+
+
+def write_signed_manifest(path: Path, *, stages: Sequence[tuple[str, str]], policy: Mapping,
+                          overlay_cidr: str = doc.DEFAULT_OVERLAY_CIDR,
+                          rendezvous: Sequence[str] = ()) -> SignedManifest:
+    """stages: (node name, role) in pipeline order, exactly one head; each stage gets one layer."""
+    owner = ed25519.Ed25519PrivateKey.generate()
+    content = doc.build_content(
+        owner_public_key=keys.public_key_bytes(owner), policy=dict(policy),
+        model_digest=hashlib.sha256(b"conclave/test-model").hexdigest(),
+        engine_digest=hashlib.sha256(b"conclave/test-engine").hexdigest(),
+        stages=[doc.Stage(node, OWNER_LABEL, role, i, i + 1) for i, (node, role) in enumerate(stages)],
+        overlay_cidr=overlay_cidr, rendezvous=list(rendezvous))
+    path.write_bytes(doc.sign_content(content, owner))
+    fingerprint = keys.fingerprint(owner.public_key())
+    loaded = doc.DeploymentManifest.load(path, trusted_owner=fingerprint)   # what the node will see
+    return SignedManifest(path, fingerprint, loaded.digest)
