@@ -16,128 +16,22 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from reliability.api_support import wait_until
+from reliability.api_support import (ERROR_WITHIN, assert_ended_cleanly, cluster_status, greedy_reference,
+                                      public_health, start_stream, wait_serving, wait_until)
 from serving import harness
 
 from .conftest import agent_status, in_netns
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(1800)]
 
-ERROR_WITHIN = 30.0        # an in-flight request ends within this after a fault
-RECOVERY_WITHIN = 360.0    # host back -> serving again (engine restart: ~60-120 s on 2 busy cores)
-PROMPT = "Write a long story about a dragon who learns to fly over the mountains."
-REFERENCE_TOKENS = 120
-STREAM_TOKENS = 1200       # long enough to still be streaming when the fault lands
-CHUNKS_BEFORE_FAULT = 10
-
-
-def cluster_status(cluster) -> dict:
-    return json.loads(harness.cli(["status", "--json"], cluster.env).stdout)
-
-
-def wait_serving(cluster, recoveries: int) -> dict:
-    """Until status is ready+ok with at least `recoveries` recoveries and a chat answers."""
-    def ready():
-        st = cluster_status(cluster)
-        health = st.get("health") or {}
-        ok = st["phase"] == "ready" and health.get("status") == "ok" and health.get("recoveries", 0) >= recoveries
-        return st if ok else None
-    st = wait_until(ready, RECOVERY_WITHIN, f"cluster ready again after {recoveries} recoveries", interval=2.0)
-    assert "Paris" in harness.chat_answer(cluster)
-    return st
-
-
-def public_health(cluster) -> int:
-    try:
-        return httpx.get(cluster.base_url.rsplit("/v1", 1)[0] + "/health", timeout=10, verify=cluster.verify,
-                         headers={"Authorization": f"Bearer {cluster.api_key}"}).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-class Stream(threading.Thread):
-    """One greedy streaming completion; records the text, how it ended and when."""
-
-    def __init__(self, cluster, max_tokens: int):
-        super().__init__(daemon=True)
-        self.cluster, self.max_tokens = cluster, max_tokens
-        self.text, self.chunks = "", 0
-        self.started = threading.Event()
-        self.outcome: str | None = None      # "done" | "error_event" | "cut" | "http_<status>"
-        self.error: dict | None = None
-        self.ended_at: float | None = None
-
-    def run(self) -> None:
-        body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": self.max_tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True}
-        try:
-            with httpx.stream("POST", self.cluster.base_url + "/completions", json=body, verify=self.cluster.verify,
-                              headers={"Authorization": f"Bearer {self.cluster.api_key}"},
-                              timeout=httpx.Timeout(30, read=120)) as resp:
-                if resp.status_code != 200:
-                    self.outcome = f"http_{resp.status_code}"
-                    return
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        self.outcome = "done"
-                        return
-                    event = json.loads(data)
-                    if "error" in event:
-                        self.outcome, self.error = "error_event", event["error"]
-                        return
-                    self.text += event["choices"][0]["text"]
-                    self.chunks += 1
-                    if self.chunks >= CHUNKS_BEFORE_FAULT:
-                        self.started.set()
-            self.outcome = self.outcome or "cut"
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            self.outcome, self.error = "cut", {"exception": type(exc).__name__}
-        finally:
-            self.ended_at = time.monotonic()
-            self.started.set()
-
-
 @pytest.fixture(scope="module")
 def reference(ccluster) -> str:
-    """The greedy text every partial stream must be a prefix of (or extend)."""
-    resp = ccluster.post("/completions", {"model": "smollm2", "prompt": PROMPT, "max_tokens": REFERENCE_TOKENS,
-                                          "temperature": 0, "ignore_eos": True})
-    assert resp.status_code == 200, resp.text
-    return resp.json()["choices"][0]["text"]
-
-
-def start_stream(cluster) -> Stream:
-    stream = Stream(cluster, STREAM_TOKENS)
-    stream.start()
-    assert stream.started.wait(120), "the stream did not start"
-    assert stream.outcome is None, f"the stream ended before the fault: {stream.outcome} {stream.error}"
-    return stream
-
-
-def assert_ended_cleanly(stream: Stream, fault_at: float, reference: str, *, must_fail: bool) -> float:
-    stream.join(ERROR_WITHIN + 5)
-    assert not stream.is_alive(), f"the in-flight stream still hangs {ERROR_WITHIN:.0f}s after the fault"
-    took = stream.ended_at - fault_at
-    assert took <= ERROR_WITHIN, f"the in-flight stream ended {took:.1f}s after the fault"
-    n = min(len(stream.text), len(reference))
-    assert stream.text[:n] == reference[:n], "the streamed text diverged from the greedy answer (corrupted)"
-    if must_fail:
-        assert stream.outcome in ("error_event", "cut"), (stream.outcome, stream.error)
-    if stream.outcome == "error_event":
-        assert stream.error.get("code") in ("stage_lost", "upstream_lost"), stream.error
-    print(f"\nin-flight stream: {stream.outcome} {stream.error or ''} {took:.1f}s after the fault, "
-          f"{stream.chunks} chunks")
-    return took
+    return greedy_reference(ccluster)
 
 
 def worker(cluster, index: int) -> dict:
@@ -205,7 +99,7 @@ def test_wireguard_daemon_killed_on_a_worker_comes_back(ccluster, reference):
     print(f"\nwireguard-go restarted and the overlay answers {time.monotonic() - fault_at:.1f}s after the kill")
     stream.join(ERROR_WITHIN)
     if stream.is_alive():   # still streaming through the new tunnel: it must finish
-        stream.join(STREAM_TOKENS / 5)
+        stream.join(stream.max_tokens / 5)
         assert not stream.is_alive() and stream.outcome == "done", (stream.outcome, stream.error)
     else:
         assert_ended_cleanly(stream, fault_at, reference, must_fail=False)
