@@ -29,7 +29,8 @@ if [ "${CONCLAVE_SKIP_APT:-0}" != "1" ]; then
         python3 python3-venv python3-dev gcc g++ make ca-certificates curl \
         iproute2 iputils-ping procps psmisc kmod \
         wireguard-tools wireguard-go nftables tcpdump iperf3 \
-        prometheus mkosi ovmf systemd >/dev/null
+        prometheus mkosi ovmf systemd \
+        cryptsetup-bin squashfs-tools mtools debian-archive-keyring dosfstools systemd-container gnupg >/dev/null
 fi
 
 PY="${PYTHON:-python3}"

@@ -1,12 +1,17 @@
-"""images/cvm: the image inspector on images made with the real tools, and the recipe's guards.
+"""images/cvm: the real mkosi build, the image inspector, and the recipe's guards.
 
-The full mkosi build takes longer than a test may here (see images/README.md for a measured
-run of images/cvm/build-local.sh); these tests cover what decides whether a build is right:
+test_mkosi_builds_the_recipe_check_image runs images/cvm/build-local.sh for real (2.5-7 min
+here, see images/README.md) and checks what it built. The fast tests cover what decides
+whether a build is right:
 - images/cvm/inspect_image.py, on a disk image assembled with the same tools mkosi uses
   (mksquashfs, veritysetup format, sfdisk, objcopy adding a .cmdline section to a PE file):
   a faithful image passes, and each defect (tampered root, wrong or missing roothash= on the
-  UKI command line, another enabled service, sshd, a root password) gives its reason code;
+  UKI command line, another enabled service, sshd, a root password, a second boot entry or
+  another UKI on the ESP) gives its reason code;
 - the PE section reader agrees with binutils' objdump;
+- the repro shim's `veritysetup format` gives the same root hash for the same data (salt and
+  UUID derived from it) where the real default does not; pe_timestamp.py pins the UKI's PE
+  time stamp with a checksum that matches objcopy's algorithm;
 - mkosi.postinst refuses unknown variants, a missing wheelhouse and unhashed locks before it
   touches anything (python3 and systemctl are fakes on PATH that fail if reached);
 - build-local.sh refuses a malformed owner, an output folder inside the repository and the
@@ -30,7 +35,8 @@ CVM = ROOT / "images" / "cvm"
 OWNER = "c0" * 32
 TOOLS = {"mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
          "veritysetup": "cryptsetup-bin", "sfdisk": "fdisk", "objcopy": "binutils",
-         "objdump": "binutils"}
+         "objdump": "binutils", "mkfs.fat": "dosfstools", "mcopy": "mtools", "mdir": "mtools",
+         "mmd": "mtools"}
 
 
 def _load_inspector():
@@ -102,10 +108,31 @@ def _uki(path: Path, cmdline: str, workdir: Path) -> None:
     _run("objcopy", *args, str(stub), str(path))
 
 
-def _disk(path: Path, esp_size: int, root: Path, verity: Path) -> None:
+def _esp(path: Path, uki: Path, extra: dict[str, bytes]) -> None:
+    """A FAT ESP laid out as mkosi + bootctl leave it, plus `extra` files."""
+    path.write_bytes(b"")
+    os.truncate(path, 4 << 20)
+    _run("mkfs.fat", "-n", "EFI", str(path))
+    files = {"EFI/BOOT/BOOTX64.EFI": b"MZ-boot", "EFI/systemd/systemd-bootx64.efi": b"MZ-boot",
+             "loader/loader.conf": b"#timeout 3\n", f"EFI/Linux/{uki.name}": uki.read_bytes(),
+             **extra}
+    made = set()
+    for name, content in files.items():
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            folder = "/".join(parts[:i])
+            if folder not in made:
+                _run("mmd", "-i", str(path), f"::/{folder}")
+                made.add(folder)
+        blob = path.parent / "esp-file"
+        blob.write_bytes(content)
+        _run("mcopy", "-i", str(path), str(blob), f"::/{name}")
+
+
+def _disk(path: Path, esp: Path, root: Path, verity: Path) -> None:
     """GPT disk: ESP, root (x86-64), root-verity (x86-64), the blobs written in place."""
     mib = 1 << 20
-    sizes = [esp_size, root.stat().st_size, verity.stat().st_size]
+    sizes = [esp.stat().st_size, root.stat().st_size, verity.stat().st_size]
     sectors = [-(-s // 512) for s in sizes]
     path.write_bytes(b"")
     os.truncate(path, mib + sum(-(-s // mib) * mib for s in sizes) + mib)
@@ -115,13 +142,13 @@ def _disk(path: Path, esp_size: int, root: Path, verity: Path) -> None:
     _run("sfdisk", "--quiet", str(path), input=spec)
     parts = ii.gpt_partitions(path)
     with path.open("r+b") as disk:
-        for part, blob in zip(parts[1:], (root, verity)):
+        for part, blob in zip(parts, (esp, root, verity)):
             disk.seek(part["offset"])
             disk.write(blob.read_bytes())
 
 
 def build_image(base: Path, *, cmdline_roothash: str | None = "auto", owner: str = OWNER,
-                **tree_options) -> Path:
+                esp_extra: dict[str, bytes] | None = None, **tree_options) -> Path:
     """An output folder shaped like mkosi's, made with the real tools."""
     out = base / "out"
     out.mkdir(parents=True)
@@ -138,7 +165,8 @@ def build_image(base: Path, *, cmdline_roothash: str | None = "auto", owner: str
     if cmdline_roothash:
         words.append(f"roothash={roothash if cmdline_roothash == 'auto' else cmdline_roothash}")
     _uki(out / f"{name}.efi", " ".join(words), base)
-    _disk(out / f"{name}.raw", 1 << 20, root, verity)
+    _esp(base / "esp.img", out / f"{name}.efi", esp_extra or {})
+    _disk(out / f"{name}.raw", base / "esp.img", root, verity)
     return out
 
 
@@ -200,6 +228,25 @@ def test_a_masked_unit_is_not_an_enabled_service(tmp_path):
     assert ii.problems(report, OWNER) == []
     assert "systemd-networkd-wait-online.service" in report.masked_units
     assert "systemd-networkd-wait-online.service" not in report.enabled_units
+
+
+def test_a_second_boot_entry_on_the_esp_is_reported(tmp_path):
+    """kernel-install's Type #1 entry boots the kernel without roothash=: root without verity."""
+    mid = "3bfe8edaf3c344eb94a652c8d8be3b44"
+    out = build_image(tmp_path, esp_extra={
+        f"loader/entries/{mid}-6.1.0-amd64.conf": b"options console=ttyS0\n",
+        f"{mid}/6.1.0-amd64/linux": b"MZ-kernel"})
+    report = ii.inspect(out)
+    assert ii.problems(report, OWNER) == [
+        f"esp_unexpected_files:{mid}/6.1.0-amd64/linux,loader/entries/{mid}-6.1.0-amd64.conf"]
+    assert report.esp_uki_matches
+
+
+def test_an_esp_uki_other_than_the_built_one_is_reported(tmp_path):
+    out = build_image(tmp_path)
+    uki = next(out.glob("*.efi"))
+    uki.write_bytes(uki.read_bytes() + b"\0")  # the split UKI no longer equals the ESP's
+    assert ii.problems(ii.inspect(out), OWNER) == ["esp_uki_mismatch"]
 
 
 def test_missing_verity_partition_is_reported(tmp_path):
@@ -302,6 +349,38 @@ def test_build_local_production_refuses_unpinned_lock(tmp_path, require_root):
 BUILD_TIMEOUT_S = 20 * 60   # measured 5-6 min on 2 busy cores (images/README.md)
 
 
+def _detach_loops_under(folder: Path) -> None:
+    """Loop devices whose backing file lies in `folder` (left by a build that was killed)."""
+    listing = subprocess.run(["losetup", "--list", "--noheadings", "--output",
+                              "NAME,BACK-FILE"], capture_output=True, text=True, timeout=30)
+    for line in listing.stdout.splitlines():
+        name, _, backing = line.strip().partition(" ")
+        if backing.strip().startswith(str(folder)):
+            subprocess.run(["losetup", "--detach", name], capture_output=True, timeout=30)
+
+
+def _build_bounded(out: Path) -> None:
+    """build-local.sh in its own process group: on timeout the whole group goes, then any
+    loop device mkosi had attached, so a failed run leaves nothing behind."""
+    import signal
+    proc = subprocess.Popen(["bash", str(CVM / "build-local.sh"), str(out), OWNER],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        _detach_loops_under(out)
+        pytest.fail(f"build-local.sh ran past {BUILD_TIMEOUT_S} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _detach_loops_under(out)
+    assert proc.returncode == 0, stderr[-4000:]
+
+
 def test_mkosi_builds_the_recipe_check_image(require_root):
     """The whole recipe, built for real: GPT with squashfs root + verity, UKI carrying the
     image's roothash= and conclave.owner=, the agent as the only service; then the SEV-SNP
@@ -312,9 +391,7 @@ def test_mkosi_builds_the_recipe_check_image(require_root):
     assert shutil.which("mkosi"), "mkosi not installed: apt-get install mkosi"
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="conclave-cvm-test-") as tmp:
         out = Path(tmp)
-        result = subprocess.run(["bash", str(CVM / "build-local.sh"), str(out), OWNER],
-                                capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        assert result.returncode == 0, result.stderr[-4000:]
+        _build_bounded(out)
         checked = json.loads((out / "inspect.json").read_text())
         assert checked["ok"] and checked["problems"] == []
         report = checked["report"]
@@ -341,3 +418,56 @@ def test_mkosi_builds_the_recipe_check_image(require_root):
             capture_output=True, text=True, timeout=120)
         assert measure.returncode == 5
         assert json.loads(measure.stdout)["reason"] == "firmware_malformed"
+
+
+def test_verity_shim_derives_salt_and_uuid_from_the_data(tmp_path):
+    """mkosi 14's `veritysetup format` uses a random salt: same root, new root hash each build.
+    The repro shim makes the hash a function of the data (and still verifiable)."""
+    shim = CVM / "repro-shim" / "veritysetup"
+    data = tmp_path / "root.raw"
+    data.write_bytes(os.urandom(1 << 20))
+
+    def fmt(tool: Path | str, out: str) -> dict[str, str]:
+        text = _run(str(tool), "format", str(data), str(tmp_path / out)).stdout
+        return {k.strip(): v.strip() for k, _, v in
+                (line.partition(":") for line in text.splitlines()) if v}
+
+    first, second = fmt(shim, "h1"), fmt(shim, "h2")
+    assert first["Root hash"] == second["Root hash"] and first["UUID"] == second["UUID"]
+    assert first["Salt"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert ii.verity_verify(data, tmp_path / "h1", first["Root hash"])
+    real_a, real_b = fmt("veritysetup", "h3"), fmt("veritysetup", "h4")
+    assert real_a["Root hash"] != real_b["Root hash"]  # the default this shim exists for
+    data.write_bytes(os.urandom(1 << 20))
+    assert fmt(shim, "h5")["Salt"] != first["Salt"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"conclave_{name}", CVM / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pe_timestamp_pins_the_uki_and_keeps_a_valid_checksum(tmp_path):
+    """objcopy stamps the build time into the UKI; pinning makes two builds byte-identical."""
+    pe = _load("pe_timestamp")
+    first, second = tmp_path / "a.efi", tmp_path / "b.efi"
+    _uki(first, "roothash=" + "ab" * 32, tmp_path)
+    data = first.read_bytes()
+    stamp_at, checksum_at = pe.offsets(data)
+    # our checksum equals the one objcopy wrote, on objcopy's own output
+    assert pe.pe_checksum(data, checksum_at) == int.from_bytes(data[checksum_at:checksum_at + 4],
+                                                                "little")
+    second.write_bytes(data[:stamp_at] + b"\x01\x02\x03\x04" + data[stamp_at + 4:])  # other time
+    assert first.read_bytes() != second.read_bytes()
+    for path in (first, second):
+        pe.pin(path, 1_700_000_000)
+    assert first.read_bytes() == second.read_bytes()
+    dumped = _run("objdump", "-p", str(first)).stdout
+    checksum = re.search(r"CheckSum\s+([0-9a-f]+)", dumped).group(1)
+    pinned = first.read_bytes()
+    assert int(checksum, 16) == pe.pe_checksum(pinned, checksum_at)
+    assert int.from_bytes(pinned[stamp_at:stamp_at + 4], "little") == 1_700_000_000
+    assert ii.pe_sections(pinned)[".cmdline"] == ("roothash=" + "ab" * 32).encode()

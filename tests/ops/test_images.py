@@ -124,3 +124,25 @@ def test_launcher_takes_owner_from_measured_cmdline_only():
     assert "exec /opt/conclave/venv/bin/conclave node" in text
     result = subprocess.run(["bash", "-n", str(launcher)], capture_output=True, timeout=30)
     assert result.returncode == 0
+
+
+def test_launcher_node_args_are_accepted_by_the_real_cli():
+    """The image's launcher must only pass flags `conclave node` has (the policy comes from the signed
+    manifest on the config disk; the owner fingerprint from the measured kernel command line)."""
+    import re
+    import shlex
+    from conclave.runtime.cli import build_parser
+    text = (CVM / "mkosi.extra" / "usr" / "lib" / "conclave" / "conclave-node-launch").read_text()
+    command = text[text.index("exec /opt/conclave/venv/bin/conclave node"):].split("\n\n")[0]
+    command = command.replace("\\\n", " ")
+    values = {"CONCLAVE_ROLE": "worker", "CONCLAVE_NAME": "gpu-1", "CFG": "/run/conclavecfg",
+              "CONCLAVE_UNDERLAY_HOST": "198.18.0.2", "CONCLAVE_RENDEZVOUS": "198.18.0.1:51822"}
+    argv = shlex.split(re.sub(r'"\$\{?(\w+)\}?([^"]*)"', lambda m: values[m.group(1)] + m.group(2), command))
+    assert argv[:2] == ["exec", "/opt/conclave/venv/bin/conclave"]
+    argv = argv[2:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"the conclave CLI rejects the launcher's args {argv}: exit {exc.code}") from None
+    assert str(args.manifest).endswith("/manifest.json")
+    assert not hasattr(args, "policy") and not hasattr(args, "manifest_digest")
