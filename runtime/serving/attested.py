@@ -112,8 +112,8 @@ class AttestedOverlayNetwork:
         """Start (or restart) a host's agent; its simulated attester goes over stdin, never argv."""
         agent, host = self._agents[host_name], self._hosts[host_name]
         payload = {"sim_attester": base64.b64encode(self.trust.attester(agent["name"]).to_secret_bytes()).decode()}
-        if agent["head"] and self.context.extra.get("head_api_key"):
-            payload["api_key"] = self.context.extra["head_api_key"]   # the head's front checks it itself
+        if agent["head"] and self.context.head_api_key:
+            payload["api_key"] = self.context.head_api_key   # the head's front checks it itself (stdin, never argv)
         bundle = json.dumps(payload).encode()
         del payload
         started = process.spawn(f"agent-{host_name}", agent["argv"], env=_agent_env(), log_path=agent["log"],

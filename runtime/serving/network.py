@@ -35,7 +35,8 @@ class ClusterAddress:
 
 @dataclass
 class ClusterContext:
-    """What a network layer may need to know about the cluster it connects (no secrets)."""
+    """What a network layer may need to know about the cluster it connects. The one secret, the API
+    key the head's front checks, is kept out of repr and goes to the head only over its stdin bundle."""
     cluster_id: str
     run_dir: Path
     state_dir: Path
@@ -44,6 +45,7 @@ class ClusterContext:
     public_port: int                      # the head's public API port on its underlay address
     record: Callable[[object], None] = lambda started: None   # register a started process group
     extra: dict = field(default_factory=dict)
+    head_api_key: str | None = field(default=None, repr=False)
 
 
 @runtime_checkable

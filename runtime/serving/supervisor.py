@@ -116,7 +116,8 @@ class Supervisor:
             layer_ranges=engine.stage_layer_ranges(int(st["model"]["num_layers"]), stages,
                                                    tuple(st["partition"]) if st.get("partition") else None),
             model_digest=st["model"]["digest"], public_port=self._public_port(), record=record,
-            extra=self._network_extra())
+            extra=self._network_extra(),
+            head_api_key=st.get("api_key") if self._front_enabled() else None)   # the head's front checks it
         try:
             addresses = self.network.bring_up(hosts.hosts, context)
         finally:
@@ -233,8 +234,7 @@ class Supervisor:
         front = self.state.get("front")
         if not front:
             return {}
-        return {"head_api_key": self.state.get("api_key"),   # to the head's front over its stdin bundle, never argv
-                "head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
+        return {"head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
                                    "--model-manifest", self.state["model"]["manifest"]]}
 

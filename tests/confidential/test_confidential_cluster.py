@@ -290,3 +290,19 @@ def test_conclave_proxy_forwards_a_chat_request(ccluster, tmp_path):
         except subprocess.TimeoutExpired:
             proxy.kill()
             proxy.wait(5)
+
+
+def test_front_requires_the_api_key_beyond_health(ccluster):
+    """The head's front holds the API key (its agent's stdin bundle): /metrics and /version need it,
+    /health does not; vLLM's extra routes are not reachable at all."""
+    import httpx
+    root = ccluster.base_url.rsplit("/v1", 1)[0]
+
+    def get(path: str, key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(root + path, headers=headers, timeout=30, verify=ccluster.verify).status_code
+
+    for path in ("/metrics", "/version"):
+        assert get(path, None) == 401 and get(path, "wrong") == 401 and get(path, ccluster.api_key) == 200, path
+    assert get("/health", None) == 200
+    assert get("/invocations", ccluster.api_key) == 404 and get("/tokenize", None) == 401
