@@ -119,6 +119,7 @@ class HeadFront(LoopServer):
     """The head's public HTTPS server (see the module docstring for routes and hooks)."""
 
     _thread_name = "conclave-front"
+    _scheme = "https"
 
     def __init__(self, *, builder: BundleBuilder, report: RunReportState, upstream: str,
                  identity: HeadTlsIdentity, listen_host: str = "127.0.0.1", listen_port: int = 0,
@@ -209,14 +210,6 @@ class HeadFront(LoopServer):
                 pass
             raise
         return path
-
-    @property
-    def url(self) -> str:
-        if self.bound is None:
-            raise RuntimeError("the front server is not started")
-        host = self.bound[0]
-        host = f"[{host}]" if ":" in host else host
-        return f"https://{host}:{self.bound[1]}"
 
     # ------------------------------------------------------------------ handlers
     async def _attestation(self, request: web.Request) -> web.Response:

@@ -18,6 +18,8 @@ class LoopServer:
     """Subclasses implement `async start() -> (host, port)` and `async stop()`."""
 
     _thread_name = "conclave-loop-server"
+    _scheme = "http"
+    bound: tuple[str, int] | None = None
 
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -27,6 +29,15 @@ class LoopServer:
 
     async def stop(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        """scheme://host:port once listening."""
+        if self.bound is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        host = self.bound[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"{self._scheme}://{host}:{self.bound[1]}"
 
     async def _listen(self, app: web.Application, host: str, port: int, ssl_context=None) -> tuple[str, int]:
         """Serve `app` on host:port (port 0: any free one); sets self._runner and returns the bound

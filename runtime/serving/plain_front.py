@@ -48,14 +48,6 @@ class PlainFront(LoopServer):
     def __repr__(self) -> str:
         return f"PlainFront(bound={self.bound}, guard={self.guard!r})"
 
-    @property
-    def url(self) -> str:
-        if self.bound is None:
-            raise RuntimeError("the plain front is not started")
-        host = self.bound[0]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.bound[1]}"
-
     def end_in_flight(self, code: str, message: str, *, status: int = 503,
                       type_: str = UPSTREAM_ERROR_TYPE) -> None:
         """From any thread: end every in-flight request at once. Streaming responses get a final

@@ -239,3 +239,16 @@ class LocalHosts:
             netns.del_netns(ns)
         for link in reversed(self._created_links):
             netns.del_link(link)
+
+
+def peer(status: dict, node: str) -> dict | None:
+    """A node's record in an agent's status, by node name."""
+    return next((p for p in status["peers"] if p["node_id"] == node), None)
+
+
+def meshed_with(lh: "LocalHosts", a: str, b: str, *, handshake: bool = False) -> bool:
+    """Host a has host b meshed and on its device (and, with handshake=True, a completed handshake)."""
+    st = lh.status(a)
+    p = peer(st, lh.hosts[b].name)
+    return bool(p and p["state"] == "meshed" and p["wg_public_key"] in st["device_peers"]
+                and (not handshake or p["latest_handshake"]))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from overlay_hosts import LocalHosts
+from overlay_hosts import LocalHosts, meshed_with, peer
 
 HOSTS = ("h0", "h1", "h2")
 LIVENESS_INTERVAL, LIVENESS_TIMEOUT = 1.0, 5.0
@@ -37,22 +37,12 @@ def trio(overlay_tools, tmp_path_factory):
         lh.teardown()
 
 
-def _peer(status: dict, node: str) -> dict | None:
-    return next((p for p in status["peers"] if p["node_id"] == node), None)
-
-
-def _meshed_with(lh: LocalHosts, a: str, b: str) -> bool:
-    st = lh.status(a)
-    p = _peer(st, lh.hosts[b].name)
-    return bool(p and p["state"] == "meshed" and p["wg_public_key"] in st["device_peers"])
-
-
 def _all_meshed(lh: LocalHosts) -> bool:
-    return all(_meshed_with(lh, a, b) for a in HOSTS for b in HOSTS if a != b)
+    return all(meshed_with(lh, a, b) for a in HOSTS for b in HOSTS if a != b)
 
 
 def _events(lh: LocalHosts, a: str, b: str, kind: str) -> int:
-    return sum(e["event"] == kind for e in _peer(lh.status(a), lh.hosts[b].name)["events"])
+    return sum(e["event"] == kind for e in peer(lh.status(a), lh.hosts[b].name)["events"])
 
 
 def test_killed_wireguard_daemon_is_recreated_without_readmission(trio):
@@ -80,7 +70,7 @@ def test_killed_wireguard_daemon_is_recreated_without_readmission(trio):
     # the same identity, the same admission: nobody re-attested or re-keyed
     assert lh.status("h1")["wg_public_key"] == st["wg_public_key"]
     for (a, b), count in admitted.items():
-        assert _events(lh, a, b, "admitted") == count and _meshed_with(lh, a, b)
+        assert _events(lh, a, b, "admitted") == count and meshed_with(lh, a, b)
     dump = lh.exec("h1", ["wg", "show", lh.hosts["h1"].interface, "preshared-keys"]).stdout
     assert dump.count("\t") == 2 and "(none)" not in dump
 
@@ -92,19 +82,19 @@ def test_partitioned_host_is_evicted_then_meshes_again_when_healed(trio):
     cut = time.monotonic()
     try:
         def evicted_by_others():
-            return all(_peer(lh.status(a), victim.name)["state"] == "evicted" for a in ("h0", "h1"))
+            return all(peer(lh.status(a), victim.name)["state"] == "evicted" for a in ("h0", "h1"))
         lh.wait_for(evicted_by_others, LIVENESS_TIMEOUT + 5, "both others evict the partitioned host")
         detect = time.monotonic() - cut
         for a in ("h0", "h1"):
             st = lh.status(a)
-            p = _peer(st, victim.name)
+            p = peer(st, victim.name)
             assert p["reason"] == "peer_unreachable" and p["events"][-1]["event"] == "unreachable"
             lh.wait_for(lambda: p["wg_public_key"] not in lh.status(a)["device_peers"], RECONCILE + 2,
                         f"{a} drops the partitioned host from its device")
         # the partitioned host evicts them too (nothing answers its pings either)
-        lh.wait_for(lambda: all(_peer(lh.status("h2"), lh.hosts[b].name)["reason"] == "peer_unreachable"
+        lh.wait_for(lambda: all(peer(lh.status("h2"), lh.hosts[b].name)["reason"] == "peer_unreachable"
                                 for b in ("h0", "h1")), 5, "the victim evicts the others")
-        assert _meshed_with(lh, "h0", "h1") and _meshed_with(lh, "h1", "h0")
+        assert meshed_with(lh, "h0", "h1") and meshed_with(lh, "h1", "h0")
     finally:
         lh.set_underlay("h2", up=True)
     healed = time.monotonic()
@@ -117,6 +107,6 @@ def test_partitioned_host_is_evicted_then_meshes_again_when_healed(trio):
     print(f"\npartition: evicted by both others {detect:.1f}s after the cut (timeout {LIVENESS_TIMEOUT}s); "
           f"meshed again {remeshed:.1f}s and overlay ping {back:.1f}s after healing")
     for a in ("h0", "h1"):
-        assert _peer(lh.status(a), victim.name)["reason"] is None
+        assert peer(lh.status(a), victim.name)["reason"] is None
         assert _events(lh, a, "h2", "meshed") >= 2
     assert detect <= LIVENESS_TIMEOUT + 4

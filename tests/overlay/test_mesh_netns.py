@@ -21,7 +21,7 @@ from conclave.overlay import rpc
 from conclave.overlay.keys import WgPrivateKey, WgPublicKey
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
-from overlay_hosts import ADMISSION_PORT, METRICS_PORT, RENDEZVOUS_PORT, LocalHosts
+from overlay_hosts import ADMISSION_PORT, METRICS_PORT, RENDEZVOUS_PORT, LocalHosts, meshed_with, peer
 
 GOOD = ("h0", "h1", "h2")
 REATTEST = 2.0
@@ -46,22 +46,12 @@ def mesh(overlay_tools, tmp_path_factory):
         lh.start("h4", debug=True, rogue_mode="unchecked", **common)
         for short in lh.hosts:
             lh.wait_status(short)
-        lh.wait_for(lambda: all(_meshed_with(lh, a, b) for a in GOOD for b in GOOD + ("h3",) if a != b),
+        lh.wait_for(lambda: all(meshed_with(lh, a, b, handshake=True)
+                                for a in GOOD for b in GOOD + ("h3",) if a != b),
                     40, "h0-h3 to mesh")
         yield lh
     finally:
         lh.teardown()
-
-
-def _peer(status: dict, node: str) -> dict | None:
-    return next((p for p in status["peers"] if p["node_id"] == node), None)
-
-
-def _meshed_with(lh: LocalHosts, a: str, b: str) -> bool:
-    st = lh.status(a)
-    p = _peer(st, lh.hosts[b].name)
-    return bool(p and p["state"] == "meshed" and p["wg_public_key"] in st["device_peers"]
-                and p["latest_handshake"])
 
 
 def test_admitted_hosts_are_mutually_meshed_with_exact_allowed_ips(mesh):
@@ -71,7 +61,7 @@ def test_admitted_hosts_are_mutually_meshed_with_exact_allowed_ips(mesh):
         for b in GOOD:
             if a == b:
                 continue
-            p = _peer(st, mesh.hosts[b].name)
+            p = peer(st, mesh.hosts[b].name)
             assert p["admitted_by_us"] and p["admitted_us"] and p["on_device"]
             assert p["overlay_address"] == mesh.hosts[b].overlay_ip
             assert p["evidence_age_s"] is not None and p["evidence_age_s"] < 3 * REATTEST
@@ -118,7 +108,7 @@ def test_debug_guest_is_rejected_by_everyone_and_reaches_nothing(mesh):
     rogue_key = mesh.status("h4")["wg_public_key"]
     for a in GOOD:
         st = mesh.status(a)
-        p = _peer(st, rogue.name)
+        p = peer(st, rogue.name)
         assert p is not None and p["state"] == "rejected"
         assert p["reason"] == "debug_enabled"
         assert rogue_key not in st["device_peers"]
@@ -218,14 +208,14 @@ def test_oversized_admission_message_is_refused_without_harm(mesh):
             stub.Attest(pb.AttestRequest(nonce=b"short"), timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert mesh.status("h0")["state"] == "meshed"
-    assert _meshed_with(mesh, "h0", "h1")
+    assert meshed_with(mesh, "h0", "h1", handshake=True)
 
 
 def test_failed_reattestation_evicts_within_one_reconcile_period(mesh):
     victim = mesh.hosts["h3"]
     victim_key = None
     for a in GOOD:  # joined while its certificate was valid
-        p = _peer(mesh.status(a), victim.name)
+        p = peer(mesh.status(a), victim.name)
         assert p is not None and any(e["event"] == "meshed" for e in p["events"])
         victim_key = p["wg_public_key"]
     expiry = mesh.victim_started + VICTIM_VALIDITY
@@ -235,7 +225,7 @@ def test_failed_reattestation_evicts_within_one_reconcile_period(mesh):
         out = {}
         for a in GOOD:
             st = mesh.status(a)
-            p = _peer(st, victim.name)
+            p = peer(st, victim.name)
             if p["state"] != "evicted" or victim_key in st["device_peers"]:
                 return None
             out[a] = (p, st, time.time())
@@ -250,7 +240,7 @@ def test_failed_reattestation_evicts_within_one_reconcile_period(mesh):
         assert victim_key not in wg
     # the device dropped the peer within one reconcile period of the eviction decision
     for a in GOOD:
-        p = _peer(mesh.status(a), victim.name)
+        p = peer(mesh.status(a), victim.name)
         evicted_at = next(e["at"] for e in reversed(p["events"]) if e["event"] == "reattestation_failed")
         assert p["device_removed_at"] is not None
         assert 0 <= p["device_removed_at"] - evicted_at <= RECONCILE, (a, p)
