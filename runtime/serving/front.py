@@ -276,10 +276,7 @@ class HeadFront(LoopServer):
                  self.identity.spki_sha256.hex()[:16])
         return self.bound  # type: ignore[return-value]
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def _release(self) -> None:
         await self.guard.close()
 
 

@@ -4,7 +4,7 @@ the head's TLS front and the plain-mode API guard.
 Why a base class: both servers live inside processes that are not asyncio programs (the node
 agent's threads, the cluster supervisor), so each needs the same three ways to run: its own loop
 thread (start_in_thread / stop_thread), the calling thread until a stop event (serve_forever), or
-an existing loop (await start() / await stop()). Subclasses implement only start() and stop().
+an existing loop (await start() / await stop()). Subclasses implement only start() and _release().
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp import web
 
 
 class LoopServer:
-    """Subclasses implement `async start() -> (host, port)` and `async stop()`."""
+    """Subclasses implement `async start() -> (host, port)` (using _listen) and `async _release()`."""
 
     _thread_name = "conclave-loop-server"
     _scheme = "http"
@@ -27,8 +27,17 @@ class LoopServer:
     async def start(self) -> tuple[str, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def stop(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    _runner: web.AppRunner | None = None
+
+    async def stop(self) -> None:
+        """Stop listening, then release what the subclass opened (_release)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self._release()
+
+    async def _release(self) -> None:
+        """Subclasses close their own resources here (e.g. the upstream HTTP session)."""
 
     @property
     def url(self) -> str:

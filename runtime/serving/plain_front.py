@@ -68,8 +68,5 @@ class PlainFront(LoopServer):
                  self.guard.upstream, "required" if self.guard.api_key else "none")
         return self.bound  # type: ignore[return-value]
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def _release(self) -> None:
         await self.guard.close()

@@ -2,7 +2,6 @@
 the full join, key release, secrets, eviction and malformed RPCs, without root."""
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -22,24 +21,7 @@ from conclave.runtime.attestation.policy import Policy
 from conclave.runtime.attestation.sim import SimulatedRoot
 from conclave.runtime.keys.secret import SecretValue
 
-GOOD = bytes.fromhex("ab" * 48)
-POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-          "sim": {"measurement": [GOOD.hex()]}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from inprocess_support import GOOD, POLICY, free_port, wait_for
 
 
 @pytest.fixture(scope="module")

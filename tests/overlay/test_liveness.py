@@ -33,28 +33,10 @@ from conclave.runtime.attestation.policy import Policy
 from conclave.runtime.attestation.sim import SimulatedRoot
 from conclave.runtime.errors import ConclaveError, UsageError
 
+from inprocess_support import GOOD, POLICY, free_port, wait_for
 from signed_manifest import write_signed_manifest
 
-GOOD = bytes.fromhex("ab" * 48)
-POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-          "sim": {"measurement": [GOOD.hex()]}}
 INTERVAL, TIMEOUT = 0.25, 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Mesh:
