@@ -1,7 +1,10 @@
 """`conclave verify URL` (check a head before trusting it) and `conclave proxy` (keep checking).
 
-Both take the deployment manifest the client got from the owner out of band (optionally pinning
-the owner key), the simulated root for local clusters (--sim-root), and --ca for extra PKI checks.
+Both take the deployment manifest the client got from the owner out of band and the owner's key
+(--owner-fingerprint or --owner-pubkey), the simulated root for local clusters (--sim-root), and
+--ca for extra PKI checks. Without an owner pin both refuse at once, before any connection (exit 1,
+reason `owner_not_pinned`): a manifest signed by anyone proves nothing. `--unsafe-unpinned` lifts
+that refusal for experiments, and `verify --json` then reports `"unsafe_unpinned": true`.
 `verify` prints {"ok","tee","reason","claims","violations","steps","nodes",...} with --json and
 exits like `conclave attest verify`: 0 ok, 2 verification failed, 4 policy violated, 5 malformed,
 3 endpoint unreachable. On success it prints the key pin (curl --pinnedpubkey form).
@@ -29,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     pin = p.add_mutually_exclusive_group()
     pin.add_argument("--owner-pubkey", type=Path, help="pin the manifest owner (PEM or base64 file)")
     pin.add_argument("--owner-fingerprint", help="pin the manifest owner (SHA-256 hex)")
+    pin.add_argument("--unsafe-unpinned", action="store_true",
+                     help="UNSAFE: accept a manifest signed by any key (no owner pin)")
     p.add_argument("--sim-root", type=Path, help="simulated TEE root certificate (local clusters)")
     p.add_argument("--ca", type=Path, help="also require the TLS certificate to chain to this CA")
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
@@ -53,15 +58,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _manifest(args) -> mdoc.VerifiedManifest:
+    """The client's manifest under the owner pin; no pin is refused before anything else happens."""
+    if not (args.owner_pubkey or args.owner_fingerprint or args.unsafe_unpinned):
+        raise mdoc.ManifestError(mdoc.ManifestReason.OWNER_NOT_PINNED,
+                                 "pin the deployment owner with --owner-fingerprint or --owner-pubkey "
+                                 "(or pass --unsafe-unpinned to accept a manifest signed by anyone)")
     pin = keys.load_public_key_file(args.owner_pubkey) if args.owner_pubkey else args.owner_fingerprint
     try:
         data = args.manifest.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read manifest {args.manifest}: {exc.strerror}") from None
-    manifest = mdoc.verify_bytes(data, trusted_owner=pin, allow_unpinned=True)
+    manifest = mdoc.verify_bytes(data, trusted_owner=pin, allow_unpinned=args.unsafe_unpinned)
     if not manifest.owner_pinned:
-        print(f"conclave: note: manifest owner not pinned (fingerprint {manifest.owner_fingerprint})",
-              file=sys.stderr)
+        print(f"conclave: warning: --unsafe-unpinned: manifest owner NOT pinned (fingerprint "
+              f"{manifest.owner_fingerprint}); anyone could have signed it", file=sys.stderr)
     return manifest
 
 
@@ -72,10 +82,13 @@ def _roots(args):
 def _cmd_verify(args) -> int:
     manifest = _manifest(args)
     outcome = verify_endpoint(args.url, manifest=manifest, trusted_roots=_roots(args), ca=args.ca,
-                              timeout=args.timeout,
+                              timeout=args.timeout, unsafe_unpinned=args.unsafe_unpinned,
                               max_cached_age=(timedelta(seconds=args.max_cached_age)
                                               if args.max_cached_age is not None else None))
     out = outcome.to_json()
+    out["owner_pinned"] = manifest.owner_pinned
+    if not manifest.owner_pinned:
+        out["unsafe_unpinned"] = True
     if args.json:
         print(json.dumps(out, sort_keys=True))
     elif outcome.ok:
@@ -96,6 +109,7 @@ def _cmd_verify(args) -> int:
 
 def _cmd_proxy(args) -> int:
     clog.setup()
+    manifest = _manifest(args)
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -103,7 +117,8 @@ def _cmd_proxy(args) -> int:
     if host not in ("127.0.0.1", "::1", "localhost"):
         print(f"conclave: warning: proxy listens on {host}; anyone who reaches it uses your "
               "verified upstream", file=sys.stderr)
-    proxy = AttestedProxy(args.upstream, _manifest(args), trusted_roots=_roots(args), ca=args.ca,
-                          reverify_interval=args.reverify, timeout=args.timeout)
+    proxy = AttestedProxy(args.upstream, manifest, trusted_roots=_roots(args), ca=args.ca,
+                          reverify_interval=args.reverify, timeout=args.timeout,
+                          unsafe_unpinned=args.unsafe_unpinned)
     asyncio.run(serve_forever(proxy, host, port))
     return 0

@@ -22,7 +22,8 @@ from cryptography import x509
 
 from conclave.runtime.endpoint.binding import spki_sha256
 from conclave.runtime.endpoint.bundle import MAX_BUNDLE_LEN
-from conclave.runtime.endpoint.verify import BundleResult, EndpointReason, verify_bundle
+from conclave.runtime.endpoint.verify import (BundleResult, EndpointReason, require_pinned_owner,
+                                              verify_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.manifest.document import VerifiedManifest
 
@@ -133,8 +134,13 @@ class EndpointVerification:
 def verify_endpoint(url: str, *, manifest: VerifiedManifest,
                     trusted_roots: Sequence[x509.Certificate] | None = None,
                     ca: Path | None = None, timeout: float = 30.0, at: datetime | None = None,
-                    max_cached_age: timedelta | None = None) -> EndpointVerification:
-    """Fresh nonce -> fetch on one TLS connection -> verify_bundle. Unreachable is a failure too."""
+                    max_cached_age: timedelta | None = None,
+                    unsafe_unpinned: bool = False) -> EndpointVerification:
+    """Fresh nonce -> fetch on one TLS connection -> verify_bundle. Unreachable is a failure too.
+
+    An unpinned manifest raises ManifestError `owner_not_pinned` before any connection unless
+    `unsafe_unpinned` is set."""
+    require_pinned_owner(manifest, unsafe_unpinned=unsafe_unpinned)
     upstream = Upstream.parse(url)
     nonce = secrets.token_bytes(NONCE_LEN)
     try:

@@ -22,7 +22,7 @@ from aiohttp import web
 from cryptography import x509
 
 from conclave.runtime.endpoint.client import EndpointVerification, Upstream, verify_endpoint
-from conclave.runtime.endpoint.verify import EndpointReason
+from conclave.runtime.endpoint.verify import EndpointReason, require_pinned_owner
 from conclave.runtime.manifest.document import VerifiedManifest
 
 log = logging.getLogger("conclave.proxy")
@@ -62,15 +62,18 @@ class AttestedProxy:
     def __init__(self, upstream_url: str, manifest: VerifiedManifest, *,
                  trusted_roots: Sequence[x509.Certificate] | None = None, ca: Path | None = None,
                  reverify_interval: float = 60.0, timeout: float = 30.0,
-                 verifier: Callable[[], EndpointVerification] | None = None):
+                 verifier: Callable[[], EndpointVerification] | None = None,
+                 unsafe_unpinned: bool = False):
         if reverify_interval <= 0:
             raise ValueError("reverify_interval must be positive")
+        require_pinned_owner(manifest, unsafe_unpinned=unsafe_unpinned)  # before any connection
+        self.owner_pinned = manifest.owner_pinned
         self.upstream = Upstream.parse(upstream_url)
         self.reverify_interval = float(reverify_interval)
         self.timeout = float(timeout)
         self._verifier = verifier or functools.partial(
             verify_endpoint, upstream_url, manifest=manifest, trusted_roots=trusted_roots, ca=ca,
-            timeout=timeout)
+            timeout=timeout, unsafe_unpinned=unsafe_unpinned)
         self.state = VerificationState(False, "not_verified", "no verification yet")
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -121,6 +124,8 @@ class AttestedProxy:
     async def _status(self, request: web.Request) -> web.Response:
         body = self.state.to_json()
         body["ok"] = self.usable()
+        if not self.owner_pinned:
+            body["unsafe_unpinned"] = True
         return web.json_response(body, status=200 if body["ok"] else 503)
 
     def _refusal(self) -> web.Response:

@@ -35,7 +35,8 @@ from conclave.runtime.endpoint.bundle import (CPU_TEES, EvidenceBlob, NodeEntry,
                                               parse_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest.canonical import CanonicalError
-from conclave.runtime.manifest.document import VerifiedManifest, content_digest
+from conclave.runtime.manifest.document import (ManifestError, ManifestReason, VerifiedManifest,
+                                                content_digest)
 
 
 class EndpointReason:
@@ -47,9 +48,32 @@ class EndpointReason:
     NODE_MISSING = "node_missing"
     EVIDENCE_EXPIRED = str(Reason.EVIDENCE_EXPIRED)
     UNREACHABLE = "endpoint_unreachable"
+    # per-response receipts (endpoint/receipt.py)
+    RECEIPT_MISSING = "receipt_missing"                      # a completion came without a receipt
+    RECEIPT_SIGNATURE_INVALID = "receipt_signature_invalid"  # the receipt's own signature fails
+    RECEIPT_REQUEST_MISMATCH = "receipt_request_mismatch"    # the request body is not the one signed
+    RECEIPT_RESPONSE_MISMATCH = "receipt_response_mismatch"  # the response body is not the one signed
+    RECEIPT_REPORT_MISMATCH = "receipt_report_mismatch"      # the run report changed / is not the one named
+    RECEIPT_FOREIGN_CLUSTER = "receipt_foreign_cluster"      # report/receipt of another manifest or head
+    RECEIPT_KEY_NOT_ATTESTED = "receipt_key_not_attested"    # signed by a key the head's evidence does not bind
 
 
 _EXIT_BY_REASON = {"malformed": ExitCode.MALFORMED}
+
+
+def require_pinned_owner(manifest: VerifiedManifest, *, unsafe_unpinned: bool = False) -> None:
+    """Refuse a manifest whose owner key the client did not pin (reason `owner_not_pinned`).
+
+    Why: an unpinned manifest may be signed by anyone, so a head that serves the attacker's own
+    manifest (own policy, own measurements) would verify. Clients call this before connecting;
+    `unsafe_unpinned` is the explicit, named way to skip it.
+    """
+    if not isinstance(manifest, VerifiedManifest):
+        raise TypeError("manifest must be a VerifiedManifest (DeploymentManifest.load)")
+    if not manifest.owner_pinned and not unsafe_unpinned:
+        raise ManifestError(ManifestReason.OWNER_NOT_PINNED,
+                            "the manifest's owner key is not pinned (pass the owner fingerprint "
+                            "or public key)")
 
 
 @dataclass

@@ -24,16 +24,19 @@ def files(tmp_path, deployment):
     return man, root
 
 
-def _verify_cli(capsys, url, man, root, *extra) -> tuple[int, dict]:
+def _verify_cli(capsys, deployment, url, man, root, *extra) -> tuple[int, dict]:
+    """`conclave verify --json`, pinned to the deployment owner unless `extra` pins otherwise."""
+    pinned = any(a.startswith(("--owner-", "--unsafe-unpinned")) for a in extra)
+    pin = () if pinned else ("--owner-fingerprint", deployment.manifest.owner_fingerprint)
     rc = main(["verify", url, "--manifest", str(man), "--sim-root", str(root), "--timeout", "10",
-               "--json", *extra])
+               "--json", *pin, *extra])
     return rc, json.loads(capsys.readouterr().out)
 
 
 def test_verify_accepts_good_head(https_head, files, capsys, deployment):
     head = https_head()
     man, root = files
-    rc, out = _verify_cli(capsys, head.url, man, root,
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root,
                           "--owner-fingerprint", deployment.manifest.owner_fingerprint)
     assert rc == 0, out
     assert out["ok"] and out["reason"] is None and out["tee"] == "sim"
@@ -47,14 +50,14 @@ def test_verify_rejects_wrong_manifest(https_head, files, capsys, deployment, tm
     _, root = files
     other = tmp_path / "other.json"
     other.write_bytes(make_manifest_bytes(deployment.owner_key, model_digest="99" * 32))
-    rc, out = _verify_cli(capsys, head.url, other, root)
+    rc, out = _verify_cli(capsys, deployment, head.url, other, root)
     assert (rc, out["reason"]) == (2, "manifest_mismatch")
 
 
-def test_verify_rejects_swapped_tls_key(https_head, files, capsys):
+def test_verify_rejects_swapped_tls_key(https_head, files, capsys, deployment):
     head = https_head(bind_tls="a", serve_tls="b")   # evidence binds key A, server presents key B
     man, root = files
-    rc, out = _verify_cli(capsys, head.url, man, root)
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root)
     assert (rc, out["reason"]) == (2, "tls_key_mismatch")
 
 
@@ -62,17 +65,17 @@ def test_verify_rejects_bad_evidence_with_policy_exit(https_head, files, capsys,
     bad = deployment.root.issue_attester("node-0", measurement=BAD_MEASUREMENT)
     head = https_head(head_attester=bad)
     man, root = files
-    rc, out = _verify_cli(capsys, head.url, man, root)
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root)
     assert (rc, out["reason"]) == (4, "measurement_mismatch")
     assert out["violations"] and out["violations"][0]["node"] == "node-0"
 
 
-def test_verify_with_ca_checks_pki_too(https_head, files, capsys):
+def test_verify_with_ca_checks_pki_too(https_head, files, capsys, deployment):
     head = https_head()
     man, root = files
-    rc, out = _verify_cli(capsys, head.url, man, root, "--ca", str(head.certs["a"][0]))
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root, "--ca", str(head.certs["a"][0]))
     assert rc == 0, out
-    rc, out = _verify_cli(capsys, head.url, man, root, "--ca", str(head.certs["b"][0]))
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root, "--ca", str(head.certs["b"][0]))
     assert (rc, out["reason"]) == (3, "endpoint_unreachable")
 
 
@@ -83,11 +86,12 @@ def test_head_identity_repr_and_key_file_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_verify_unreachable_and_plain_http(files, capsys):
+def test_verify_unreachable_and_plain_http(files, capsys, deployment):
     man, root = files
-    rc, out = _verify_cli(capsys, "https://127.0.0.1:9", man, root)
+    rc, out = _verify_cli(capsys, deployment, "https://127.0.0.1:9", man, root)
     assert (rc, out["reason"]) == (3, "endpoint_unreachable")
-    assert main(["verify", "http://127.0.0.1:9", "--manifest", str(man), "--json"]) == 1
+    assert main(["verify", "http://127.0.0.1:9", "--manifest", str(man), "--json",
+                 "--owner-fingerprint", deployment.manifest.owner_fingerprint]) == 1
     capsys.readouterr()
 
 
@@ -255,7 +259,7 @@ def test_report_key_from_a_verified_endpoint_checks_the_run_report(https_head, f
     from conclave.runtime.report import RunReport
     head = https_head()
     man, root = files
-    rc, out = _verify_cli(capsys, head.url, man, root)
+    rc, out = _verify_cli(capsys, deployment, head.url, man, root)
     assert rc == 0
     report = RunReport.for_manifest(deployment.manifest, started_at=datetime.now(timezone.utc),
                                     evidence={"node-0": ("sim", b"e0"), "node-1": ("sim", b"e1")},

@@ -17,13 +17,14 @@ def _status(base: str):
         return None
 
 
-def test_proxy_forwards_while_verified_then_refuses(make_front, files, vllm):
+def test_proxy_forwards_while_verified_then_refuses(make_front, files, vllm, deployment):
     front = make_front()
     man, root = files
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proxy = CliProcess("proxy", "--upstream", front.url, "--manifest", str(man), "--sim-root", str(root),
-                       "--listen", f"127.0.0.1:{port}", "--reverify", "0.5", "--timeout", "5")
+                       "--listen", f"127.0.0.1:{port}", "--reverify", "0.5", "--timeout", "5",
+                       "--owner-fingerprint", deployment.manifest.owner_fingerprint)
     try:
         ready = wait_until(lambda: (r := _status(base)) is not None and r.status_code == 200 and r, 20)
         assert ready, f"proxy never verified the front: {proxy.output() if proxy.proc.poll() is not None else ''}"

@@ -18,9 +18,11 @@ from conclave.runtime.serving.front import head_front_for_agent
 from front_support import (MEASUREMENT, OTHER_MEASUREMENT, make_manifest_bytes, model_manifest, run_cli)
 
 
-def _verify(url, man, root, *extra):
+def _verify(url, man, root, *extra, owner_fingerprint: str | None = None):
+    """The real `conclave verify --json`; pass the owner pin (or another pin flag in `extra`)."""
+    pin = ("--owner-fingerprint", owner_fingerprint) if owner_fingerprint else ()
     return run_cli("verify", url, "--manifest", str(man), "--sim-root", str(root), "--timeout", "10",
-                   "--json", *extra)
+                   "--json", *pin, *extra)
 
 
 def test_verify_cli_accepts_the_front(make_front, files, deployment):
@@ -41,7 +43,7 @@ def test_verify_cli_rejects_a_wrong_manifest(make_front, files, deployment, tmp_
     _, root = files
     other = tmp_path / "other-manifest.json"
     other.write_bytes(make_manifest_bytes(deployment.owner_key, model_digest="99" * 32))
-    rc, out, _ = _verify(front.url, other, root)
+    rc, out, _ = _verify(front.url, other, root, owner_fingerprint=deployment.manifest.owner_fingerprint)
     assert (rc, out["ok"], out["reason"]) == (2, False, "manifest_mismatch")
 
 
@@ -66,10 +68,10 @@ class _EvidenceSwapBuilder(BundleBuilder):
         return bundle
 
 
-def test_verify_cli_rejects_a_tampered_bundle(make_front, files):
+def test_verify_cli_rejects_a_tampered_bundle(make_front, files, deployment):
     front = make_front(builder_cls=_TamperingBuilder)
     man, root = files
-    rc, out, _ = _verify(front.url, man, root)
+    rc, out, _ = _verify(front.url, man, root, owner_fingerprint=deployment.manifest.owner_fingerprint)
     assert (rc, out["reason"]) == (2, "report_data_mismatch")
     bad = next(n for n in out["nodes"] if n["name"] == "node-1")
     assert bad["ok"] is False and bad["reason"] == "report_data_mismatch"
@@ -82,13 +84,13 @@ def test_swapped_head_evidence_is_rejected(make_front, deployment):
     assert not v.ok and v.result.reason == "report_data_mismatch"
 
 
-def test_verify_cli_rejects_a_swapped_tls_key(make_front, files):
+def test_verify_cli_rejects_a_swapped_tls_key(make_front, files, deployment):
     """A second front with its own TLS key replaying the first one's evidence binding."""
     genuine = make_front()
     impostor = make_front(identity=generate_head_identity(["127.0.0.1"]),
                           bind_spki=genuine.identity.spki_sha256)
     man, root = files
-    rc, out, _ = _verify(impostor.url, man, root)
+    rc, out, _ = _verify(impostor.url, man, root, owner_fingerprint=deployment.manifest.owner_fingerprint)
     assert (rc, out["reason"]) == (2, "tls_key_mismatch")
     assert out["tls"]["spki_sha256"] == impostor.identity.spki_sha256.hex()
 
