@@ -55,6 +55,17 @@ class Reason(StrEnum):
     EVIDENCE_EXPIRED = "evidence_expired"
     SIMULATED_MARKER_MISSING = "simulated_marker_missing"
     VMPL_NOT_ALLOWED = "vmpl_not_allowed"
+    # NVIDIA RIMs (nvgpu_rim): a golden value differs / a RIM's signature or chain fails /
+    # no given RIM matches the evidence's driver or VBIOS version
+    RIM_MISMATCH = "rim_mismatch"
+    RIM_INVALID = "rim_invalid"
+    RIM_MISSING = "rim_missing"
+    # per-stage GPU requirements (nvgpu_requirement): too few attested GPUs / CC (or protected
+    # PCIe) mode not proven / a GPU model the stage does not allow
+    GPU_MISSING = "gpu_missing"
+    GPU_CC_OFF = "gpu_cc_off"
+    GPU_MODEL_NOT_ALLOWED = "gpu_model_not_allowed"
+    REVOCATION_UNCHECKED = "revocation_unchecked"
 
 
 class AttestationError(ConclaveError):
@@ -147,6 +158,9 @@ class VerifiedEvidence:
     advisory_ids: tuple[str, ...] = ()
     revocation_checked: bool = True
     notes: tuple[str, ...] = ()
+    # Seconds between `verified_at` and the oldest vendor-dated piece of collateral used (TCB
+    # info / QE identity issue dates, CRL thisUpdate); None when no dated collateral was used.
+    collateral_age_s: float | None = None
     _issuer: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

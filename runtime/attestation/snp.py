@@ -8,7 +8,9 @@ VCEK/KDS interface spec 57230 for the chain); each stops at the first failure:
   snp.03.ask               ASK (VCEK chain) or ASVK (VLEK chain) issued and signed by the ARK, valid
   snp.04.crl               when AMD KDS CRLs are supplied: signed by the ARK, current, ASK/ASVK not
                            revoked; otherwise revocation_checked=False with a note
-  snp.05.endorsement_key   VCEK/VLEK issued and signed by the ASK/ASVK, valid, ECDSA P-384
+  snp.05.endorsement_key   VCEK/VLEK issued and signed by the ASK/ASVK, valid, ECDSA P-384, and
+                           its serial not listed in the ARK's CRL (AMD lists ASK/ASVK serials
+                           there; a VCEK/VLEK listed there is refused too, cert_revoked)
   snp.06.tcb               REPORTED_TCB equals the VCEK/VLEK SPL extensions (blSPL, teeSPL, snpSPL,
                            ucodeSPL, fmcSPL on Turin); VCEK hwID equals CHIP_ID (chip_id_mismatch)
   snp.07.report_signature  ECDSA P-384 over bytes 0x000-0x29F, r and s little-endian
@@ -197,7 +199,7 @@ def verify(parsed: ParsedSnpReport, *, at: datetime, certs: Sequence[Any] = (),
     log.ok(STEP_ASK)
 
     # snp.04: KDS CRL.
-    revocation_checked = _check_crls(log, collateral, ark, inter, at, notes)
+    revocation_checked, revoked, crl_dates = _check_crls(log, collateral, ark, inter, at, notes)
     log.ok(STEP_CRL)
 
     # snp.05: VCEK / VLEK.
@@ -219,6 +221,9 @@ def verify(parsed: ParsedSnpReport, *, at: datetime, certs: Sequence[Any] = (),
         ek_key = None
     if not isinstance(ek_key, ec.EllipticCurvePublicKey) or not isinstance(ek_key.curve, ec.SECP384R1):
         raise log.fail(STEP_EK, Reason.CHAIN_UNTRUSTED, f"{ek_label} key is not ECDSA P-384")
+    if ek.serial_number in revoked:
+        raise log.fail(STEP_EK, Reason.CERT_REVOKED,
+                       f"{ek_label} serial {ek.serial_number:#x} is revoked by the ARK's CRL")
     log.ok(STEP_EK)
 
     # snp.06: TCB and chip ID.
@@ -254,6 +259,7 @@ def verify(parsed: ParsedSnpReport, *, at: datetime, certs: Sequence[Any] = (),
         tee=TEE, report_data=parsed.report_data, claims=out, verified_at=at, simulated=False,
         steps=tuple(log.steps), tcb_status=None, revocation_checked=revocation_checked,
         notes=tuple(notes), _issuer=_ISSUER,
+        collateral_age_s=max(0.0, (at - min(crl_dates)).total_seconds()) if crl_dates else None,
     )
 
 
@@ -306,11 +312,12 @@ def _trusted_ark(log: StepLog, product: str, trusted_roots: Sequence[Any] | None
 
 
 def _check_crls(log: StepLog, collateral: SnpCollateral | None, ark: AmdCert, inter: AmdCert,
-                at: datetime, notes: list[str]) -> bool:
+                at: datetime, notes: list[str]) -> tuple[bool, set[int], list[datetime]]:
+    """(revocation checked, serials the ARK revoked, thisUpdate of each CRL used)."""
     crls = collateral.crls if collateral else ()
     if not crls:
         notes.append("no AMD KDS CRL supplied: ASK/ASVK revocation not checked")
-        return False
+        return False, set(), []
     mine = [c for c in crls if c.issuer.public_bytes() == ark.subject_der]
     if not mine:
         raise log.fail(STEP_CRL, Reason.COLLATERAL_INVALID, "no supplied CRL is issued by this ARK")
@@ -324,7 +331,7 @@ def _check_crls(log: StepLog, collateral: SnpCollateral | None, ark: AmdCert, in
     if inter.serial_number in revoked:
         raise log.fail(STEP_CRL, Reason.CERT_REVOKED,
                        f"{role_of(inter).kind.upper()} serial {inter.serial_number:#x} is revoked")
-    return True
+    return True, revoked, [crl.last_update_utc for crl in mine]
 
 
 def _tcb_problem(parsed: ParsedSnpReport, ek: AmdCert, product: str | None) -> str | None:

@@ -54,7 +54,7 @@ FINGERPRINTS: dict[str, str] = {
 }
 
 __all__ = ["TEE", "FINGERPRINTS", "ParsedTdxQuote", "TdxCollateral", "looks_like", "parse", "claims",
-           "load_collateral", "verify", "intel_root"]
+           "load_collateral", "verify", "intel_root", "collateral_age_s"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,9 +410,25 @@ def verify(parsed: ParsedTdxQuote, *, at: datetime, certs: Sequence[x509.Certifi
 
     out_claims = claims(parsed)
     out_claims["tcb_status"] = tcb_status
+    age = collateral_age_s(collateral, at) if collateral is not None else None
     out_claims["advisory_ids"] = list(advisory_ids)
     return VerifiedEvidence(
         tee=TEE, report_data=parsed.body.report_data, claims=out_claims, verified_at=at, simulated=False,
         steps=tuple(log.steps), tcb_status=tcb_status, advisory_ids=advisory_ids,
-        revocation_checked=revocation_checked, notes=tuple(notes), _issuer=core._ISSUER,
+        revocation_checked=revocation_checked, notes=tuple(notes), collateral_age_s=age,
+        _issuer=core._ISSUER,
     )
+
+
+def collateral_age_s(collateral: TdxCollateral, at: datetime) -> float:
+    """Seconds from the oldest vendor-dated part of `collateral` to `at`.
+
+    The dated parts are the TCB info and QE identity issue dates and the PCK CRL's thisUpdate:
+    Intel reissues all three continuously, so their age is how stale the verifier's view of
+    TCB recoveries and revocations is. (The Root CA CRL is reissued rarely; its own nextUpdate
+    bounds it in step 04.) The dates are inside signed data, never file times.
+    """
+    dates = [collateral.tcb_info.issue_date, collateral.qe_identity.issue_date]
+    if collateral.pck_crl is not None:
+        dates.append(collateral.pck_crl.last_update_utc)
+    return max(0.0, (at - min(dates)).total_seconds())

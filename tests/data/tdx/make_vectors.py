@@ -5,7 +5,8 @@ A test CA shaped like Intel's: "Conclave Test SGX Root CA" -> "Conclave Test SGX
 -> "Conclave Test SGX PCK Certificate" (with Intel's SGX extensions: PPID, TCB components,
 PCESVN, CPUSVN, PCE-ID, FMSPC, SGX type), a "Conclave Test SGX TCB Signing" certificate, a Root
 CA CRL and a PCK CRL, and TDX TCB info + TD_QE identity JSON signed by the TCB Signing key.
-Quotes (v4 and v5 body type 3) are serialised here independently of the parser under test.
+Quotes (v4 and v5 body type 3) are serialised by runtime/attestation/emulated/tdx_build.py (shared
+with the emulated TDX hardware), written from Intel's specs independently of the parser under test.
 
 Each case is valid except for exactly one defect (or is a positive TCB-status case); cases.json
 lists every case with its quote, collateral, verification time and expected outcome.
@@ -21,15 +22,14 @@ import copy
 import hashlib
 import json
 import shutil
-import struct
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
+
+from conclave.runtime.attestation.emulated import tdx_build as tb
 
 OUT = Path(__file__).resolve().parent
 AT = datetime(2026, 1, 15, tzinfo=timezone.utc)
@@ -51,103 +51,30 @@ TD_ATTRIBUTES = bytes.fromhex("0000001000000000")  # SEPT_VE_DISABLE (bit 28), a
 # ---------------------------------------------------------------------------------------------
 
 def key(label: str) -> ec.EllipticCurvePrivateKey:
-    scalar = int.from_bytes(hashlib.sha256(b"conclave-tdx-test-ca/" + label.encode()).digest(), "big")
-    return ec.derive_private_key(scalar % (2**256 - 2**224) + 1, ec.SECP256R1())
+    return tb.derive_p256(b"conclave-tdx-test-ca/", label)
 
 
-def sign_raw(k: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
-    r, s = decode_dss_signature(k.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def raw_pub(k: ec.EllipticCurvePrivateKey) -> bytes:
-    return k.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + body
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
-
-
-def _int(v: int, tag: int = 0x02) -> bytes:
-    raw = v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big")
-    return _der(tag, raw)
-
-
-def _pair(oid: str, value: bytes) -> bytes:
-    return _der(0x30, _oid(oid) + value)
-
-
-SGX = "1.2.840.113741.1.13.1"
+sign_raw, raw_pub, pem = tb.sign_raw, tb.raw_pub, tb.pem
+SGX = tb.SGX_OID
 
 
 def sgx_extension(components=SGX_COMPONENTS, pce_svn=PCE_SVN, fmspc=FMSPC) -> bytes:
-    tcb = b"".join(_pair(f"{SGX}.2.{i + 1}", _int(c)) for i, c in enumerate(components))
-    tcb += _pair(f"{SGX}.2.17", _int(pce_svn)) + _pair(f"{SGX}.2.18", _der(0x04, bytes(components)))
-    return _der(0x30, b"".join([
-        _pair(f"{SGX}.1", _der(0x04, hashlib.sha256(b"ppid").digest()[:16])),
-        _pair(f"{SGX}.2", _der(0x30, tcb)),
-        _pair(f"{SGX}.3", _der(0x04, PCE_ID)),
-        _pair(f"{SGX}.4", _der(0x04, fmspc)),
-        _pair(f"{SGX}.5", _int(0, 0x0A)),
-    ]))
+    return tb.sgx_extension(components=components, pce_svn=pce_svn, fmspc=fmspc, pce_id=PCE_ID,
+                            ppid=hashlib.sha256(b"ppid").digest()[:16])
 
 
 def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Conclave Test"),
-                      x509.NameAttribute(NameOID.LOCALITY_NAME, "Santa Clara"),
-                      x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
-                      x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+    return tb.name(cn)
 
 
 def cert(subject: str, subject_key, issuer: str, issuer_key, serial: int, *, ca: bool,
          not_before=CERT_FROM, not_after=CERT_TO, extra=()) -> x509.Certificate:
-    b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
-         .public_key(subject_key.public_key()).serial_number(serial)
-         .not_valid_before(not_before).not_valid_after(not_after)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca and subject != issuer else None), True)
-         .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=not ca, key_encipherment=False,
-                                      data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                                      encipher_only=False, decipher_only=False), True)
-         .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False))
-    for ext in extra:
-        b = b.add_extension(ext, False)
-    return b.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True)
+    return tb.certificate(name(subject), subject_key, name(issuer), issuer_key, serial, ca=ca,
+                          not_before=not_before, not_after=not_after, extra=extra)
 
 
 def crl(issuer: str, issuer_key, revoked_serials=(), last=ISSUE, nxt=NEXT) -> x509.CertificateRevocationList:
-    b = (x509.CertificateRevocationListBuilder().issuer_name(name(issuer))
-         .last_update(last).next_update(nxt)
-         .add_extension(x509.CRLNumber(1), False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False))
-    for serial in revoked_serials:
-        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
-                                      .revocation_date(last).build())
-    return b.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True)
-
-
-def pem(*certs: x509.Certificate) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+    return tb.revocation_list(name(issuer), issuer_key, revoked_serials, last=last, nxt=nxt)
 
 
 ROOT_CN, CA_CN = "Conclave Test SGX Root CA", "Conclave Test SGX PCK Platform CA"
@@ -171,64 +98,36 @@ def leaf(components=SGX_COMPONENTS, pce_svn=PCE_SVN, fmspc=FMSPC, *, signer=K_CA
 # ---------------------------------------------------------------------------------------------
 
 def qe_report(report_data: bytes, *, mr_signer=QE_MRSIGNER, isv_prod_id=2, isv_svn=7) -> bytes:
-    out = (bytes([3, 3, 0x19, 0x1B, 4, 0xFF, 0, 3]) + bytes(8)          # cpusvn
-           + struct.pack("<I", 0) + bytes(28)                             # miscselect, reserved
-           + bytes.fromhex("1500000000000000e700000000000000")            # attributes
-           + hashlib.sha256(b"qe mrenclave").digest() + bytes(32)         # mrenclave, reserved
-           + mr_signer + bytes(96)                                        # mrsigner, reserved
-           + struct.pack("<HH", isv_prod_id, isv_svn) + bytes(60)         # isvprodid, isvsvn, reserved
-           + report_data)
-    assert len(out) == 384
-    return out
+    return tb.qe_report(report_data, mr_signer=mr_signer, isv_prod_id=isv_prod_id, isv_svn=isv_svn)
 
 
 def td_body(*, tee_tcb_svn=TEE_TCB_SVN, mr_signer_seam=bytes(48), td_attributes=TD_ATTRIBUTES, tdx15=False) -> bytes:
     def m(label: str) -> bytes:
         return hashlib.sha384(label.encode()).digest()
-    body = (tee_tcb_svn + m("mr_seam") + mr_signer_seam + bytes(8) + td_attributes
-            + bytes.fromhex("e702060000000000") + m("mr_td") + bytes(48) * 3
-            + m("rtmr0") + m("rtmr1") + m("rtmr2") + bytes(48)
-            + hashlib.sha512(b"conclave report data").digest())
-    if tdx15:
-        body += tee_tcb_svn + bytes(48)  # TEE_TCB_SVN2, MRSERVICETD (no service TD bound)
-    return body
+    return tb.td_body(tee_tcb_svn=tee_tcb_svn, mr_seam=m("mr_seam"), mr_signer_seam=mr_signer_seam,
+                      td_attributes=td_attributes, xfam=bytes.fromhex("e702060000000000"), mr_td=m("mr_td"),
+                      mr_config_id=bytes(48), mr_owner=bytes(48), mr_owner_config=bytes(48),
+                      rtmrs=[m("rtmr0"), m("rtmr1"), m("rtmr2"), bytes(48)],
+                      report_data=hashlib.sha512(b"conclave report data").digest(), tdx15=tdx15)
 
 
 def quote(*, version=4, body_kwargs=None, chain=None, qe_kwargs=None, qe_report_data=None,
           qe_signer=K_LEAF, att_key=K_ATT, quote_signer=None, trailing=b"") -> bytes:
-    tdx15 = version == 5
-    header = struct.pack("<HHI", version, 2, 0x81) + bytes(4) + bytes.fromhex("939a7233f79c4ca9940a0db3957f0607") \
-        + hashlib.sha256(b"user data").digest()[:20]
-    body = td_body(tdx15=tdx15, **(body_kwargs or {}))
-    signed = header + body if version == 4 else header + struct.pack("<HI", 3, len(body)) + body
-    att_pub = raw_pub(att_key)
-    auth = bytes(range(32))
+    header = tb.quote_header(version, hashlib.sha256(b"user data").digest()[:20])
+    body = td_body(tdx15=version == 5, **(body_kwargs or {}))
     if qe_report_data is None:
-        qe_report_data = hashlib.sha256(att_pub + auth).digest() + bytes(32)
+        qe_report_data = tb.qe_report_data_for(att_key)
     report = qe_report(qe_report_data, **(qe_kwargs or {}))
-    chain_pem = (chain if chain is not None else pem(leaf(), CA, ROOT)).encode() + b"\x00"
-    inner = struct.pack("<HI", 5, len(chain_pem)) + chain_pem
-    cert_data = report + sign_raw(qe_signer, report) + struct.pack("<H", len(auth)) + auth + inner
-    sig = sign_raw(quote_signer or att_key, signed)
-    sig_data = sig + att_pub + struct.pack("<HI", 6, len(cert_data)) + cert_data
-    return signed + struct.pack("<I", len(sig_data)) + sig_data + trailing
+    return tb.quote(version=version, header=header, body=body,
+                    pck_chain_pem=chain if chain is not None else pem(leaf(), CA, ROOT), report=report,
+                    pck_key=qe_signer, att_key=att_key, quote_signer=quote_signer, trailing=trailing)
 
 
 # ---------------------------------------------------------------------------------------------
 # TCB info, QE identity, collateral
 # ---------------------------------------------------------------------------------------------
 
-def iso(d: datetime) -> str:
-    return d.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def tcb_level(sgx, pce, tdx, status, date, advisories=()):
-    level = {"tcb": {"sgxtcbcomponents": [{"svn": s} for s in sgx], "pcesvn": pce,
-                     "tdxtcbcomponents": [{"svn": s} for s in tdx]},
-             "tcbDate": date, "tcbStatus": status}
-    if advisories:
-        level["advisoryIDs"] = list(advisories)
-    return level
+iso, tcb_level, compact = tb.iso, tb.tcb_level, tb.compact
 
 
 def base_tcb_info() -> dict:
@@ -262,10 +161,6 @@ def base_qe_identity() -> dict:
                       {"tcb": {"isvsvn": 4}, "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": "OutOfDate",
                        "advisoryIDs": ["INTEL-SA-TEST-QE"]}],
     }
-
-
-def compact(d: dict) -> str:
-    return json.dumps(d, separators=(",", ":"))
 
 
 def collateral(*, tcb_info=None, qe_identity=None, tcb_chain=None, tcb_signer=K_TCB, qe_signer=K_TCB,
