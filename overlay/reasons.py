@@ -25,6 +25,7 @@ class OverlayReason(StrEnum):
     NOT_ADMITTED = "not_admitted"
     ROLE_NOT_ALLOWED = "role_not_allowed"
     UNKNOWN_SECRET = "unknown_secret"
+    STAGE_NOT_ALLOWED = "stage_not_allowed"    # a per-stage model key asked for by a node admitted as another stage
     KEY_CONFIRMATION_FAILED = "key_confirmation_failed"
     SELF = "self"                              # our own announcement (ignored)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.model.reasons import ModelReason
 from conclave.runtime.model.safetensors_index import TensorEntry, read_index
 
 SCHEMA = "conclave/model-manifest/v1"
@@ -243,9 +244,18 @@ def verify_groups(folder: Path, manifest: dict, groups: list[str], *, files: Ite
     return VerifyResult(checked, mismatched)
 
 
-# Files every stage needs besides its tensors (config, tokenizer).
+SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
+
+
 def small_files(manifest: dict) -> list[str]:
-    return sorted(f for f in manifest["files"] if not f.endswith(".safetensors"))
+    """Files every stage needs besides its tensors (config, tokenizer), checked by whole-file hash.
+
+    Weight files and the safetensors index are not in it: a stage's shard holds its own weight
+    file(s) and an index listing only its tensors, so neither can match the whole model's hash;
+    the tensors are covered by the group digests and a shard's index by verify_stage_shard.
+    """
+    return sorted(f for f in manifest["files"]
+                  if not f.endswith(".safetensors") and not f.endswith(SAFETENSORS_INDEX_SUFFIX))
 
 
 def verify_layer_range(folder: Path, manifest: dict, start: int, end: int, *, first: bool, last: bool) -> VerifyResult:
@@ -253,7 +263,7 @@ def verify_layer_range(folder: Path, manifest: dict, start: int, end: int, *, fi
     groups = stage_groups(manifest, start, end, first=first, last=last)
     result = verify_groups(folder, manifest, groups, files=small_files(manifest))
     if not result.ok:
-        raise ConclaveError("model_shard_mismatch",
+        raise ConclaveError(ModelReason.SHARD_MISMATCH,
                             f"model shard does not match the manifest: {', '.join(result.mismatched)}",
                             exit_code=ExitCode.VERIFICATION_FAILED)
     return result

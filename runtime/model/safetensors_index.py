@@ -43,11 +43,21 @@ def read_index(path: Path) -> list[TensorEntry]:
             raise ConclaveError("model_malformed", f"{path.name}: header is not JSON ({exc})",
                                 exit_code=ExitCode.MALFORMED) from None
     base = 8 + header_len
+    if not isinstance(header, dict):
+        raise ConclaveError("model_malformed", f"{path.name}: header is not a JSON object", exit_code=ExitCode.MALFORMED)
     entries = []
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        start, end = meta["data_offsets"]
-        entries.append(TensorEntry(name, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]),
-                                   path.name, base + int(start), base + int(end)))
+        try:
+            start, end = (int(v) for v in meta["data_offsets"])
+            shape = tuple(int(d) for d in meta["shape"])
+            dtype = meta["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise ConclaveError("model_malformed", f"{path.name}: tensor {name!r} has a malformed entry",
+                                exit_code=ExitCode.MALFORMED) from None
+        if not isinstance(dtype, str) or not 0 <= start <= end:
+            raise ConclaveError("model_malformed", f"{path.name}: tensor {name!r} has a malformed entry",
+                                exit_code=ExitCode.MALFORMED)
+        entries.append(TensorEntry(name, dtype, shape, path.name, base + start, base + end))
     return entries

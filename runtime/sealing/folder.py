@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.sealing import stream
@@ -101,23 +101,41 @@ def seal_directory(model_dir: Path, sealed_dir: Path, key: SealingKey, *,
     model_dir, sealed_dir = Path(model_dir), Path(sealed_dir)
     if not model_dir.is_dir():
         raise SealError(SealReason.MALFORMED, f"{model_dir} is not a folder")
-    if sealed_dir.exists() and any(sealed_dir.iterdir()):
-        raise SealError(SealReason.MALFORMED, f"{sealed_dir} exists and is not empty")
     if sealed_dir.resolve().is_relative_to(model_dir.resolve()):
         raise SealError(SealReason.MALFORMED, "the sealed folder cannot be inside the model folder")
     files = _model_files(model_dir)
     if not files:
         raise SealError(SealReason.MALFORMED, f"{model_dir} holds no files")
+    return seal_sources([(rel, lambda full=full: open(full, "rb")) for rel, full in files], sealed_dir, key,
+                        chunk_size=chunk_size)
+
+
+def seal_sources(sources: list[tuple[str, Callable[[], BinaryIO]]], sealed_dir: Path, key: SealingKey, *,
+                 chunk_size: int = stream.DEFAULT_CHUNK_SIZE,
+                 progress: Callable[[str], None] | None = None) -> SealedIndex:
+    """Encrypt each (relative path, opener) into a new (or empty) sealed_dir; write the index last.
+
+    The openers return readable binary streams (a file, or a stream built on the fly such as a
+    stage's safetensors), so plaintext that exists only as a selection never touches a disk.
+    """
+    sealed_dir = Path(sealed_dir)
+    if sealed_dir.exists() and any(sealed_dir.iterdir()):
+        raise SealError(SealReason.MALFORMED, f"{sealed_dir} exists and is not empty")
+    rels = [_safe_relpath(rel) for rel, _open in sources]
+    if not rels or len(set(rels)) != len(rels):
+        raise SealError(SealReason.MALFORMED, "nothing to seal, or a path given twice")
     (sealed_dir / BLOB_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
     try:
-        for rel, full in files:
+        for rel, opener in sources:
             file_id = secrets.token_bytes(stream.FILE_ID_LEN)
             blob = sealed_dir / BLOB_DIR / f"{file_id.hex()}.cse"
-            with open(full, "rb") as src, open(blob, "xb") as dst:
+            with opener() as src, open(blob, "xb") as dst:
                 size, sealed_size = stream.seal_stream(key, src, dst, file_id=file_id,
                                                        chunk_size=chunk_size)
             entries.append(SealedEntry(rel, file_id, size, sealed_size))
+            if progress:
+                progress(f"sealed {rel} ({size / 1e6:.1f} MB)")
     except BaseException:
         shutil.rmtree(sealed_dir / BLOB_DIR, ignore_errors=True)  # no half-sealed folder left
         raise
