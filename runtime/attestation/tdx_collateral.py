@@ -295,14 +295,18 @@ def _chain(text: str | bytes, what: str) -> tuple[x509.Certificate, ...]:
 
 def _crl(value: str | bytes, what: str) -> x509.CertificateRevocationList:
     data = value.encode() if isinstance(value, str) else value
+    if data[:1] == b"\x30":
+        # raw DER (a SEQUENCE), never stripped: its last bytes may well be 0x0a or 0x20
+        try:
+            return x509.load_der_x509_crl(data)
+        except ValueError as exc:
+            raise _invalid(f"{what} is not a DER CRL: {exc}") from None
     stripped = data.strip()
     try:
         if b"-----BEGIN" in stripped:
             return x509.load_pem_x509_crl(stripped)
         if stripped[:2] == b"30" and all(c in b"0123456789abcdefABCDEF" for c in stripped):
             return x509.load_der_x509_crl(bytes.fromhex(stripped.decode("ascii")))  # hex DER
-        if stripped[:1] == b"\x30":
-            return x509.load_der_x509_crl(stripped)  # raw DER (a SEQUENCE)
         return x509.load_der_x509_crl(base64.b64decode(stripped, validate=True))
     except (ValueError, binascii.Error) as exc:
         raise _invalid(f"{what} is not a CRL (hex DER, DER, PEM or base64): {exc}") from None
