@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.bench",
     "conclave.runtime.cli.measure",
     "conclave.runtime.cli.rendezvous",
+    "conclave.runtime.cli.env",
+    "conclave.runtime.cli.receipt",
 )
 
 

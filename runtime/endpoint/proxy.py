@@ -22,6 +22,8 @@ from aiohttp import web
 from cryptography import x509
 
 from conclave.runtime.endpoint.client import EndpointVerification, Upstream, verify_endpoint
+from conclave.runtime.endpoint.receipt import receipt_expected
+from conclave.runtime.endpoint.receipt_relay import ReceiptRelay
 from conclave.runtime.endpoint.verify import EndpointReason, require_pinned_owner
 from conclave.runtime.manifest.document import VerifiedManifest
 
@@ -76,6 +78,7 @@ class AttestedProxy:
             timeout=timeout, unsafe_unpinned=unsafe_unpinned)
         self.state = VerificationState(False, "not_verified", "no verification yet")
         self._session: aiohttp.ClientSession | None = None
+        self.receipts = ReceiptRelay(manifest, self.upstream.base, lambda: self._session)  # every completion's receipt
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task | None = None
         self._verify_lock = asyncio.Lock()
@@ -107,8 +110,8 @@ class AttestedProxy:
                     new = VerificationState(False, outcome.result.reason, outcome.result.message,
                                             checked_at=now, detail=outcome.to_json())
             if new.ok != self.state.ok or new.reason != self.state.reason:
-                log.warning("upstream verification: %s", "ok" if new.ok else f"FAILED [{new.reason}]",
-                            extra={"reason": new.reason or "ok"})
+                log.log(logging.INFO if new.ok else logging.WARNING, "upstream verification: %s",
+                        "ok" if new.ok else f"FAILED [{new.reason}]", extra={"reason": new.reason or "ok"})
             self.state = new
             return new
 
@@ -149,6 +152,11 @@ class AttestedProxy:
             async with self._session.request(request.method, url, headers=headers, data=body,
                                              ssl=aiohttp.Fingerprint(pinned.cert_sha256),
                                              allow_redirects=False) as up:
+                if receipt_expected(request.method, request.path, up.status):
+                    return await self.receipts.relay(
+                        request, up, body, pinned,
+                        [(k, v) for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP],
+                        lambda: self.usable() and self.state.cert_sha256 == pinned.cert_sha256)
                 resp = web.StreamResponse(status=up.status, reason=up.reason)
                 for k, v in up.headers.items():
                     if k.lower() not in HOP_BY_HOP:

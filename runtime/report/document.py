@@ -26,6 +26,7 @@ from conclave.runtime.manifest.document import ROLES, VerifiedManifest, rfc3339
 
 REPORT_VERSION = 1
 SIGNING_CONTEXT = b"conclave/run-report/v1\x00"
+RECEIPT_SIGNING_CONTEXT = b"conclave/receipt/v1\x00"   # per-response receipts (endpoint/receipt.py)
 MAX_REPORT_LEN = 8 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -216,6 +217,11 @@ class ReportSigner:
         signature = self._key.sign(SIGNING_CONTEXT + canonical_json(body))
         doc = {"report": body, "signature": keys.b64(signature), "report_key": keys.b64(self.public_key)}
         return canonical_json(doc) + b"\n"
+
+    def sign_receipt(self, receipt: Mapping[str, Any]) -> bytes:
+        """Raw Ed25519 signature over RECEIPT_SIGNING_CONTEXT || canonical_json(receipt): the same
+        attested key signs per-response receipts, under its own context (never a report)."""
+        return self._key.sign(RECEIPT_SIGNING_CONTEXT + canonical_json(dict(receipt)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ Routes
                                    stage's admission evidence (endpoint.bundle.respond). No API key.
     GET /v1/report                 the signed run report (RunReportState.signed()). No API key.
                                    503 report_incomplete until every stage has evidence and a shard.
+    GET /v1/report/<sha256>        a run report a receipt points to (serving/receipts.py). No API key.
+                                   Every successful POST /v1/* carries a receipt signed by the report
+                                   key: header Conclave-Receipt, or a final SSE event before [DONE].
     /v1/*, /health                 forwarded to the upstream vLLM server through the shared guard
     /metrics, /version             (runtime/serving/api_guard.py): method, path+query, headers
                                    (Authorization included: vLLM enforces its own API key), body up
@@ -104,6 +107,8 @@ from conclave.runtime.serving.api_guard import (DEFAULT_MAX_BODY, Abort, ApiGuar
                                                  openai_error, parse_upstream)
 from conclave.runtime.serving.front_report import ReportIncomplete, RunReportState
 from conclave.runtime.serving.loop_server import LoopServer
+from conclave.runtime.serving.receipts import (ARCHIVE_PATH_PREFIX, ReceiptGuard, ReceiptIssuer,
+                                               archived_report)
 
 log = logging.getLogger("conclave.front")
 
@@ -128,8 +133,9 @@ class HeadFront(LoopServer):
                  api_key: str | None = None):
         if report.manifest.digest != builder.manifest.digest:
             raise ValueError("the run report and the attestation bundle are for different manifests")
-        self.guard = ApiGuard(upstream=upstream, api_key=api_key, max_body=max_body,
-                              connect_timeout=connect_timeout)
+        self.receipts = ReceiptIssuer(report)    # every completion carries a signed receipt
+        self.guard = ReceiptGuard(receipts=self.receipts, upstream=upstream, api_key=api_key,
+                                  max_body=max_body, connect_timeout=connect_timeout)
         self.builder = builder
         self.report = report
         self.identity = identity
@@ -252,6 +258,8 @@ class HeadFront(LoopServer):
                             type_=ATTESTATION_ERROR_TYPE, extra={"missing": missing})
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith(ARCHIVE_PATH_PREFIX) and not _bad_path(request.rel_url.raw_path):
+            return await archived_report(self.receipts.archive, request)   # keyless, like /v1/report
         return await self.guard.handle(request, gate=self._stage_gate,
                                        local={ATTESTATION_PATH: self._attestation, REPORT_PATH: self._report})
 

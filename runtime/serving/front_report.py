@@ -177,3 +177,7 @@ class RunReportState:
     def signed(self) -> bytes:
         """The signed report file (canonical JSON + newline); raises ReportIncomplete."""
         return self._signer.sign(self.snapshot())
+
+    def sign_receipt(self, receipt: Mapping) -> bytes:
+        """Sign a per-response receipt with the same attested key (serving/receipts.py)."""
+        return self._signer.sign_receipt(receipt)

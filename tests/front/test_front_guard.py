@@ -153,12 +153,14 @@ def test_upstream_lost_mid_stream_through_the_front(make_front):
                      "code": "upstream_lost"}
 
 
-def test_a_non_streaming_response_cut_mid_body_stays_cut(make_front):
+def test_a_non_streaming_completion_cut_mid_body_becomes_a_clean_error(make_front):
+    """Completions are buffered to sign their receipt, so a cut engine never leaks half a body."""
     front = make_front()
     with _http(front) as http:
-        with pytest.raises(httpx.TransportError):
-            http.post("/v1/chat/completions", headers=KEY,
-                      json={"model": "smollm2", "messages": [{"role": "user", "content": "die"}]}).read()
+        r = http.post("/v1/chat/completions", headers=KEY,
+                      json={"model": "smollm2", "messages": [{"role": "user", "content": "die"}]})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_lost"
+    assert "conclave-receipt" not in r.headers
 
 
 def test_raw_socket_sees_the_error_event_then_the_end_of_the_stream(make_front):
@@ -225,4 +227,5 @@ def test_a_stranger_evicted_ends_nothing(make_front):
                     lines.append(line)
                     if len(lines) == 1:
                         _evict_from_another_thread(front, name="not-a-stage")
-    assert lines[-1] == "data: [DONE]" and len(lines) == 8
+    assert lines[-1] == "data: [DONE]" and len(lines) == 9        # 7 words, the receipt, [DONE]
+    assert lines[-2].startswith('data: {"choices":[],"conclave_receipt":')

@@ -50,10 +50,13 @@ def test_streaming_arrives_chunk_by_chunk(make_front, vllm):
     with client.chat.completions.create(model="smollm2", messages=MESSAGES, stream=True) as stream:
         for chunk in stream:
             arrivals.append(time.monotonic() - started)
-            text.append(chunk.choices[0].delta.content or "")
+            if chunk.choices:       # the final chunk carries the receipt and no choices (like usage)
+                text.append(chunk.choices[0].delta.content or "")
+            last = chunk
     assert "".join(text) == "The capital of France is Paris."
+    assert set(last.model_extra["conclave_receipt"]) == {"receipt", "signature", "report_key"}
     words = len(FakeVllm.STREAM_WORDS)
-    assert len(arrivals) == words
+    assert len(arrivals) == words + 1
     # the upstream needs words * GAP seconds; an incremental relay hands the first chunk over
     # long before the last one is produced, and the chunks spread over that whole time
     assert arrivals[0] < (words - 2) * FakeVllm.STREAM_GAP, arrivals
