@@ -18,9 +18,14 @@ Verification steps (numbered; cryptographic checks stop at the first failure):
                           the firmware reports one: NVSwitches and old drivers do not; like
                           nvtrust, the comparison is then skipped, with a note)
   nvgpu.05.nonce          the signed request nonce equals the expected nonce
-With several devices each per-device step name carries "[i]". Revocation (NVIDIA OCSP) and
-RIM (golden measurement) comparison need NVIDIA's online services and are not done here:
-the result says revocation_checked=False with a note, never pretends.
+  nvgpu.06.rim            only with RIM collateral (nvgpu_rim.RimSet, e.g. --rim FILE): every
+                          RIM's signature and chain to the RIM root (rim_invalid), the driver
+                          and VBIOS RIM for each GPU's versions (rim_missing), every active
+                          index equal to a golden value (rim_mismatch); claims then carry
+                          rim_validated=True and the RIMs' digests
+With several devices each per-device step name carries "[i]". Revocation (NVIDIA OCSP) needs
+NVIDIA's online service and is not done here: the result says revocation_checked=False with a
+note, never pretends (a production policy refuses that: revocation_unchecked).
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from conclave.runtime.attestation.core import MalformedEvidence, Reason, StepLog
 from conclave.runtime.attestation.nvgpu_chain import (ChainError, arch_from_cert, device_id, leaf_fwid,
                                                       pinned_roots, select_leaf, dedupe, subject_serial,
                                                       verify_chain)
+from conclave.runtime.attestation import nvgpu_rim
 from conclave.runtime.attestation.nvgpu_spdm import (NONCE_LEN, SIGNATURE_LEN, SpdmEvidence, looks_like_spdm,
                                                      parse_spdm)
 
@@ -250,11 +256,30 @@ def _device_claims(device: ParsedDevice, leaf: x509.Certificate | None) -> dict[
         "ueid": device_id(leaf) if leaf is not None else None,
         "leaf_subject": leaf.subject.rfc4514_string() if leaf is not None else None,
         "trailing_bytes": spdm.trailing,
+        "gpu_chip": chip_from_cert(leaf) if leaf is not None else None,
+        "ppcie_mode": _ppcie_mode(spdm.opaque.get("protected_pcie_status")),
+        "rim_validated": False,
     }
     for name in _TEXT_OPAQUE:
         raw = spdm.opaque.get(name)
         out[name] = raw.split(b"\x00", 1)[0].decode("ascii", errors="replace") if raw is not None else None
     return out
+
+
+# Opaque protected_pcie_status: 0xAA in an 8x H100 HGX system in Protected PCIe mode, 0x55 on
+# a single GPU outside it (nvtrust samples); anything else is unknown (None: never "on").
+_PPCIE_ON, _PPCIE_OFF = b"\xaa", b"\x55"
+
+
+def _ppcie_mode(raw: bytes | None) -> bool | None:
+    return True if raw == _PPCIE_ON else False if raw == _PPCIE_OFF else None
+
+
+def chip_from_cert(cert: x509.Certificate) -> str | None:
+    """The certified chip name, first word of the leaf CN ("GH100 A01 GSP FMC LF" -> "GH100")."""
+    from cryptography.x509.oid import NameOID
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value).split(" ", 1)[0].upper() if cns else None
 
 
 def _bundle_claims(per_device: list[dict[str, Any]]) -> dict[str, Any]:
@@ -284,10 +309,33 @@ def claims(parsed: ParsedNvgpu) -> dict[str, Any]:
 
 # --- collateral ----------------------------------------------------------------------------
 
-def load_collateral(path: Path) -> object:
-    """NVIDIA GPU verification takes no collateral here (RIMs are not compared offline)."""
-    raise VerificationFailed(Reason.UNSUPPORTED,
-                             f"nvgpu takes no collateral ({path}): RIM comparison is not implemented")
+def load_collateral(path: Path) -> nvgpu_rim.RimSet:
+    """NVIDIA RIMs: one swidtag file, a directory of them, or a JSON bundle {"rims": [xml, ...]}
+    (the shape RIMs travel in next to the evidence). NVIDIA-signed, so untrusted transport is
+    fine; their signatures are checked in verify()."""
+    path = Path(path)
+    if path.is_file():
+        data = path.read_bytes()
+        if data.lstrip()[:1] == b"{":
+            return rim_bundle_from_json(data)
+    return nvgpu_rim.load_rims([path])
+
+
+def rim_bundle_json(rims: Sequence[bytes]) -> bytes:
+    """The JSON bundle load_collateral reads: RIM XML documents as UTF-8 strings."""
+    return json.dumps({"rims": [bytes(r).decode("utf-8") for r in rims]}).encode()
+
+
+def rim_bundle_from_json(data: bytes) -> nvgpu_rim.RimSet:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedEvidence("RIM bundle is not JSON") from None
+    rims = doc.get("rims") if isinstance(doc, dict) else None
+    if not isinstance(rims, list) or not rims or not all(isinstance(r, str) for r in rims):
+        raise MalformedEvidence("RIM bundle must be {\"rims\": [XML strings]}")
+    return nvgpu_rim.RimSet(tuple(nvgpu_rim.parse_rim(r.encode("utf-8"), f"bundle[{i}]")
+                                  for i, r in enumerate(rims)))
 
 
 # --- verification --------------------------------------------------------------------------
@@ -311,13 +359,16 @@ def _verify_signature(spdm: SpdmEvidence, leaf: x509.Certificate) -> str | None:
 
 def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificate] = (),
            collateral: object | None = None, nonce: bytes | None = None,
-           trusted_roots: Sequence[x509.Certificate] | None = None) -> core.VerifiedEvidence:
+           trusted_roots: Sequence[x509.Certificate] | None = None,
+           rim_roots: Sequence[x509.Certificate] | None = None) -> core.VerifiedEvidence:
+    """rim_roots: the RIM signing root(s); None = NVIDIA's pinned root (tests and emulated GPUs
+    pass their test root here, never through evidence or collateral bytes)."""
     if not isinstance(parsed, ParsedNvgpu):
         raise TypeError("verify() takes the result of nvgpu.parse()")
     if at.tzinfo is None:
         raise ValueError("verification time must be timezone-aware (UTC)")
-    if collateral is not None:
-        raise VerificationFailed(Reason.UNSUPPORTED, "nvgpu takes no collateral")
+    if collateral is not None and not isinstance(collateral, nvgpu_rim.RimSet):
+        raise VerificationFailed(Reason.UNSUPPORTED, "nvgpu collateral must be NVIDIA RIMs (nvgpu_rim.RimSet)")
     roots = tuple(trusted_roots) if trusted_roots is not None else pinned_roots()
     # --certs come from outside the evidence but are just as untrusted: same decoding,
     # same MalformedEvidence(malformed) as a corrupt certificate inside the evidence.
@@ -326,7 +377,8 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
     log.ok("nvgpu.01.parse")
     many = len(parsed.devices) > 1
     per_device: list[dict[str, Any]] = []
-    notes = [REVOCATION_NOTE, RIM_NOTE]
+    notes = [REVOCATION_NOTE] + ([] if collateral is not None else [RIM_NOTE])
+    leaves: list[x509.Certificate] = []
     for i, device in enumerate(parsed.devices):
         tag = f"[{i}]" if many else ""
         step = f"nvgpu.02.cert_chain{tag}"
@@ -359,6 +411,7 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
                 raise log.fail(step, Reason.CHAIN_UNTRUSTED,
                                "the FWID certified in the device leaf differs from the firmware's reported FWID")
             log.ok(step)
+        leaves.append(leaf)
         per_device.append(_device_claims(device, leaf))
 
     if nonce is not None:
@@ -368,6 +421,8 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
         log.ok("nvgpu.05.nonce")
     else:
         notes.append("nonce not compared (none expected was given): bind report_data with check_binding")
+    if collateral is not None:
+        _check_rims(log, parsed, leaves, per_device, collateral, at=at, rim_roots=rim_roots, many=many)
     trailing = sum(d.spdm.trailing for d in parsed.devices)
     if trailing:
         notes.append(f"{trailing} unsigned byte(s) after the signature ignored")
@@ -375,3 +430,33 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
         tee=TEE, report_data=parsed.nonce, claims=_bundle_claims(per_device), verified_at=at,
         simulated=False, steps=tuple(log.steps), tcb_status=None, revocation_checked=False,
         notes=tuple(notes), _issuer=core._ISSUER)
+
+
+def _check_rims(log: StepLog, parsed: ParsedNvgpu, leaves: list[x509.Certificate], per_device: list[dict],
+                rims: nvgpu_rim.RimSet, *, at: datetime, rim_roots, many: bool) -> None:
+    """Step nvgpu.06.rim: verify every RIM, select each GPU's driver and VBIOS RIM, compare."""
+    step = "nvgpu.06.rim"
+    try:
+        verified = [nvgpu_rim.verify_rim(r, at=at, roots=rim_roots) for r in rims.rims]
+    except VerificationFailed as exc:
+        raise log.fail(step, Reason(exc.reason), exc.message) from None
+    mismatches: list[nvgpu_rim.Mismatch] = []
+    for i, (device, leaf, claims_i) in enumerate(zip(parsed.devices, leaves, per_device)):
+        spdm = device.spdm
+        try:
+            chosen = nvgpu_rim.select_rims(
+                verified, driver_version=spdm.driver_version, vbios_version=spdm.vbios_version,
+                product=chip_from_cert(leaf), vbios_id=nvgpu_rim.vbios_rim_id(spdm.opaque, spdm.vbios_version))
+            found = nvgpu_rim.compare((chosen.driver, chosen.vbios), spdm.measurements)
+        except VerificationFailed as exc:
+            raise log.fail(step, Reason(exc.reason), f"device {i}: {exc.message}" if many else exc.message) from None
+        mismatches.extend(found)
+        claims_i["rim_validated"] = not found
+        claims_i["rim_driver_sha256"] = nvgpu_rim.rim_digest(chosen.driver)
+        claims_i["rim_vbios_sha256"] = nvgpu_rim.rim_digest(chosen.vbios)
+    if mismatches:
+        log.steps.append(core.Step(step, False))
+        indices = sorted({m.spdm_index for m in mismatches})
+        raise nvgpu_rim.RimMismatch(mismatches, f"GPU measurement(s) {indices} differ from NVIDIA's RIM golden values",
+                                    steps=log.steps)
+    log.ok(step)

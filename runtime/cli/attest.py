@@ -3,6 +3,7 @@
     conclave attest inspect FILE [--tee tdx|snp|nvgpu|sim] [--json]
     conclave attest verify FILE [--tee ...] [--certs FILE ...] [--collateral FILE_OR_DIR]
                                 [--at RFC3339] [--policy FILE] [--report-data HEX] [--nonce HEX] [--json]
+    conclave attest verify EVIDENCE --tee nvgpu --certs CHAIN --nonce HEX --rim FILE [--rim FILE ...]
 
 verify runs parse -> verify (-> binding with --report-data) (-> policy with --policy). Without
 --policy it verifies only. --json prints exactly one object:
@@ -12,6 +13,10 @@ Exit codes: 0 accepted, 2 verification failed, 4 policy violated, 5 malformed in
 --certs: PEM bundles or DER files, any number, any order (vendor chain pieces, VCEK/VLEK, ...).
 For simulated evidence (--tee sim) --certs supplies the TRUSTED SIMULATED ROOT(S): simulated
 evidence has no built-in root, so without --certs it never verifies.
+--rim (nvgpu): NVIDIA RIM swidtags (files or directories). Every RIM's signature and chain to
+NVIDIA's pinned RIM root must hold at --at (rim_invalid), each GPU needs the driver and VBIOS
+RIM of its versions (rim_missing), and every active measurement must match (rim_mismatch; the
+JSON then carries "rim": {"mismatched_indices": [...], "mismatches": [...]}, SPDM numbering).
 --at: the verification time (default: now; the only place that reads the clock). Real vectors
 must be verified at their recorded time.
 """
@@ -62,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--report-data", metavar="HEX",
                         help="expected REPORT_DATA (64 bytes; nvgpu: the 32-byte nonce)")
     verify.add_argument("--nonce", metavar="HEX", help="expected GPU nonce (nvgpu, 32 bytes)")
+    verify.add_argument("--rim", action="append", default=[], metavar="FILE",
+                        help="nvgpu: NVIDIA RIM swidtag file or directory (repeatable)")
+    verify.add_argument("--unsafe-rim-root", metavar="FILE",
+                        help="nvgpu: trust this TEST RIM root instead of NVIDIA's pinned one "
+                             "(emulated GPUs only; the result notes it)")
     verify.set_defaults(func=run_verify)
 
 
@@ -166,8 +176,12 @@ def _fail(exc: ConclaveError, args: argparse.Namespace, tee: TeeType | None,
           claims: dict | None, steps: list[Step] | tuple[Step, ...] = ()) -> int:
     violations = getattr(exc, "violations", None)
     steps = list(getattr(exc, "steps", None) or steps)
-    _emit(_result(ok=False, tee=tee, reason=exc.reason, claims=claims, violations=violations,
-                  steps=steps), args.json, message=exc.message)
+    result = _result(ok=False, tee=tee, reason=exc.reason, claims=claims, violations=violations, steps=steps)
+    mismatches = getattr(exc, "mismatches", None)
+    if mismatches is not None:  # nvgpu_rim.RimMismatch
+        result["rim"] = {"mismatched_indices": sorted({m.spdm_index for m in mismatches}),
+                         "mismatches": [m.to_json() for m in mismatches]}
+    _emit(result, args.json, message=exc.message)
     if not args.json:
         print(f"conclave: error [{exc.reason}]: {exc.message}", file=sys.stderr)
     return int(exc.exit_code)
@@ -209,13 +223,26 @@ def run_verify(args: argparse.Namespace) -> int:
         if nonce is not None and tee != TeeType.NVGPU:
             raise UsageError("--nonce applies to nvgpu evidence; use --report-data for "
                              f"{tee.value}")
-        collateral = (attestation.load_collateral(tee, Path(args.collateral))
-                      if args.collateral else None)
+        if args.rim and tee != TeeType.NVGPU:
+            raise UsageError(f"--rim applies to nvgpu evidence, not {tee.value}")
+        if args.rim and args.collateral:
+            raise UsageError("give RIMs with --rim or --collateral, not both")
+        if args.rim:
+            from conclave.runtime.attestation import nvgpu_rim
+            collateral = nvgpu_rim.load_rims([Path(p) for p in args.rim])
+        else:
+            collateral = (attestation.load_collateral(tee, Path(args.collateral))
+                          if args.collateral else None)
         # Simulated evidence has no vendor root: the roots come only from --certs.
         trusted_roots = certs if tee == TeeType.SIM else None
         module = attestation.format_module(tee)
+        extra: dict[str, Any] = {}
+        if args.unsafe_rim_root:
+            if not args.rim:
+                raise UsageError("--unsafe-rim-root needs --rim")
+            extra["rim_roots"] = load_certificates([args.unsafe_rim_root])
         verified = module.verify(parsed, at=at, certs=tuple(certs), collateral=collateral,
-                                 nonce=nonce, trusted_roots=trusted_roots)
+                                 nonce=nonce, trusted_roots=trusted_roots, **extra)
         claims = dict(verified.claims)
         if verified.tcb_status is not None:
             claims["tcb_status"] = verified.tcb_status
@@ -241,6 +268,8 @@ def run_verify(args: argparse.Namespace) -> int:
         return _fail(exc, args, tee, claims, steps)
 
     notes = list(verified.notes)
+    if args.unsafe_rim_root:
+        notes.append(f"RIMs checked against the TEST RIM root {args.unsafe_rim_root}, not NVIDIA's")
     result = _result(ok=True, tee=tee, reason=None, claims=claims, steps=steps)
     _emit(result, args.json)
     if not args.json:

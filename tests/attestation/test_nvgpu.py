@@ -148,9 +148,10 @@ def test_naive_time_and_collateral_are_refused() -> None:
     with pytest.raises(VerificationFailed) as err:
         nvgpu.verify(parsed, at=AT, certs=CHAIN, trusted_roots=ROOTS, collateral=object())
     assert err.value.reason == Reason.UNSUPPORTED
-    with pytest.raises(VerificationFailed) as err:
+    # nvgpu collateral is NVIDIA RIMs: a folder without any RIM is malformed collateral
+    with pytest.raises(MalformedEvidence) as err:
         nvgpu.load_collateral(DATA)
-    assert err.value.reason == Reason.UNSUPPORTED
+    assert err.value.reason == Reason.MALFORMED
 
 
 def test_pinned_root_with_wrong_fingerprint_fails_closed(tmp_path: Path) -> None:
