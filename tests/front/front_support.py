@@ -229,6 +229,16 @@ class FakeVllm:
         await resp.write_eof()
         return resp
 
+    async def _completions(self, request: web.Request) -> web.Response:
+        """Legacy /v1/completions, non-streamed only (what the client-setup tests need)."""
+        body = await request.json()
+        if body.get("model") != "smollm2":
+            return self._error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        return web.json_response({"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "smollm2",
+                                  "choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop",
+                                               "logprobs": None}],
+                                  "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
@@ -244,6 +254,7 @@ class FakeVllm:
         app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024 * 1024)   # vLLM has no limit
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         for method, path in OPEN_ROUTES:
