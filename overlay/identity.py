@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from conclave.overlay.keys import WgPrivateKey, WgPublicKey
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.runtime.keys.hpke import HpkePrivateKey, HpkePublicKey
@@ -18,6 +21,7 @@ from conclave.runtime.keys.hpke import HpkePrivateKey, HpkePublicKey
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_OWNER_LEN = 128
 MAX_HOST_LEN = 253
+STATEMENT_KEY_LEN = 32
 
 
 class Role(StrEnum):
@@ -30,19 +34,26 @@ class MalformedAnnouncement(ValueError):
 
 
 class NodeIdentity:
-    """This boot's key pairs: WireGuard (X25519) and HPKE (ML-KEM-768 + X25519)."""
+    """This boot's key pairs: WireGuard (X25519), HPKE (ML-KEM-768 + X25519) and the Ed25519
+    statement key that signs this node's stage statements (shard verified, Ray joined)."""
 
-    __slots__ = ("wg_private", "wg_public", "hpke_private", "hpke_public")
+    __slots__ = ("wg_private", "wg_public", "hpke_private", "hpke_public", "statement_private", "statement_public")
 
-    def __init__(self, wg_private: WgPrivateKey, hpke_private: HpkePrivateKey):
+    def __init__(self, wg_private: WgPrivateKey, hpke_private: HpkePrivateKey,
+                 statement_private: ed25519.Ed25519PrivateKey | None = None):
         self.wg_private = wg_private
         self.wg_public = wg_private.public_key()
         self.hpke_private = hpke_private
         self.hpke_public = hpke_private.public_key()
+        self.statement_private = statement_private or ed25519.Ed25519PrivateKey.generate()
+        self.statement_public = self.statement_private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     @classmethod
     def generate(cls) -> "NodeIdentity":
-        return cls(WgPrivateKey.generate(), HpkePrivateKey.generate())
+        return cls(WgPrivateKey.generate(), HpkePrivateKey.generate(), ed25519.Ed25519PrivateKey.generate())
+
+    def __reduce__(self):
+        raise TypeError("NodeIdentity holds private keys and cannot be pickled")
 
     def __repr__(self) -> str:
         return f"NodeIdentity(wg={self.wg_public.to_base64()}, hpke={self.hpke_public!r})"
@@ -59,6 +70,7 @@ class Announcement:
     wg_public_key: WgPublicKey
     hpke_public_key: HpkePublicKey
     overlay_address: ipaddress.IPv4Address
+    statement_key: bytes = b""   # Ed25519 public key of signed stage statements (empty: none)
 
     @property
     def admission_target(self) -> str:
@@ -71,16 +83,20 @@ class Announcement:
         return f"[{host}]:{self.wireguard_port}" if ":" in host else f"{host}:{self.wireguard_port}"
 
     def binding_extra(self) -> dict[str, bytes]:
-        """Fields besides the keys that the evidence also binds (role, name, overlay address)."""
-        return {"node_id": self.node_id.encode(), "role": str(self.role).encode(),
-                "overlay_address": str(self.overlay_address).encode()}
+        """Fields besides the keys that the evidence also binds (role, name, overlay address, and
+        the statement key where the node has one)."""
+        extra = {"node_id": self.node_id.encode(), "role": str(self.role).encode(),
+                 "overlay_address": str(self.overlay_address).encode()}
+        if self.statement_key:
+            extra["statement_key"] = self.statement_key
+        return extra
 
     def to_proto(self) -> pb.NodeAnnouncement:
         return pb.NodeAnnouncement(
             node_id=self.node_id, owner=self.owner, role=str(self.role), underlay_host=self.underlay_host,
             admission_port=self.admission_port, wireguard_port=self.wireguard_port,
             wg_public_key=self.wg_public_key.raw, hpke_public_key=self.hpke_public_key.raw,
-            overlay_address=str(self.overlay_address))
+            overlay_address=str(self.overlay_address), statement_key=self.statement_key)
 
     @classmethod
     def from_proto(cls, msg: pb.NodeAnnouncement) -> "Announcement":
@@ -104,12 +120,15 @@ class Announcement:
             addr = ipaddress.IPv4Address(msg.overlay_address)
         except (ValueError, TypeError) as exc:
             raise MalformedAnnouncement(f"key or address invalid: {exc}") from None
+        if len(msg.statement_key) not in (0, STATEMENT_KEY_LEN):
+            raise MalformedAnnouncement("statement_key must be 32 bytes or absent")
         return cls(node_id=msg.node_id, owner=msg.owner, role=role, underlay_host=msg.underlay_host,
                    admission_port=msg.admission_port, wireguard_port=msg.wireguard_port,
-                   wg_public_key=wg, hpke_public_key=hp, overlay_address=addr)
+                   wg_public_key=wg, hpke_public_key=hp, overlay_address=addr,
+                   statement_key=bytes(msg.statement_key))
 
     def same_identity(self, other: "Announcement") -> bool:
         """Same node, same keys, same bound fields (endpoints may differ: they are not bound)."""
         return (self.node_id == other.node_id and self.wg_public_key == other.wg_public_key
                 and self.hpke_public_key == other.hpke_public_key and self.role == other.role
-                and self.overlay_address == other.overlay_address)
+                and self.overlay_address == other.overlay_address and self.statement_key == other.statement_key)

@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%conclave/overlay/proto/conclave.proto\x12\x0b\x63onclave.v1\"\xd0\x01\n\x10NodeAnnouncement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\runderlay_host\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x64mission_port\x18\x05 \x01(\r\x12\x16\n\x0ewireguard_port\x18\x06 \x01(\r\x12\x15\n\rwg_public_key\x18\x07 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x08 \x01(\x0c\x12\x17\n\x0foverlay_address\x18\t \x01(\t\"F\n\x0f\x41nnounceRequest\x12\x33\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\"$\n\rAnnounceReply\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"\r\n\x0bListRequest\"A\n\tListReply\x12\x34\n\rannouncements\x18\x01 \x03(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\">\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1e\n\x16verifier_wg_public_key\x18\x02 \x01(\x0c\"L\n\x0c\x45videnceItem\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63\x65rts\x18\x03 \x03(\x0c\x12\x12\n\ncollateral\x18\x04 \x01(\x0c\"z\n\x0b\x41ttestReply\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12+\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x19.conclave.v1.EvidenceItem\"R\n\x11KeyReleaseRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\"Z\n\x0fKeyReleaseReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_psk\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x11KeyConfirmRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"F\n\x0fKeyConfirmReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\rSecretRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x0bSecretReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0bPingRequest\x12\x1e\n\x16verifier_wg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\"A\n\tPingReply\x12\x15\n\rwg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06meshed\x18\x03 \x01(\x08*V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x10\n\x0cNOT_ADMITTED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03\x12\r\n\tMALFORMED\x10\x04\x32\x8c\x01\n\nRendezvous\x12\x44\n\x08\x41nnounce\x12\x1c.conclave.v1.AnnounceRequest\x1a\x1a.conclave.v1.AnnounceReply\x12\x38\n\x04List\x12\x18.conclave.v1.ListRequest\x1a\x16.conclave.v1.ListReply2\xdb\x02\n\x04Node\x12>\n\x06\x41ttest\x12\x1a.conclave.v1.AttestRequest\x1a\x18.conclave.v1.AttestReply\x12J\n\nReleaseKey\x12\x1e.conclave.v1.KeyReleaseRequest\x1a\x1c.conclave.v1.KeyReleaseReply\x12J\n\nConfirmKey\x12\x1e.conclave.v1.KeyConfirmRequest\x1a\x1c.conclave.v1.KeyConfirmReply\x12\x41\n\tGetSecret\x12\x1a.conclave.v1.SecretRequest\x1a\x18.conclave.v1.SecretReply\x12\x38\n\x04Ping\x12\x18.conclave.v1.PingRequest\x1a\x16.conclave.v1.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%conclave/overlay/proto/conclave.proto\x12\x0b\x63onclave.v1\"\xe7\x01\n\x10NodeAnnouncement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\runderlay_host\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x64mission_port\x18\x05 \x01(\r\x12\x16\n\x0ewireguard_port\x18\x06 \x01(\r\x12\x15\n\rwg_public_key\x18\x07 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x08 \x01(\x0c\x12\x17\n\x0foverlay_address\x18\t \x01(\t\x12\x15\n\rstatement_key\x18\n \x01(\x0c\"F\n\x0f\x41nnounceRequest\x12\x33\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\"$\n\rAnnounceReply\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"\r\n\x0bListRequest\"A\n\tListReply\x12\x34\n\rannouncements\x18\x01 \x03(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\">\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1e\n\x16verifier_wg_public_key\x18\x02 \x01(\x0c\"L\n\x0c\x45videnceItem\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63\x65rts\x18\x03 \x03(\x0c\x12\x12\n\ncollateral\x18\x04 \x01(\x0c\"z\n\x0b\x41ttestReply\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12+\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x19.conclave.v1.EvidenceItem\"R\n\x11KeyReleaseRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\"Z\n\x0fKeyReleaseReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_psk\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x11KeyConfirmRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"F\n\x0fKeyConfirmReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\rSecretRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x0bSecretReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0bPingRequest\x12\x1e\n\x16verifier_wg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\"w\n\tPingReply\x12\x15\n\rwg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06meshed\x18\x03 \x01(\x08\x12\x17\n\x0fstage_statement\x18\x04 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x05 \x01(\x0c*V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x10\n\x0cNOT_ADMITTED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03\x12\r\n\tMALFORMED\x10\x04\x32\x8c\x01\n\nRendezvous\x12\x44\n\x08\x41nnounce\x12\x1c.conclave.v1.AnnounceRequest\x1a\x1a.conclave.v1.AnnounceReply\x12\x38\n\x04List\x12\x18.conclave.v1.ListRequest\x1a\x16.conclave.v1.ListReply2\xdb\x02\n\x04Node\x12>\n\x06\x41ttest\x12\x1a.conclave.v1.AttestRequest\x1a\x18.conclave.v1.AttestReply\x12J\n\nReleaseKey\x12\x1e.conclave.v1.KeyReleaseRequest\x1a\x1c.conclave.v1.KeyReleaseReply\x12J\n\nConfirmKey\x12\x1e.conclave.v1.KeyConfirmRequest\x1a\x1c.conclave.v1.KeyConfirmReply\x12\x41\n\tGetSecret\x12\x1a.conclave.v1.SecretRequest\x1a\x18.conclave.v1.SecretReply\x12\x38\n\x04Ping\x12\x18.conclave.v1.PingRequest\x1a\x16.conclave.v1.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conclave.overlay.proto.conclave_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1361
-  _globals['_STATUS']._serialized_end=1447
+  _globals['_STATUS']._serialized_start=1438
+  _globals['_STATUS']._serialized_end=1524
   _globals['_NODEANNOUNCEMENT']._serialized_start=55
-  _globals['_NODEANNOUNCEMENT']._serialized_end=263
-  _globals['_ANNOUNCEREQUEST']._serialized_start=265
-  _globals['_ANNOUNCEREQUEST']._serialized_end=335
-  _globals['_ANNOUNCEREPLY']._serialized_start=337
-  _globals['_ANNOUNCEREPLY']._serialized_end=373
-  _globals['_LISTREQUEST']._serialized_start=375
-  _globals['_LISTREQUEST']._serialized_end=388
-  _globals['_LISTREPLY']._serialized_start=390
-  _globals['_LISTREPLY']._serialized_end=455
-  _globals['_ATTESTREQUEST']._serialized_start=457
-  _globals['_ATTESTREQUEST']._serialized_end=519
-  _globals['_EVIDENCEITEM']._serialized_start=521
-  _globals['_EVIDENCEITEM']._serialized_end=597
-  _globals['_ATTESTREPLY']._serialized_start=599
-  _globals['_ATTESTREPLY']._serialized_end=721
-  _globals['_KEYRELEASEREQUEST']._serialized_start=723
-  _globals['_KEYRELEASEREQUEST']._serialized_end=805
-  _globals['_KEYRELEASEREPLY']._serialized_start=807
-  _globals['_KEYRELEASEREPLY']._serialized_end=897
-  _globals['_KEYCONFIRMREQUEST']._serialized_start=899
-  _globals['_KEYCONFIRMREQUEST']._serialized_end=1003
-  _globals['_KEYCONFIRMREPLY']._serialized_start=1005
-  _globals['_KEYCONFIRMREPLY']._serialized_end=1075
-  _globals['_SECRETREQUEST']._serialized_start=1077
-  _globals['_SECRETREQUEST']._serialized_end=1139
-  _globals['_SECRETREPLY']._serialized_start=1141
-  _globals['_SECRETREPLY']._serialized_end=1230
-  _globals['_PINGREQUEST']._serialized_start=1232
-  _globals['_PINGREQUEST']._serialized_end=1292
-  _globals['_PINGREPLY']._serialized_start=1294
-  _globals['_PINGREPLY']._serialized_end=1359
-  _globals['_RENDEZVOUS']._serialized_start=1450
-  _globals['_RENDEZVOUS']._serialized_end=1590
-  _globals['_NODE']._serialized_start=1593
-  _globals['_NODE']._serialized_end=1940
+  _globals['_NODEANNOUNCEMENT']._serialized_end=286
+  _globals['_ANNOUNCEREQUEST']._serialized_start=288
+  _globals['_ANNOUNCEREQUEST']._serialized_end=358
+  _globals['_ANNOUNCEREPLY']._serialized_start=360
+  _globals['_ANNOUNCEREPLY']._serialized_end=396
+  _globals['_LISTREQUEST']._serialized_start=398
+  _globals['_LISTREQUEST']._serialized_end=411
+  _globals['_LISTREPLY']._serialized_start=413
+  _globals['_LISTREPLY']._serialized_end=478
+  _globals['_ATTESTREQUEST']._serialized_start=480
+  _globals['_ATTESTREQUEST']._serialized_end=542
+  _globals['_EVIDENCEITEM']._serialized_start=544
+  _globals['_EVIDENCEITEM']._serialized_end=620
+  _globals['_ATTESTREPLY']._serialized_start=622
+  _globals['_ATTESTREPLY']._serialized_end=744
+  _globals['_KEYRELEASEREQUEST']._serialized_start=746
+  _globals['_KEYRELEASEREQUEST']._serialized_end=828
+  _globals['_KEYRELEASEREPLY']._serialized_start=830
+  _globals['_KEYRELEASEREPLY']._serialized_end=920
+  _globals['_KEYCONFIRMREQUEST']._serialized_start=922
+  _globals['_KEYCONFIRMREQUEST']._serialized_end=1026
+  _globals['_KEYCONFIRMREPLY']._serialized_start=1028
+  _globals['_KEYCONFIRMREPLY']._serialized_end=1098
+  _globals['_SECRETREQUEST']._serialized_start=1100
+  _globals['_SECRETREQUEST']._serialized_end=1162
+  _globals['_SECRETREPLY']._serialized_start=1164
+  _globals['_SECRETREPLY']._serialized_end=1253
+  _globals['_PINGREQUEST']._serialized_start=1255
+  _globals['_PINGREQUEST']._serialized_end=1315
+  _globals['_PINGREPLY']._serialized_start=1317
+  _globals['_PINGREPLY']._serialized_end=1436
+  _globals['_RENDEZVOUS']._serialized_start=1527
+  _globals['_RENDEZVOUS']._serialized_end=1667
+  _globals['_NODE']._serialized_start=1670
+  _globals['_NODE']._serialized_end=2017
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import OverlayReason
+from conclave.overlay import stage_statement
 from conclave.overlay.reconcile import Reconciler, RemovePeer
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
 from conclave.runtime.agent.config import NodeConfig
@@ -66,7 +67,7 @@ class NodeAgent:
             node_id=cfg.node_name, owner=cfg.owner, role=cfg.role, underlay_host=cfg.underlay_host,
             admission_port=cfg.admission_port, wireguard_port=cfg.wireguard_port,
             wg_public_key=self.identity.wg_public, hpke_public_key=self.identity.hpke_public,
-            overlay_address=cfg.overlay_address)
+            overlay_address=cfg.overlay_address, statement_key=self.identity.statement_public)
         self.verifier = Verifier(policy=cfg.policy, manifest_digest=cfg.manifest_digest,
                                  overlay=cfg.overlay_cidr, trusted_sim_roots=cfg.trusted_sim_roots)
         self.nonces = NonceCache(ttl=cfg.timing.nonce_ttl)
@@ -107,6 +108,8 @@ class NodeAgent:
         self.own_evidence_error: str | None = None
         self._last_self_check = time.monotonic()
         self.launcher = Launcher(self.ray_token) if cfg.allow_launch else None
+        self._statement: tuple[bytes, bytes] | None = None   # our signed stage statement (Ping replies)
+        self.stage_extra: dict = {}   # the serving layer's own status (node lifecycle), shown in status()
         self.admission_hooks: list = []   # objects with on_admitted(ann, reply, nonce) / on_evicted(node_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -382,16 +385,19 @@ class NodeAgent:
             with self._lock:
                 lv.record(PingOutcome.NO_REPLY, time.monotonic(), sent=sent, peer_meshed=None)
             return
-        call.add_done_callback(lambda fut: self._on_ping_done(rec.key, lv, token, sent, fut))
+        call.add_done_callback(lambda fut: self._on_ping_done(rec, lv, token, sent, fut))
 
-    def _on_ping_done(self, expected: WgPublicKey, lv: PeerLiveness, token: bytes, sent: float, fut) -> None:
+    def _on_ping_done(self, rec: PeerRecord, lv: PeerLiveness, token: bytes, sent: float, fut) -> None:
         """gRPC callback thread: record the outcome only (no RPC, no eviction here; the main loop
-        acts on it at its next tick)."""
+        acts on it at its next tick). A stage statement in the reply is kept only when it verifies
+        under the statement key bound into the peer's admitted evidence."""
         timed_out, meshed = False, None
         try:
             reply = fut.result()
-            outcome = judge_reply(expected, token, bytes(reply.wg_public_key), bytes(reply.token))
+            outcome = judge_reply(rec.key, token, bytes(reply.wg_public_key), bytes(reply.token))
             meshed = bool(reply.meshed)
+            if outcome == PingOutcome.ALIVE and reply.stage_statement:
+                self._record_statement(rec, bytes(reply.stage_statement), bytes(reply.statement_signature))
         except grpc.RpcError as exc:
             outcome = PingOutcome.NO_REPLY
             timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -408,6 +414,41 @@ class NodeAgent:
             rec = self._admitted_by_key(caller)
             meshed = rec is not None and rec.state == PeerState.MESHED and rec.psk is not None
         return self.identity.wg_public, meshed
+
+    # ------------------------------------------------------------------ stage statements
+    def publish_statement(self, statement: dict) -> None:
+        """Sign our stage statement (shard verified, Ray state) with the key our evidence binds;
+        every Ping reply carries the latest one."""
+        signed = stage_statement.sign(self.identity.statement_private,
+                                      {**statement, "node_id": self.cfg.node_name,
+                                       "wg_public_key": self.identity.wg_public.to_base64()})
+        with self._lock:
+            self._statement = signed
+
+    def own_statement(self) -> tuple[bytes, bytes] | None:
+        with self._lock:
+            return self._statement
+
+    def _record_statement(self, rec: PeerRecord, body: bytes, signature: bytes) -> None:
+        try:
+            value = stage_statement.verify(rec.announcement.statement_key, body, signature)
+        except stage_statement.StatementInvalid as exc:
+            with self._lock:
+                rec.stage_statement, rec.stage_statement_error = None, str(exc)
+            return
+        if value.get("node_id") != rec.node_id or value.get("wg_public_key") != rec.key.to_base64():
+            with self._lock:
+                rec.stage_statement, rec.stage_statement_error = None, "statement names another node"
+            return
+        with self._lock:
+            rec.stage_statement, rec.stage_statement_error = value, None
+            rec.stage_statement_signed = (body, signature)
+
+    def peer_statements(self) -> dict[str, dict]:
+        """node id -> the latest verified stage statement of each MESHED peer."""
+        with self._lock:
+            return {rec.node_id: dict(rec.stage_statement) for rec in self.peers.values()
+                    if rec.state == PeerState.MESHED and rec.stage_statement is not None}
 
     def _discovery_loop(self) -> None:
         """Announce and list on its own thread: a slow or black-holed rendezvous must never delay
@@ -886,6 +927,7 @@ class NodeAgent:
             "secret_errors": dict(self.secret_errors),
             "secrets_served": self.broker.fingerprints() if self.broker else {},
             "peers": peers,
+            "lifecycle": dict(self.stage_extra),
             "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         }
 

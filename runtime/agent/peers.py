@@ -41,6 +41,9 @@ class PeerRecord:
     reattestations: int = 0
     last_admission_s: float | None = None      # challenge sent -> admitted decision
     liveness: PeerLiveness | None = None        # while admitted: Ping bookkeeping (fresh per admission)
+    stage_statement: dict | None = None         # the peer's latest verified stage statement (Ping replies)
+    stage_statement_error: str | None = None
+    stage_statement_signed: tuple[bytes, bytes] | None = None   # (body, signature) for the run report
 
     @property
     def key(self) -> WgPublicKey:
@@ -78,6 +81,7 @@ class PeerRecord:
             "on_device": observed is not None,
             "latest_handshake": None, "rx_bytes": None, "tx_bytes": None,
             "alive_age_s": None, "ping_failures": None, "ping_rtt_ms": None,
+            "stage_statement": self.stage_statement, "stage_statement_error": self.stage_statement_error,
         }
         if self.liveness is not None:
             out.update(self.liveness.to_json(now_mono))

@@ -86,4 +86,7 @@ class NodeService(pb_grpc.NodeServicer):
         if caller is None or len(request.token) != TOKEN_LEN:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ping needs a 32-byte key and a 16-byte token")
         wg_public, meshed = self.agent.handle_ping(caller)
-        return pb.PingReply(wg_public_key=wg_public.raw, token=bytes(request.token), meshed=meshed)
+        statement = self.agent.own_statement() if hasattr(self.agent, "own_statement") else None
+        body, signature = statement or (b"", b"")
+        return pb.PingReply(wg_public_key=wg_public.raw, token=bytes(request.token), meshed=meshed,
+                            stage_statement=body, statement_signature=signature)

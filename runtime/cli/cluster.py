@@ -13,6 +13,7 @@ from pathlib import Path
 
 from conclave.runtime import config, log, netns
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
+from conclave.runtime.cli import status_table
 from conclave.runtime.hosts import local as local_hosts
 from conclave.runtime.model import registry
 from conclave.runtime.serving import engine, network, process, state as state_mod, supervisor
@@ -236,7 +237,10 @@ def _status(args) -> int:
         else:
             print("no local cluster")
         return 0
+    if st.get("network_kind") == "attested":
+        supervisor.refresh_live(st)   # the nodes' own view: true even when the orchestrator is gone
     view = state_mod.public_view(st)
+    view["orchestrator_pid"] = st.get("supervisor_pid")
     pid = st.get("supervisor_pid")
     view["running"] = bool(pid and process.alive(int(pid)))
     for node in view.get("nodes") or []:
@@ -244,24 +248,7 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(view))
         return 0
-    print(f"cluster {view['cluster_id']}: {view['phase']} ({'running' if view['running'] else 'not running'})")
-    print(f"endpoint: {view['endpoint']}  model: {view['model']['name']}  stages: {view['stages']}")
-    print(f"api key: {'set (see --json)' if view['api_key'] else 'none'}")
-    if view.get("manifest"):
-        print(f"network: {view['network_kind']}  manifest: {view['manifest']}  ca cert: {view.get('ca_cert')}")
-    for node in view.get("nodes") or []:
-        print(f"  {node['name']:4} {node['role']:6} netns={node['netns']} underlay={node['underlay_ip']} "
-              f"cluster={node['cluster_ip']}@{node['ifname']} layers={node['layers']} "
-              + (f"admission={node['admission_port']} " if node.get("admission_port") else "")
-              + f"ray={'up' if node['ray_alive'] else 'down'}")
-    health = view.get("health") or {}
-    if health.get("status") == "degraded":
-        for problem in health.get("problems") or []:
-            print(f"degraded [{problem['reason']}]: {problem['detail']}")
-    if health.get("recoveries"):
-        print(f"recovered without an operator {health['recoveries']} time(s)")
-    if view.get("error"):
-        print(f"error [{view['error']['reason']}]: {view['error']['message']}")
+    print(status_table.render(view))   # one row per node; "-" where a field is not known yet
     return 0
 
 

@@ -96,6 +96,19 @@ def register(subparsers) -> None:
                    help="bind address of /metrics (default: the overlay address); a specific IP such as the "
                         "pod IP, never a wildcard")
     p.add_argument("--interface", default=None)
+    serve = p.add_argument_group("serving (the stage lifecycle: shard, Ray, and on the head the engine)")
+    serve.add_argument("--model", type=Path, default=None, metavar="DIR",
+                       help="the model folder holding this stage's shard; with --model-manifest the node verifies "
+                            "its layers, starts Ray with the released token and (head) launches vLLM once every "
+                            "stage of the manifest is admitted, shard-verified and joined")
+    serve.add_argument("--served-name", default="smollm2", help="model name the API serves")
+    serve.add_argument("--dtype", default=None, help="engine dtype (default: the model manifest's)")
+    serve.add_argument("--max-model-len", type=int, default=2048)
+    serve.add_argument("--kv-cache-mb", type=int, default=512)
+    serve.add_argument("--omp-bind", default=None, metavar="CPUS",
+                       help="VLLM_CPU_OMP_THREADS_BIND of this node's Ray worker (CPU builds; default: every core)")
+    serve.add_argument("--run-dir", type=Path, default=None,
+                       help="where Ray's temp files and the engine log go (default: STATE_DIR/node-NAME)")
     p.add_argument("--status-socket", type=Path, default=None)
     p.set_defaults(func=run_node)
 
@@ -176,6 +189,8 @@ def build_config(args, bundle: dict | None = None):
         if not name or not allowed <= {"head", "worker"}:
             raise UsageError(f"--secret-roles {item!r}: NAME=head,worker")
         roles[name] = allowed
+    if args.role == "head" and args.model is not None and "ray_token" not in secrets_map:
+        secrets_map["ray_token"] = SecretValue(pysecrets.token_bytes(32))   # the head's Ray cluster secret
     want = args.want_secret if args.want_secret is not None else (["ray_token"] if args.role == "worker" else [])
     timing = ac.Timing(tick=args.tick, reconcile_interval=args.reconcile_interval,
                        reattest_interval=args.reattest_interval, max_evidence_age=args.max_evidence_age,
@@ -209,7 +224,8 @@ def build_config(args, bundle: dict | None = None):
         rendezvous=args.rendezvous, serve_rendezvous_port=args.serve_rendezvous, trusted_sim_roots=roots,
         secrets=secrets_map, allowed_roles=roles, want_secrets=want, interface=args.interface,
         firewall=args.firewall, status_socket=args.status_socket, timing=timing,
-        public_tcp_ports=tuple(args.public_port), allow_launch=args.allow_launch, manifest=manifest, **kwargs)
+        public_tcp_ports=tuple(args.public_port) + ((args.front_port,) if args.front_port and args.role == "head" else ()),
+        allow_launch=args.allow_launch, manifest=manifest, **kwargs)
 
 
 def _signed_manifest(args):
@@ -242,17 +258,71 @@ def run_node(args) -> int:
     bundle = _read_bundle(args)
     cfg = build_config(args, bundle)
     agent = NodeAgent(cfg)
-    front = _head_front(args, cfg, agent, api_key=bundle_api_key(bundle))
+    api_key = bundle_api_key(bundle)
+    front = _head_front(args, cfg, agent, api_key=api_key)
+    runner = _stage_runner(args, cfg, agent, api_key=api_key)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     clog.progress(f"node {cfg.node_name} ({cfg.role}) overlay {cfg.overlay_address} on {cfg.interface}")
 
-    def start_front() -> None:
-        host, port = front.start_in_thread()
-        clog.progress(f"head API (TLS, attested key) on {host}:{port}")
+    def started() -> None:
+        if front is not None:
+            host, port = front.start_in_thread()
+            clog.progress(f"head API (TLS, attested key) on {host}:{port}")
+        if runner is not None:
+            runner.start()
 
-    agent.run_forever(on_started=start_front if front else None, on_stopping=front.stop_thread if front else None)
+    def stopping() -> None:
+        try:
+            if front is not None:
+                front.stop_thread()
+        finally:
+            if runner is not None:
+                runner.stop()
+
+    agent.run_forever(on_started=started, on_stopping=stopping)
     return 0
+
+
+def _stage_runner(args, cfg, agent, api_key: str | None):
+    """The stage lifecycle after meshing (runtime/node/stage_runner.py); None without --model."""
+    if args.model is None:
+        return None
+    from conclave.runtime import config as env_config
+    from conclave.runtime.node.stage_runner import StageRunner, StageSpec
+    from conclave.runtime.serving.network import ClusterAddress
+    if args.model_manifest is None:
+        raise UsageError("--model needs --model-manifest (the per-layer digests the shard is checked against)",
+                         reason="model_manifest_invalid")
+    try:
+        model_manifest = json.loads(args.model_manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read --model-manifest: {exc}", reason="model_manifest_invalid") from None
+    manifest = cfg.manifest
+    if model_manifest.get("digest") != manifest.model_digest:
+        raise UsageError("the model manifest's digest is not the one the deployment manifest signs",
+                         reason="model_changed")
+    stages = list(manifest.stages)
+    names = [s.node for s in stages]
+    me = manifest.stage_for(cfg.node_name)
+    if me is None:
+        raise UsageError(f"{cfg.node_name} is no stage of the manifest", reason="stage_unknown")
+    if me.role != str(cfg.role):
+        raise UsageError(f"{cfg.node_name} is the manifest's {me.role}, not a {cfg.role}", reason="role_mismatch")
+    ordered = sorted(stages, key=lambda s: s.layer_start)
+    index = [s.node for s in ordered].index(me.node)
+    dtype = args.dtype or (model_manifest.get("dtype") if model_manifest.get("dtype") in ("float32", "bfloat16")
+                           else "auto")
+    cores = os.cpu_count() or 1
+    spec = StageSpec(
+        name=me.node, index=index, stages=len(stages), role=me.role, layers=(me.layer_start, me.layer_end),
+        layer_counts=tuple(s.layer_end - s.layer_start for s in ordered), model_path=args.model,
+        model_manifest=model_manifest, served_name=args.served_name, dtype=dtype, max_model_len=args.max_model_len,
+        kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
+        run_dir=args.run_dir or (env_config.state_dir() / f"node-{cfg.node_name}"),
+        omp_bind=args.omp_bind or (f"0-{cores - 1}" if cores > 1 else "0"), api_key=api_key)
+    return StageRunner(agent, spec, ClusterAddress(str(cfg.overlay_address), cfg.interface),
+                       worker_names=[n for n in names if n != me.node])
 
 
 def bundle_api_key(bundle: dict) -> str | None:

@@ -91,7 +91,12 @@ class AttestedOverlayNetwork:
                     "--overlay-address", str(address), "--interface", ifname,
                     "--wg-port", str(WIREGUARD_PORT), "--admission-port", str(ADMISSION_PORT),
                     "--rendezvous", rendezvous, "--firewall", "nft", "--status-socket", str(sock),
-                    "--allow-launch", "--retry-interval", "2"]
+                    "--retry-interval", "2"]
+            node_args = context.extra.get("node_args")
+            if node_args:   # the node runs its own stage lifecycle (shard, Ray, engine)
+                argv += list(node_args[i])
+            else:
+                argv.append("--allow-launch")
             if i == 0:
                 # the rendezvous is its own process on the head's host: its port is opened like a public one
                 argv += ["--public-port", str(RENDEZVOUS_PORT), "--generate-secret", "ray_token",

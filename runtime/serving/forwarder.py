@@ -68,3 +68,24 @@ class Forwarder:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m conclave.runtime.serving.forwarder LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT`:
+    the local cluster's published port as a process of its own (like a host's port mapping), so
+    the endpoint outlives the local orchestrator."""
+    import signal
+    listen_host, listen_port, target_host, target_port = argv
+    fwd = Forwarder(listen_host, int(listen_port), target_host, int(target_port))
+    fwd.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    fwd.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))

@@ -143,10 +143,18 @@ class Supervisor:
             st["manifest"] = st["network"]["manifest"]
         self._save()
         self._check_stop()
+        self.plans = plans
+        if self._nodes_serve():
+            # every host's `conclave node` verifies its shard, starts its Ray node and (head) the engine
+            self._start_public_endpoint()
+            self._wait_head_serving(ENGINE_READY_TIMEOUT)
+            self._wait_front()
+            self._set_health("ok")
+            self._phase("ready", f"ready: {st['endpoint']} (model {st['model']['name']})")
+            return
         # Each stage checks its shard once the network admitted it (attested: after mutual admission).
         self._verify_shards()
 
-        self.plans = plans
         self._start_ray([n["name"] for n in st["nodes"]])
         self._check_stop()
         self._start_public_endpoint()
@@ -161,7 +169,15 @@ class Supervisor:
         HTTP guard checks the API key on every route but /health and caps request bodies."""
         st = self.state
         target = self._engine_binding(self.plans[0])[1]
-        if self._front_enabled():
+        if self._nodes_serve():
+            # its own process (a host's port mapping): serving must outlive this orchestrator
+            argv = [process.venv_bin("python"), "-m", "conclave.runtime.serving.forwarder",
+                    "127.0.0.1", str(st["port"]), target, str(self._public_port())]
+            started = process.spawn("forwarder", argv, env=process.base_env(),
+                                    log_path=Path(st["run_dir"]) / "logs" / "forwarder.log", netns_name=None)
+            st["forwarder_pid"] = started.pid
+            self._record_group("forwarder", started.pid)
+        elif self._front_enabled():
             self.forwarder = Forwarder("127.0.0.1", int(st["port"]), target, self._public_port())
             self.forwarder.start()
         else:
@@ -234,9 +250,54 @@ class Supervisor:
         front = self.state.get("front")
         if not front:
             return {}
+        st = self.state
+        stages = int(st["stages"])
+        binds = ray_cluster.omp_binds(stages, os.cpu_count() or 1)
+        node_args = []
+        for i in range(stages):
+            node_args.append(["--model", st["model"]["path"], "--served-name", st["model"]["name"],
+                              "--dtype", st["model"]["dtype"], "--max-model-len", str(st["max_model_len"]),
+                              "--kv-cache-mb", str(st["kv_cache_mb"]), "--omp-bind", binds[i],
+                              "--run-dir", str(Path(st["run_dir"]) / f"n{i}")]
+                             + ([] if i == 0 else ["--model-manifest", st["model"]["manifest"]]))
         return {"head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
-                                   "--model-manifest", self.state["model"]["manifest"]]}
+                                   "--model-manifest", self.state["model"]["manifest"]],
+                "node_args": node_args}
+
+    def _nodes_serve(self) -> bool:
+        """Attested local mode: each host's node runs its own stage lifecycle; this process only
+        plays the machines (namespaces, service manager, published port)."""
+        return self.network.kind == "attested" and bool(self._front_enabled())
+
+    def _wait_head_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        self._phase("engine", "nodes: each host verifies its shard and joins Ray; the head launches vLLM "
+                              "once every stage is admitted, shard-verified and joined")
+        while True:
+            self._check_stop()
+            process.reap()
+            problems = self.network.problems()
+            lost = [p for p in problems if p[2]]
+            if lost:
+                raise ConclaveError("agent_failed", lost[0][1], exit_code=ExitCode.RUNTIME)
+            view = refresh_live(self.state)
+            self._save()
+            head = (self.state["nodes"][0].get("lifecycle") or {})
+            if head.get("state") == "serving":
+                return
+            summary = ", ".join(f"{n['name']}={(n.get('lifecycle') or {}).get('state', '?')}" for n in view)
+            if summary != last:
+                log.progress(f"nodes: {summary}")
+                last = summary
+            if any((n.get("lifecycle") or {}).get("shard_error") for n in view):
+                bad = next(n for n in view if (n.get("lifecycle") or {}).get("shard_error"))
+                raise ConclaveError("model_shard_mismatch", f"{bad['name']}: {bad['lifecycle']['shard_error']}",
+                                    exit_code=ExitCode.VERIFICATION_FAILED)
+            if time.monotonic() > deadline:
+                raise ConclaveError("engine_timeout", f"the head did not serve within {timeout:.0f}s ({summary})")
+            time.sleep(2)
 
     def _engine_binding(self, head) -> tuple[str, str]:
         """(where vLLM listens inside the head, where the root-namespace forwarder connects).
@@ -325,9 +386,23 @@ class Supervisor:
             if hasattr(self.network, "maintain") and self.network.maintain():
                 self.state["network"] = self.network.describe()
                 self._save()
+            if self._nodes_serve():
+                self._watch_nodes()
+                continue
             problems = self._problems()
             if problems:
                 self._recover(problems)
+
+    def _watch_nodes(self) -> None:
+        """The service manager's part only: restart a host whose node process died; health and
+        recovery are the head node's own (its lifecycle state and reasons)."""
+        dead = [p for p in self.network.problems() if p[2]]
+        if dead:
+            self._set_health("degraded", dead)
+            log.progress(f"degraded [{dead[0][0]}]: {dead[0][1]}; restarting that host's node")
+            self.network.restart_hosts(sorted({p[2] for p in dead}))
+        refresh_live(self.state)
+        self._save()
 
     def _problems(self) -> list[tuple[str, str, str | None]]:
         """(reason, detail, host to restart or None) for everything that stops serving now."""
@@ -406,6 +481,42 @@ class Supervisor:
         left = teardown(self.state)
         self.network.tear_down()
         return left + _network_cleanup(self.state)
+
+
+def refresh_live(st: dict) -> list[dict]:
+    """Update the state's per-node lifecycle, Ray and engine pids and health from the nodes' own
+    status sockets (attested local mode): what `conclave status` shows even with no orchestrator."""
+    from conclave.runtime.agent import status as agent_status
+    nodes = st.get("nodes") or []
+    for node in nodes:
+        sock = node.get("agent_socket")
+        try:
+            reply = agent_status.query(Path(sock), timeout=5) if sock else None
+        except ConclaveError:
+            reply = None
+        node["lifecycle"] = (reply or {}).get("lifecycle") or None
+        life = node["lifecycle"] or {}
+        if (life.get("ray") or {}).get("pid"):
+            node["ray_pid"] = life["ray"]["pid"]
+        if node.get("role") == "head" and (life.get("engine") or {}).get("pid"):
+            st["engine_pid"] = life["engine"]["pid"]
+            st["engine_log"] = str(Path(st["run_dir"]) / "n0" / "logs" / "engine.log")
+    if nodes:
+        head = nodes[0].get("lifecycle") or {}
+        health = st.setdefault("health", {"status": "ok", "recoveries": 0})
+        if head:
+            serving = head.get("state") == "serving"
+            if serving or health.get("status") != "degraded" or not health.get("problems") \
+                    or health["problems"][0].get("reason") != "agent_lost":
+                health["status"] = "ok" if serving else "degraded"
+                health["problems"] = [] if serving else list(head.get("reasons") or [])
+            health["recoveries"] = max(int(health.get("recoveries") or 0),
+                                       int((head.get("engine") or {}).get("recoveries") or 0))
+            if health["status"] == "degraded" and health.get("since") is None:
+                health["since"] = time.time()
+            if health["status"] == "ok":
+                health["since"] = None
+    return nodes
 
 
 def _start_time(pid: int) -> int | None:

@@ -1,0 +1,410 @@
+"""StageRunner: what a node does after it is meshed, by itself: shard, Ray, and (head) the engine.
+
+One thread next to the node agent, stepping once a second:
+1. Shard: verify this stage's layers (plus embeddings / final norm / head where it holds them)
+   against the model manifest once; a mismatch stops the node here (model_shard_mismatch).
+2. Statement: publish a signed stage statement (shard digest and result, Ray state) that every
+   Ping reply carries; the key that signs it is bound into this node's evidence.
+3. Ray: once the node holds the Ray token, the head runs `ray start --head` on its overlay
+   address (a fresh epoch each time); a worker joins the head whose verified statement names a
+   running Ray epoch, and rejoins when that epoch changes (the head restarted Ray).
+4. Engine (head only): when every manifest stage is meshed, has signed a verified shard and
+   joined this epoch, the head launches vLLM pipeline-parallel over Ray on its loopback (the TLS
+   front is the public endpoint); when a stage is lost or the engine exits it stops the engine
+   at once, reports `degraded` with the reasons, and launches again once the set is whole.
+The Ray token only ever travels in the children's environment.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conclave.runtime import log as clog
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.node.lifecycle import LifecycleReason, NodeState, StageView, stage_problems
+from conclave.runtime.serving import engine as engine_mod
+from conclave.runtime.serving import process, ray_cluster
+from conclave.runtime.serving.network import ClusterAddress
+
+log = logging.getLogger("conclave.node")
+STEP = 1.0
+RAY_RESTART_BACKOFF = 3.0
+RAY_PROBE_TIMEOUT = 60.0
+ENGINE_READY_TIMEOUT = 900.0
+_ENGINE_MILESTONES = (
+    ("Loading weights", "engine: loading weights"),
+    ("torch.compile", "engine: compiling (torch.compile; the first start takes minutes on 2 cores)"),
+    ("KV cache", "engine: allocating the KV cache"),
+    ("Starting vLLM API server", "engine: API server starting"),
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything a node needs to serve its stage (from the signed manifest and its command line)."""
+    name: str
+    index: int
+    stages: int
+    role: str
+    layers: tuple[int, int]
+    layer_counts: tuple[int, ...]          # per stage, in manifest order (VLLM_PP_LAYER_PARTITION)
+    model_path: Path
+    model_manifest: dict = field(repr=False)
+    served_name: str = "smollm2"
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    kv_cache_bytes: int = 512 * 1024 * 1024
+    max_num_seqs: int = 16
+    engine_port: int = engine_mod.ENGINE_PORT
+    run_dir: Path = Path("/run/conclave/node")
+    omp_bind: str = "0"
+    api_key: str | None = field(default=None, repr=False)   # the head's vLLM checks it too (VLLM_API_KEY)
+
+    @property
+    def is_head(self) -> bool:
+        return self.role == "head"
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.stages - 1
+
+
+class StageRunner:
+    def __init__(self, agent, spec: StageSpec, address: ClusterAddress, *, worker_names: list[str] | None = None):
+        self.agent = agent
+        self.spec = spec
+        self.address = address
+        self.worker_names = list(worker_names or [])
+        self.logs = spec.run_dir / "logs"
+        self.state = NodeState.MESHED
+        self.reasons: list[tuple[str, str]] = []
+        self.shard: dict = {"sealed": False, "key_id": "", "layers": list(spec.layers), "digest": None,
+                            "verified": False}
+        self.ray_pid: int | None = None
+        self.ray_epoch: str | None = None      # head: the epoch it runs; worker: the head epoch it joined
+        self._ray_token_fp: str | None = None
+        self._ray_exited_at = 0.0
+        self.engine_pid: int | None = None
+        self.engine_started_at: float | None = None
+        self.engine_ready = False
+        self.recoveries = 0
+        self._was_serving = False
+        self._engine_log_offset = 0
+        self._milestones: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._published: bytes | None = None
+
+    # -- thread ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._thread = threading.Thread(target=self._run, name="conclave-stage", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._stop_engine("node stopping")
+        self._stop_ray()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:   # the loop must survive anything one step does
+                log.exception("stage step failed")
+            self._stop.wait(STEP)
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self) -> None:
+        process.reap()
+        if self.shard["digest"] is None:
+            self._verify_shard()
+        if not self.shard["verified"]:
+            self._set(NodeState.DEGRADED, [(LifecycleReason.MODEL_SHARD_MISMATCH, self.shard.get("error", ""))])
+            self._publish()
+            return
+        if self.spec.is_head:
+            self._head_step()
+        else:
+            self._worker_step()
+        self._publish()
+
+    def _verify_shard(self) -> None:
+        from conclave.runtime.model.manifest import verify_layer_range
+        from conclave.runtime.serving.front_report import shard_digest
+        s = self.spec
+        start, end = s.layers
+        self.shard["digest"] = shard_digest(s.model_manifest, start, end, first=s.first, last=s.last)
+        try:
+            result = verify_layer_range(s.model_path, s.model_manifest, start, end, first=s.first, last=s.last)
+        except ConclaveError as exc:
+            self.shard.update(verified=False, error=f"[{exc.reason}] {exc.message}")
+        except OSError as exc:
+            self.shard.update(verified=False, error=f"cannot read the shard: {exc}")
+        else:
+            if result.ok:
+                self.shard.update(verified=True)
+                clog.progress(f"model: {s.name} layers [{start}, {end}) match the manifest")
+            else:
+                self.shard.update(verified=False, error="mismatched: " + ", ".join(result.mismatched[:8]))
+        if not self.shard["verified"]:
+            clog.progress(f"error [model_shard_mismatch]: {s.name}: {self.shard['error']}; this node will not serve")
+        else:
+            self._set(NodeState.SHARD_VERIFIED, [])
+
+    # -- Ray ---------------------------------------------------------------------------------
+    def _token(self) -> bytes | None:
+        return self.agent.ray_token()
+
+    def _ray_alive(self) -> bool:
+        return self.ray_pid is not None and process.alive(self.ray_pid)
+
+    def _start_ray(self, head_ip: str, epoch: str) -> None:
+        token = self._token()
+        if token is None:
+            return
+        plan = ray_cluster.RayNodePlan(host=None, address=self.address, head=self.spec.is_head,
+                                       temp_dir=str(self.spec.run_dir / "ray"), omp_bind=self.spec.omp_bind)
+        Path(plan.temp_dir).mkdir(parents=True, exist_ok=True)
+        env = ray_cluster.ray_env(self.address, token.hex())
+        env["VLLM_CPU_OMP_THREADS_BIND"] = plan.omp_bind
+        clog.progress(f"ray: starting {'head' if plan.head else 'worker'} on {self.address.ip} "
+                      f"({self.address.ifname})" + ("" if plan.head else f", joining {head_ip}"))
+        started = process.spawn("ray", ray_cluster.node_argv(plan, head_ip), env=env,
+                                log_path=self.logs / "ray.log", netns_name=None)
+        del env
+        self.ray_pid = started.pid
+        self.ray_epoch = epoch
+        self._ray_token_fp = _fingerprint(token)
+
+    def _stop_ray(self) -> None:
+        if self.ray_pid is not None:
+            process.stop_group(self.ray_pid, grace=5.0)
+        self.ray_pid = None
+        self.ray_epoch = None
+
+    def _ray_needs_restart(self) -> bool:
+        if not self._ray_alive():
+            return True
+        token = self._token()
+        return token is not None and _fingerprint(token) != self._ray_token_fp
+
+    # -- worker --------------------------------------------------------------------------------
+    def _worker_step(self) -> None:
+        head = self._meshed_head()
+        if head is None:
+            self._set(NodeState.DEGRADED if self._ray_alive() else NodeState.SHARD_VERIFIED,
+                      [(LifecycleReason.HEAD_NOT_MESHED, "the manifest's head is not meshed with this node")])
+            return
+        if self._token() is None:
+            self._set(NodeState.SHARD_VERIFIED, [(LifecycleReason.SECRET_MISSING, "waiting for the Ray token")])
+            return
+        ray = (head.get("statement") or {}).get("ray") or {}
+        epoch = ray.get("epoch") if ray.get("running") else None
+        if epoch is None:
+            self._set(NodeState.SHARD_VERIFIED, [(LifecycleReason.STAGE_RAY_NOT_JOINED, "the head's Ray is not up")])
+            return
+        if self._ray_alive() and (epoch != self.ray_epoch or self._ray_needs_restart()):
+            clog.progress(f"ray: the head's Ray cluster changed (epoch {epoch}); rejoining")
+            self._stop_ray()
+        if not self._ray_alive():
+            if self.ray_pid is not None:   # died on its own
+                self.ray_pid = None
+                self._ray_exited_at = time.monotonic()
+            if time.monotonic() - self._ray_exited_at < RAY_RESTART_BACKOFF:
+                return
+            self._start_ray(head["overlay_address"], epoch)
+        self._set(NodeState.RAY_JOINED, [])
+
+    def _meshed_head(self) -> dict | None:
+        status = self.agent.status()
+        for peer in status.get("peers", []):
+            if peer.get("role") == "head" and peer.get("state") == "meshed":
+                return {"name": peer["node_id"], "overlay_address": peer["overlay_address"],
+                        "statement": peer.get("stage_statement")}
+        return None
+
+    # -- head --------------------------------------------------------------------------------
+    def _head_step(self) -> None:
+        if self._token() is None:
+            self._set(NodeState.SHARD_VERIFIED, [(LifecycleReason.SECRET_MISSING, "no Ray token")])
+            return
+        if self._ray_needs_restart():
+            if self.ray_pid is not None:
+                clog.progress("ray: the head's Ray node exited; restarting it (workers rejoin the new epoch)")
+                self._stop_engine("the head's Ray node exited")
+                self.ray_pid = None
+                self._ray_exited_at = time.monotonic()
+            if time.monotonic() - self._ray_exited_at < RAY_RESTART_BACKOFF:
+                return
+            self._start_ray(self.address.ip, secrets.token_hex(8))
+            self._publish()
+            return
+        problems = stage_problems(self._views(), ray_epoch=self.ray_epoch)
+        if self.engine_pid is not None and not process.alive(self.engine_pid):
+            clog.progress("degraded [engine_exited]: the vLLM server exited")
+            self.engine_pid, self.engine_ready = None, False
+            problems.append((LifecycleReason.ENGINE_EXITED, "the vLLM server exited; restarting it"))
+        if problems:
+            if self.engine_pid is not None:
+                self._stop_engine(f"{problems[0][0]}: {problems[0][1]}")
+            self._set(NodeState.DEGRADED if self._was_serving else NodeState.RAY_JOINED, problems)
+            return
+        if self.engine_pid is None:
+            if not self._ray_has_every_stage():
+                self._set(NodeState.RAY_JOINED, [(LifecycleReason.STAGE_RAY_NOT_JOINED,
+                                                  "not every stage's Ray node is in the cluster yet")])
+                return
+            self._start_engine()
+        self._follow_engine_log()
+        if not self.engine_ready:
+            if self._engine_answers():
+                self.engine_ready = True
+                if self._was_serving:
+                    self.recoveries += 1
+                    clog.progress(f"ready again after recovery {self.recoveries}")
+                self._was_serving = True
+                clog.progress("serving: every stage admitted, shard-verified and joined; the engine answers")
+                self._set(NodeState.SERVING, [])
+                return
+            if time.monotonic() - (self.engine_started_at or 0) > ENGINE_READY_TIMEOUT:
+                self._stop_engine("the vLLM server did not answer in time")
+            self._set(NodeState.DEGRADED if self._was_serving else NodeState.RAY_JOINED,
+                      [(LifecycleReason.ENGINE_STARTING, "the vLLM server is starting")])
+            return
+        self._set(NodeState.SERVING, [])
+
+    def _views(self) -> list[StageView]:
+        statements = self.agent.peer_statements()
+        status = self.agent.status()
+        meshed = {p["node_id"] for p in status.get("peers", []) if p.get("state") == "meshed"}
+        return [StageView(name, name in meshed, statements.get(name)) for name in self.worker_names]
+
+    def _ray_has_every_stage(self) -> bool:
+        token = self._token()
+        if token is None:
+            return False
+        env = ray_cluster.ray_env(self.address, token.hex())
+        argv = [process.venv_bin("python"), "-c", ray_cluster._WAIT_SNIPPET,
+                f"{self.address.ip}:{ray_cluster.RAY_PORT}", str(self.spec.stages), str(RAY_PROBE_TIMEOUT)]
+        try:
+            res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=RAY_PROBE_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            return False
+        finally:
+            del env
+        return res.returncode == 0
+
+    def _engine_spec(self) -> engine_mod.EngineSpec:
+        s = self.spec
+        return engine_mod.EngineSpec(model_path=str(s.model_path), served_name=s.served_name, stages=s.stages,
+                                     dtype=s.dtype, max_model_len=s.max_model_len, kv_cache_bytes=s.kv_cache_bytes,
+                                     partition=s.layer_counts if s.stages > 1 else None,
+                                     max_num_seqs=s.max_num_seqs)
+
+    def _start_engine(self) -> None:
+        spec = self._engine_spec()
+        token = self._token()
+        mode = "eager (one stage)" if spec.stages == 1 else "compiled"
+        clog.progress(f"engine: launching vLLM OpenAI server, pipeline_parallel_size={spec.stages}, {mode}")
+        env = engine_mod.engine_env(spec, self.address, self.spec.api_key)
+        env["RAY_AUTH_TOKEN"] = token.hex()
+        argv = engine_mod.engine_argv(spec, self.address, bind_host="127.0.0.1")
+        started = process.spawn("engine", argv, env=env, log_path=self.logs / "engine.log", netns_name=None)
+        del env
+        self.engine_pid, self.engine_ready = started.pid, False
+        self.engine_started_at = time.monotonic()
+        self._milestones = set()
+        try:
+            self._engine_log_offset = (self.logs / "engine.log").stat().st_size
+        except OSError:
+            self._engine_log_offset = 0
+
+    def _stop_engine(self, why: str) -> None:
+        if self.engine_pid is None:
+            return
+        clog.progress(f"engine: stopping ({why})")
+        process.stop_group(self.engine_pid, grace=5.0)
+        self.engine_pid, self.engine_ready = None, False
+        try:
+            self.agent.mark_serving(False)
+        except Exception:   # not serving yet, or stopping: nothing to undo
+            pass
+
+    def _engine_answers(self) -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.spec.engine_port}/v1/models")
+        if self.spec.api_key:
+            request.add_header("Authorization", f"Bearer {self.spec.api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status == 200 and bool(json.loads(resp.read()).get("data"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _follow_engine_log(self) -> None:
+        try:
+            with open(self.logs / "engine.log", "rb") as fh:
+                fh.seek(self._engine_log_offset)
+                chunk = fh.read().decode(errors="replace")
+                self._engine_log_offset = fh.tell()
+        except OSError:
+            return
+        for needle, message in _ENGINE_MILESTONES:
+            if needle not in self._milestones and needle in chunk:
+                self._milestones.add(needle)
+                clog.progress(message)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _set(self, state: NodeState, reasons: list[tuple[str, str]]) -> None:
+        if state != self.state or [r for r, _ in reasons] != [r for r, _ in self.reasons]:
+            if reasons:
+                log.info("node state %s (%s)", state, ", ".join(str(r) for r, _ in reasons))
+            else:
+                log.info("node state %s", state)
+        if state == NodeState.SERVING and self.state != NodeState.SERVING:
+            try:
+                self.agent.mark_serving(True)
+            except Exception:
+                pass
+        self.state = state
+        self.reasons = [(str(r), d) for r, d in reasons]
+        self.agent.stage_extra = self.describe()
+
+    def describe(self) -> dict:
+        """Public facts for status, metrics and /v1/attestation (no secrets)."""
+        return {"state": str(self.state), "reasons": [{"reason": r, "detail": d} for r, d in self.reasons],
+                "stage": self.spec.name, "index": self.spec.index, "layers": list(self.spec.layers),
+                "shard": {k: v for k, v in self.shard.items() if k != "error"},
+                "shard_error": self.shard.get("error"),
+                "ray": {"running": self._ray_alive(), "epoch": self.ray_epoch, "pid": self.ray_pid},
+                "engine": {"pid": self.engine_pid, "ready": self.engine_ready, "recoveries": self.recoveries}
+                if self.spec.is_head else None}
+
+    def _publish(self) -> None:
+        statement = {"stage": self.spec.name, "index": self.spec.index, "state": str(self.state),
+                     "shard": {k: v for k, v in self.shard.items() if k != "error"},
+                     "ray": {"running": self._ray_alive(), "epoch": self.ray_epoch}}
+        body = json.dumps(statement, sort_keys=True).encode()
+        if body != self._published:
+            self.agent.publish_statement(statement)
+            self._published = body
+        self.agent.stage_extra = self.describe()
+
+
+def _fingerprint(token: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(b"conclave/ray-token-fp\x00" + token).hexdigest()[:16]
