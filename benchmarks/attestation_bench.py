@@ -68,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         elif seed.tee.value == "tdx":
             policy_doc["tdx"] = {"mr_td": [verified.claims["mr_td"].hex()]}
         elif seed.tee.value == "snp":
-            policy_doc["snp"] = {"measurement": [verified.claims["measurement"].hex()]}
+            policy_doc["snp"] = {"measurement": [verified.claims["measurement"].hex()],
+                                 "min_tcb": dict(verified.claims["reported_tcb"]),
+                                 "allowed_vmpl": [verified.claims["vmpl"]]}
         else:
-            policy_doc["nvgpu"] = {"driver_versions": [verified.claims["driver_version"]]}
+            policy_doc["nvgpu"] = {"driver_versions": [verified.claims["driver_version"]],
+                                   "measurements": {str(i): [bytes(v).hex()] for i, v in
+                                                    verified.claims["measurements"].items()}}
         policy = Policy.from_dict(policy_doc)
 
         def appraise():

@@ -55,6 +55,10 @@ class Reason(StrEnum):
     EVIDENCE_EXPIRED = "evidence_expired"
     SIMULATED_MARKER_MISSING = "simulated_marker_missing"
     VMPL_NOT_ALLOWED = "vmpl_not_allowed"
+    QE_VENDOR_UNKNOWN = "qe_vendor_unknown"
+    MIGRATION_ALLOWED = "migration_allowed"
+    SERVICETD_NOT_ALLOWED = "servicetd_not_allowed"
+    ADVISORY_DENIED = "advisory_denied"
     # NVIDIA RIMs (nvgpu_rim): a golden value differs / a RIM's signature or chain fails /
     # no given RIM matches the evidence's driver or VBIOS version
     RIM_MISMATCH = "rim_mismatch"

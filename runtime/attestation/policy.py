@@ -9,8 +9,20 @@ Rules that are not negotiable (no policy field can turn them off):
 - TCB status "Revoked" is never accepted, even when listed (listing it is `policy_invalid`).
 - `production` is required; `unsafe_allow_simulated: true` together with `production: true`
   (or "sim" in allowed_tee under production) is `policy_invalid`.
-- A policy that constrains no identity (no measurement-like field for an allowed TEE) is
-  `policy_empty`: "accept any genuine TDX VM" is never what an operator means.
+- A policy must name a code identity for every allowed TEE (IDENTITY_FIELDS: TDX `mr_td`, SNP
+  `measurement` / `id_key_digest` / `author_key_digest`, NVIDIA GPU `measurements`, sim
+  `measurement`; in a `measurement_sets` list every set must carry one), else it is
+  `policy_empty`: "accept any genuine TDX VM" is never what an operator means, and fields such as
+  SNP host_data/chip_id, TDX mr_seam/mr_owner/xfam or GPU driver versions do not say which code
+  runs.
+
+Safe defaults; each weakening is an explicit field (DESIGN.md convention 5):
+- SNP: VMPL 0 unless `allowed_vmpl` lists others (`vmpl_not_allowed`); a guest policy allowing a
+  migration agent (MIGRATE_MA) is refused (`migration_allowed`) unless `unsafe_allow_migrate_ma`,
+  which a production policy cannot set; a production policy must set `min_tcb`.
+- TDX: MRSERVICETD must be all zero (no service TD bound to the guest) unless `mr_servicetd`
+  lists allowed values (`servicetd_not_allowed`).
+- Any TEE: advisory IDs listed in `denied_advisories` are refused (`advisory_denied`).
 
 One schema (POLICY_JSON_SCHEMA, exported verbatim to policy.schema.json); YAML or JSON input.
 """
@@ -48,9 +60,20 @@ SNP_VALUE_FIELDS = {"measurement": 48, "host_data": 32, "id_key_digest": 48,
                     "author_key_digest": 48, "family_id": 16, "image_id": 16, "chip_id": 64}
 SIM_VALUE_FIELDS = {"measurement": 48}
 NVGPU_VALUE_FIELDS: dict[str, int] = {}
+# Fields that name the code a TEE runs; a policy must constrain one of them for every allowed TEE.
+# A GPU policy field that pins the firmware/driver code (for example reference-measurement RIM
+# digests) identifies the code just as `measurements` does and joins NVGPU_IDENTITY_FIELDS.
+TDX_IDENTITY_FIELDS = ("mr_td",)
+SNP_IDENTITY_FIELDS = ("measurement", "id_key_digest", "author_key_digest")
+SIM_IDENTITY_FIELDS = ("measurement",)
+NVGPU_IDENTITY_FIELDS = ("measurements",)
 SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 VALUE_FIELDS = {TeeType.TDX: TDX_VALUE_FIELDS, TeeType.SNP: SNP_VALUE_FIELDS,
                 TeeType.SIM: SIM_VALUE_FIELDS, TeeType.NVGPU: NVGPU_VALUE_FIELDS}
+IDENTITY_FIELDS = {TeeType.TDX: TDX_IDENTITY_FIELDS, TeeType.SNP: SNP_IDENTITY_FIELDS,
+                   TeeType.SIM: SIM_IDENTITY_FIELDS, TeeType.NVGPU: NVGPU_IDENTITY_FIELDS}
+DEFAULT_SNP_VMPLS = (0,)
+NO_SERVICE_TD = "00" * 48
 
 
 def _hex_schema(nbytes: int) -> dict:
@@ -89,12 +112,18 @@ POLICY_JSON_SCHEMA: dict = {
         "allowed_tcb_statuses": {"type": "array", "minItems": 1, "uniqueItems": True,
                                  "items": {"enum": list(TCB_STATUSES)},
                                  "description": "Default [UpToDate]. Revoked is never accepted."},
+        "denied_advisories": {"type": "array", "minItems": 1, "uniqueItems": True,
+                              "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                              "description": "Vendor advisory IDs (e.g. INTEL-SA-00837) to refuse."},
         "tdx": {
             "type": "object", "additionalProperties": False,
             "properties": {
                 **{name: _hex_list_schema(n) for name, n in TDX_VALUE_FIELDS.items()},
                 "measurement_sets": _measurement_set_schema(TDX_VALUE_FIELDS),
                 "min_tee_tcb_svn": _hex_schema(16),
+                "mr_servicetd": {**_hex_list_schema(48),
+                                 "description": "Allowed MRSERVICETD values (default: all zero, "
+                                                "no service TD bound)."},
             },
         },
         "snp": {
@@ -107,7 +136,11 @@ POLICY_JSON_SCHEMA: dict = {
                 "min_guest_svn": _UINT32,
                 "require_committed_tcb_equals_current": {"type": "boolean", "default": False},
                 "allowed_vmpl": {"type": "array", "minItems": 1, "uniqueItems": True,
-                                 "items": {"type": "integer", "minimum": 0, "maximum": 3}},
+                                 "items": {"type": "integer", "minimum": 0, "maximum": 3},
+                                 "description": "Default [0]."},
+                "unsafe_allow_migrate_ma": {"type": "boolean", "default": False,
+                                            "description": "Accept a guest policy that allows a "
+                                                           "migration agent (refused in production)."},
                 "allowed_signing_keys": {"type": "array", "minItems": 1, "uniqueItems": True,
                                          "items": {"enum": ["vcek", "vlek"]}},
             },
@@ -158,12 +191,26 @@ def _lower_hex(obj: Any) -> Any:
 
 
 def _constrains_identity(tee: TeeType, section: Mapping[str, Any] | None) -> bool:
+    """True when `section` pins the TEE's code: an identity field, or measurement sets that each
+    carry one (a set with host_data alone would admit any image with that host data)."""
     if not section:
         return False
-    if tee == TeeType.NVGPU:
-        return any(k in section for k in ("measurements", "driver_versions", "vbios_versions"))
-    keys = set(VALUE_FIELDS[tee]) | {"measurement_sets"}
-    return any(k in section for k in keys)
+    identity = IDENTITY_FIELDS[tee]
+    if any(section.get(k) for k in identity):
+        return True
+    sets = section.get("measurement_sets")
+    return bool(sets) and all(any(k in s for k in identity) for s in sets)
+
+
+def _check_production(data: Mapping[str, Any]) -> None:
+    """Fields a production policy must have, and weakenings it must not have (policy_invalid)."""
+    snp = data.get(TeeType.SNP.value) or {}
+    if snp.get("unsafe_allow_migrate_ma", False):
+        raise PolicyError(Reason.POLICY_INVALID,
+                          "snp.unsafe_allow_migrate_ma is refused in a production policy")
+    if TeeType.SNP.value in data["allowed_tee"] and "min_tcb" not in snp:
+        raise PolicyError(Reason.POLICY_INVALID,
+                          "a production policy allowing snp must set snp.min_tcb (minimum TCB)")
 
 
 @dataclass(frozen=True)
@@ -220,7 +267,10 @@ class Policy:
         for tee in (TeeType(t) for t in data["allowed_tee"]):
             if not _constrains_identity(tee, data.get(tee.value)):
                 raise PolicyError(Reason.POLICY_EMPTY,
-                                  f"policy allows {tee.value} but constrains none of its measurements")
+                                  f"policy allows {tee.value} but names no code identity for it "
+                                  f"(one of {', '.join(IDENTITY_FIELDS[tee])})")
+        if production:
+            _check_production(data)
         return cls(data=data, digest=hashlib.sha256(_canonical(data)).digest())
 
     @classmethod
@@ -305,6 +355,13 @@ def _check_tdx(out: _Collector, section: Mapping[str, Any], claims: Mapping[str,
                 a < w for a, w in zip(bytes(actual), want)):
             out.add(Reason.SVN_TOO_LOW, "tdx.min_tee_tcb_svn",
                     "TEE_TCB_SVN below the minimum (compared component-wise)", minimum, _as_hex(actual))
+    # TDX 1.5 binds a service TD (e.g. a migration TD) into MRSERVICETD; TDX 1.0 quotes have none.
+    allowed_servicetd = section.get("mr_servicetd") or [NO_SERVICE_TD]
+    servicetd = _as_hex(claims.get("mr_servicetd")) or NO_SERVICE_TD
+    if servicetd not in allowed_servicetd:
+        out.add(Reason.SERVICETD_NOT_ALLOWED, "tdx.mr_servicetd",
+                "a service TD is bound to this TD (MRSERVICETD) and the policy does not list it",
+                allowed_servicetd, servicetd)
 
 
 def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
@@ -328,10 +385,15 @@ def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str,
             out.add(Reason.TCB_MISMATCH, "snp.require_committed_tcb_equals_current",
                     "committed TCB differs from current TCB (firmware not committed)",
                     current, committed)
-    vmpls = section.get("allowed_vmpl")
-    if vmpls is not None and claims.get("vmpl") not in vmpls:
+    vmpls = section.get("allowed_vmpl", list(DEFAULT_SNP_VMPLS))
+    if claims.get("vmpl") not in vmpls:
         out.add(Reason.VMPL_NOT_ALLOWED, "snp.allowed_vmpl",
                 f"VMPL {claims.get('vmpl')} is not allowed", vmpls, claims.get("vmpl"))
+    migrate = claims.get("policy_migrate_ma_allowed")
+    if migrate is not False and not section.get("unsafe_allow_migrate_ma", False):
+        out.add(Reason.MIGRATION_ALLOWED, "snp.unsafe_allow_migrate_ma",
+                "the guest policy allows a migration agent (MIGRATE_MA), which can export the "
+                "guest's memory", False, migrate)
     keys = section.get("allowed_signing_keys")
     if keys is not None and claims.get("signing_key") not in keys:
         out.add(Reason.MEASUREMENT_MISMATCH, "snp.allowed_signing_keys",
@@ -398,6 +460,13 @@ def violations(verified: VerifiedEvidence, policy: Policy) -> list[Violation]:
     elif status not in policy.allowed_tcb_statuses:
         out.add(Reason.TCB_NOT_ALLOWED, "allowed_tcb_statuses", f"TCB status {status} is not allowed",
                 list(policy.allowed_tcb_statuses), status)
+
+    denied = set(policy.data.get("denied_advisories", ()))
+    advisories = set(verified.advisory_ids) | set(claims.get("advisory_ids") or ())
+    for advisory in sorted(denied & advisories):
+        out.add(Reason.ADVISORY_DENIED, "denied_advisories",
+                f"the TCB is affected by advisory {advisory}, which this policy denies",
+                sorted(denied), advisory)
 
     section = policy.section(tee)
     if tee in policy.allowed_tee:

@@ -3,7 +3,8 @@
 Verification follows Intel's Quote Verification Library and the TDX DCAP quote verification
 flow; steps are numbered in the order they run and name Intel's section in comments:
 
-  tdx.01.parse_header        header: version 4/5, ECDSA P-256 key, TEE type TDX (parse)
+  tdx.01.parse_header        header: version 4/5, ECDSA P-256 key, TEE type TDX (parse); QE vendor
+                             ID is Intel's (verify: another vendor's QE is not Intel's trust chain)
   tdx.02.parse_body          TD report body v4 / v5 type 2 / v5 type 3, signature data (parse)
   tdx.03.pck_chain           PCK leaf -> PCK Platform/Processor CA -> pinned Intel SGX Root CA, dates at `at`
   tdx.04.pck_revocation      Root CA CRL (CA) and PCK CRL (leaf), signatures and dates    [collateral]
@@ -43,7 +44,8 @@ from conclave.runtime.attestation.core import (
 )
 from conclave.runtime.attestation import tdx_collateral, tdx_tcb
 from conclave.runtime.attestation.tdx_collateral import TdxCollateral
-from conclave.runtime.attestation.tdx_quote import ParsedTdxQuote, looks_like_quote, parse_quote
+from conclave.runtime.attestation.tdx_quote import (INTEL_QE_VENDOR_ID, ParsedTdxQuote, looks_like_quote,
+                                                    parse_quote)
 
 TEE = TeeType.TDX
 
@@ -384,6 +386,10 @@ def verify(parsed: ParsedTdxQuote, *, at: datetime, certs: Sequence[x509.Certifi
         raise VerificationFailed(Reason.COLLATERAL_INVALID, "collateral is not TDX collateral (use tdx.load_collateral)")
     roots = list(trusted_roots) if trusted_roots is not None else [intel_root()]
     log = StepLog()
+    if not hmac.compare_digest(parsed.header.qe_vendor_id, INTEL_QE_VENDOR_ID):
+        raise log.fail("tdx.01.parse_header", Reason.QE_VENDOR_UNKNOWN,
+                       f"quote header names QE vendor {parsed.header.qe_vendor_id.hex()}, not Intel's "
+                       f"{INTEL_QE_VENDOR_ID.hex()}")
     log.ok("tdx.01.parse_header")
     log.ok("tdx.02.parse_body")
     notes: list[str] = []

@@ -75,7 +75,7 @@ CASES = [
     Case("tdx-tdx03-outofdate-policy-allows", f"{OOD}/quote.bin",
          ("--collateral", f"{OOD}/pcs", "--certs", f"{OOD}/tcb_signing_chain.pem",
           "--at", "2025-11-01T00:00:00Z"), tcb_status="OutOfDate",
-         policy={"production": True, "allowed_tee": ["tdx"], "allowed_tcb_statuses": ["UpToDate", "OutOfDate"],
+         policy={"production": False, "allowed_tee": ["tdx"], "allowed_tcb_statuses": ["UpToDate", "OutOfDate"],
                  "tdx": {"mr_td": ["@mr_td"], "rtmr0": ["@rtmr0"]}}),
     Case("tdx-v5-old-tcb", "tdx/trustee-v5-old-tcb/quote.bin",
          ("--collateral", "tdx/trustee-v5-old-tcb/collateral.json", "--at", "2026-03-01T00:00:00Z"),
@@ -99,12 +99,13 @@ CASES = [
          ("--certs", f"{IDB}/vcek.der", f"{IDB}/ask_ark_asvk_milan.pem", "--at", "2024-01-01T00:00:00Z"),
          code=4, reason="tcb_mismatch",
          policy={"production": True, "allowed_tee": ["snp"],
-                 "snp": {"measurement": ["@measurement"], "require_committed_tcb_equals_current": True}}),
+                 "snp": {"measurement": ["@measurement"], "min_tcb": "@reported_tcb",
+                         "require_committed_tcb_equals_current": True}}),
     Case("snp-idblock-policy-ok", f"{IDB}/report.bin",
          ("--certs", f"{IDB}/vcek.der", f"{IDB}/ask_ark_asvk_milan.pem", "--at", "2024-01-01T00:00:00Z"),
-         policy={"production": True, "allowed_tee": ["snp"],
+         policy={"production": False, "allowed_tee": ["snp"],
                  "snp": {"measurement": ["@measurement"], "id_key_digest": ["@id_key_digest"],
-                         "allowed_vmpl": [0]}}),
+                         "min_tcb": "@reported_tcb", "allowed_vmpl": [0]}}),
     Case("snp-aws-vlek", f"{AWS}/report.bin",
          ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z")),
     Case("snp-aws-vlek-expired", f"{AWS}/report.bin",
@@ -114,7 +115,34 @@ CASES = [
          ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z"),
          code=4, reason="vmpl_not_allowed",
          policy={"production": True, "allowed_tee": ["snp"],
-                 "snp": {"measurement": ["@measurement"], "allowed_vmpl": [0]}}),
+                 "snp": {"measurement": ["@measurement"], "min_tcb": "@reported_tcb", "allowed_vmpl": [0]}}),
+    # VMPL 0 is the default in every policy (these are non-production: no AMD CRL for this vector)
+    Case("snp-aws-vmpl1-default-policy", f"{AWS}/report.bin",
+         ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z"),
+         code=4, reason="vmpl_not_allowed",
+         policy={"production": False, "allowed_tee": ["snp"],
+                 "snp": {"measurement": ["@measurement"], "min_tcb": "@reported_tcb"}}),
+    # Real vectors carry no CRLs: a production policy refuses them (revocation not checked), so
+    # the accepting policy cases use non-production policies.
+    Case("snp-aws-production-revocation-unchecked", f"{AWS}/report.bin",
+         ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z"),
+         code=4, reason="revocation_unchecked",
+         policy={"production": True, "allowed_tee": ["snp"],
+                 "snp": {"measurement": ["@measurement"], "min_tcb": "@reported_tcb", "allowed_vmpl": [1]}}),
+    Case("tdx-tdx03-production-revocation-unchecked", f"{OOD}/quote.bin",
+         ("--collateral", f"{OOD}/pcs", "--certs", f"{OOD}/tcb_signing_chain.pem",
+          "--at", "2025-11-01T00:00:00Z"), code=4, reason="revocation_unchecked",
+         policy={"production": True, "allowed_tee": ["tdx"], "allowed_tcb_statuses": ["UpToDate", "OutOfDate"],
+                 "tdx": {"mr_td": ["@mr_td"], "rtmr0": ["@rtmr0"]}}),
+    Case("snp-aws-vmpl1-allowed", f"{AWS}/report.bin",
+         ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z"),
+         policy={"production": False, "allowed_tee": ["snp"],
+                 "snp": {"measurement": ["@measurement"], "min_tcb": "@reported_tcb", "allowed_vmpl": [1]}}),
+    Case("snp-aws-min-tcb-above", f"{AWS}/report.bin",
+         ("--certs", f"{AWS}/vlek.der", f"{AWS}/ask_ark_asvk_milan.pem", "--at", "2025-06-01T00:00:00Z"),
+         code=4, reason="svn_too_low",
+         policy={"production": False, "allowed_tee": ["snp"],
+                 "snp": {"measurement": ["@measurement"], "min_tcb": {"snp": 255}, "allowed_vmpl": [1]}}),
     Case("snp-virtee", "snp/virtee-sev-milan-v2/report.bin",
          ("--certs", "snp/virtee-sev-milan-v2/vcek.der", "snp/virtee-sev-milan-v2/ask_ark_milan.pem",
           "--at", "2024-01-01T00:00:00Z")),
@@ -124,10 +152,12 @@ CASES = [
     Case("nvgpu-h100-policy", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE),
          policy={"production": True, "allowed_tee": ["nvgpu"],
-                 "nvgpu": {"driver_versions": ["550.90.07"], "vbios_versions": ["@vbios_version"]}}),
+                 "nvgpu": {"measurements": {"2": ["@measurements.2"], "3": ["@measurements.3"]},
+                           "driver_versions": ["550.90.07"], "vbios_versions": ["@vbios_version"]}}),
     Case("nvgpu-h100-policy-old-driver", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE), code=4, reason="measurement_mismatch",
-         policy={"production": True, "allowed_tee": ["nvgpu"], "nvgpu": {"driver_versions": ["535.86.10"]}}),
+         policy={"production": True, "allowed_tee": ["nvgpu"],
+                 "nvgpu": {"measurements": {"2": ["@measurements.2"]}, "driver_versions": ["535.86.10"]}}),
     Case("nvgpu-h100-report-data", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--report-data", H100_NONCE)),
     Case("nvgpu-h100-wrong-nonce", f"{H100}/evidence.bin",
@@ -145,10 +175,14 @@ def _resolve(vectors: Path, args: tuple[str, ...]) -> list[str]:
 
 
 def _fill_policy(policy: dict, claims: dict) -> dict:
-    """'@name' placeholders take the vector's own claim value (so the policy matches it)."""
+    """'@name' placeholders take the vector's own claim value (so the policy matches it);
+    '@a.b' reads claims[a][b]."""
     def conv(v):
         if isinstance(v, str) and v.startswith("@"):
-            return claims[v[1:]]
+            value = claims
+            for part in v[1:].split("."):
+                value = value[part]
+            return value
         if isinstance(v, list):
             return [conv(x) for x in v]
         if isinstance(v, dict):

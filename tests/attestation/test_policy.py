@@ -21,6 +21,7 @@ def _verified(tee: TeeType, claims: dict, *, simulated=False, tcb_status=None) -
     """Evidence as verification would hand it over (policy is pure logic over claims)."""
     return core.VerifiedEvidence(tee=tee, report_data=bytes(64), claims=claims, verified_at=NOW,
                                  simulated=simulated, steps=(), tcb_status=tcb_status,
+                                 collateral_age_s=3600.0,  # CRLs checked, collateral an hour old
                                  _issuer=core._ISSUER)
 
 
@@ -40,7 +41,7 @@ def _snp_claims(**over) -> dict:
          "measurement": b"\x01" * 48, "host_data": bytes(32), "chip_id": b"\x02" * 64, "vmpl": 0,
          "guest_svn": 4, "family_id": bytes(16), "image_id": bytes(16), "id_key_digest": bytes(48),
          "author_key_digest": bytes(48), "signing_key": "vcek", "reported_tcb": dict(tcb),
-         "committed_tcb": dict(tcb), "current_tcb": dict(tcb)}
+         "committed_tcb": dict(tcb), "current_tcb": dict(tcb), "policy_migrate_ma_allowed": False}
     c.update(over)
     return c
 
@@ -193,7 +194,8 @@ def test_tdx_svn_componentwise():
     assert _reasons(info.value) == ["svn_too_low"]
 
 
-SNP_POLICY = {"production": True, "allowed_tee": ["snp"], "snp": {"measurement": ["01" * 48]}}
+SNP_POLICY = {"production": True, "allowed_tee": ["snp"],
+              "snp": {"measurement": ["01" * 48], "min_tcb": {"snp": 8}}}
 
 
 def test_snp_accepts_and_collects():
@@ -256,8 +258,9 @@ def test_sim_measurement_svn_and_debug(sim_root):
 
 def test_nvgpu_has_no_debug_flag_but_true_is_refused():
     p = Policy.from_dict({"production": True, "allowed_tee": ["nvgpu"],
-                          "nvgpu": {"driver_versions": ["550.90.07"]}})
-    claims = {"debug": None, "report_data": bytes(32), "driver_version": "550.90.07"}
+                          "nvgpu": {"measurements": {"2": ["ab" * 48]}, "driver_versions": ["550.90.07"]}})
+    claims = {"debug": None, "report_data": bytes(32), "driver_version": "550.90.07",
+              "measurements": {2: b"\xab" * 48}}
     validate(_verified(TeeType.NVGPU, claims), p)
     with pytest.raises(core.PolicyViolated) as info:
         validate(_verified(TeeType.NVGPU, {**claims, "debug": True}), p)

@@ -284,7 +284,8 @@ def test_cli_snp_yaml_fragment(tmp_path, capsys):
     frag = yaml.safe_load(capsys.readouterr().out)
     expected = snp.launch_digest(snp.SnpInputs(ovmf=DEBIAN_OVMF, vcpus=2, vcpu_type="EPYC-Milan"))
     assert frag == {"snp": {"measurement": [expected.hex()]}}
-    Policy.from_dict({"production": True, "allowed_tee": ["snp"], **frag})
+    Policy.from_dict({"production": True, "allowed_tee": ["snp"],   # production SNP needs a minimum TCB
+                      "snp": {**frag["snp"], "min_tcb": {"snp": 0}}})
 
 
 def test_cli_exit_codes(tmp_path, capsys):
