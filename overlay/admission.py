@@ -10,7 +10,10 @@ Verifier side, in order, failing closed at the first problem:
  7. binding: REPORT_DATA commits to manifest, both public keys, nonce, role, name, address
                                                       -> report_data_mismatch
  8. policy validation (every violation collected)     -> the first violation's Reason
-GPU evidence items are verified with the nonce derived from the same REPORT_DATA.
+GPU evidence items are verified with the nonce derived from the same REPORT_DATA (so GPU
+evidence of another node, or for another challenge, fails nonce_mismatch), then
+ 9. the node's stage GPU requirement (manifest stages[i].gpus), when the caller gives one
+                                                      -> gpu_missing / gpu_cc_off / gpu_model_not_allowed
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.reasons import OverlayReason
 from conclave.runtime import attestation
-from conclave.runtime.attestation import binding, policy as policy_mod
+from conclave.runtime.attestation import binding, nvgpu_requirement, policy as policy_mod
 from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
                                                VerifiedEvidence)
 from conclave.runtime.errors import ConclaveError, ExitCode
@@ -91,12 +94,17 @@ class Verifier:
     def __init__(self, *, policy: policy_mod.Policy, manifest_digest: bytes, overlay: ipaddress.IPv4Network,
                  trusted_sim_roots: Sequence[x509.Certificate] = (),
                  collateral_for: Callable[[TeeType, bytes], object | None] | None = None,
+                 gpu_requirement_for: Callable[[str], nvgpu_requirement.GpuRequirement | None] | None = None,
+                 gpu_roots: Sequence[x509.Certificate] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.policy = policy
         self.manifest_digest = manifest_digest
         self.overlay = overlay
         self.trusted_sim_roots = tuple(trusted_sim_roots)
         self.collateral_for = collateral_for   # verifier-side collateral (cache/fetch) when none is shipped
+        # node_id -> its stage's GPU requirement (VerifiedManifest.stage_for(node).gpus); None: none
+        self.gpu_requirement_for = gpu_requirement_for
+        self.gpu_roots = None if gpu_roots is None else tuple(gpu_roots)  # None: NVIDIA's pinned roots
         self.clock = clock
 
     def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache) -> AdmittedPeer:
@@ -143,6 +151,7 @@ class Verifier:
             raise AdmissionRejected(exc.reason, exc.message) from None
         self._validate(verified)
         gpu_nonce = binding.gpu_nonce_for(expected_rd)
+        gpus: list[VerifiedEvidence] = []
         for k, item in enumerate(items):
             if k == cpu[0]:
                 continue
@@ -152,6 +161,12 @@ class Verifier:
             except AttestationError as exc:
                 raise AdmissionRejected(exc.reason, exc.message) from None
             self._validate(gpu)
+            gpus.append(gpu)
+        requirement = self.gpu_requirement_for(ann.node_id) if self.gpu_requirement_for else None
+        unmet = nvgpu_requirement.check_gpus(requirement, gpus)
+        if unmet:
+            raise AdmissionRejected(unmet[0].reason, "; ".join(v.message for v in unmet),
+                                    reasons=[str(v.reason) for v in unmet])
         claims = verified.claims
         summary = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in claims.items()
                    if k in ("measurement", "mr_td", "svn", "tcb_status", "node", "debug")}
@@ -167,7 +182,7 @@ class Verifier:
             certs = [x509.load_der_x509_certificate(bytes(c)) for c in item.certs]
         except ValueError:
             raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "certificate is not DER") from None
-        roots = self.trusted_sim_roots if tee == TeeType.SIM else None
+        roots = self.trusted_sim_roots if tee == TeeType.SIM else self.gpu_roots if tee == TeeType.NVGPU else None
         try:
             collateral = _load_collateral(tee, bytes(item.collateral))
             if collateral is None and self.collateral_for is not None:

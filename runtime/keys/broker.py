@@ -42,6 +42,11 @@ def stage_key_name(stage_name: str) -> str:
     return STAGE_KEY_PREFIX + stage_name
 
 
+def secret_purpose(name: str) -> str:
+    """The purpose of a secret name (`model_key` for every `model_key/<stage>`): for metric labels."""
+    return MODEL_KEY if name.startswith(STAGE_KEY_PREFIX) else name
+
+
 def secret_info(name: str, broker_wg: bytes, requester_wg: bytes) -> bytes:
     return context_info(SECRET_PURPOSE, name.encode(), broker_wg, requester_wg)
 

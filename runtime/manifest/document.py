@@ -73,16 +73,22 @@ class Stage:
     role: str
     layer_start: int
     layer_end: int
+    # GPUs that must attest for this stage (attestation.nvgpu_requirement); None: no GPU required
+    gpus: Any = None
 
     def to_json(self) -> dict:
-        return {"node": self.node, "owner": self.owner, "role": self.role,
-                "layers": [self.layer_start, self.layer_end]}
+        out = {"node": self.node, "owner": self.owner, "role": self.role,
+               "layers": [self.layer_start, self.layer_end]}
+        if self.gpus is not None:
+            out["gpus"] = self.gpus.to_json()
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, index: int = 0) -> "Stage":
         where = f"stages[{index}]"
-        if not isinstance(obj, dict) or set(obj) != {"node", "owner", "role", "layers"}:
-            raise _malformed(f"{where} must have exactly node, owner, role, layers")
+        if not isinstance(obj, dict) or not {"node", "owner", "role", "layers"} <= set(obj) <= {
+                "node", "owner", "role", "layers", "gpus"}:
+            raise _malformed(f"{where} must have exactly node, owner, role, layers (and optionally gpus)")
         node, owner, role, layers = obj["node"], obj["owner"], obj["role"], obj["layers"]
         if not isinstance(node, str) or not _NODE_NAME.match(node):
             raise _malformed(f"{where}.node must be a DNS-label-like name (a-z, 0-9, '.', '-')")
@@ -94,7 +100,14 @@ class Stage:
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
                 or not 0 <= layers[0] < layers[1]):
             raise _malformed(f"{where}.layers must be [start, end) with 0 <= start < end")
-        return cls(node, owner, role, layers[0], layers[1])
+        gpus = None
+        if "gpus" in obj:
+            from conclave.runtime.attestation.nvgpu_requirement import GpuRequirement, RequirementError
+            try:
+                gpus = GpuRequirement.from_json(obj["gpus"])
+            except RequirementError as exc:
+                raise _malformed(f"{where}.{exc}") from None
+        return cls(node, owner, role, layers[0], layers[1], gpus)
 
     @classmethod
     def parse_spec(cls, spec: str) -> "Stage":

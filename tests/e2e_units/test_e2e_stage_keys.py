@@ -6,7 +6,7 @@ import pytest
 from conclave.overlay.reasons import OverlayReason
 from conclave.runtime.errors import ConclaveError
 from conclave.runtime.keys.broker import (STAGE_NOT_ALLOWED, SecretRefused, SecretsBroker, open_secret,
-                                          stage_key_name)
+                                          secret_purpose, stage_key_name)
 from conclave.runtime.keys.hpke import HpkePrivateKey, SealError
 from conclave.runtime.keys.secret import SecretValue
 from conclave.runtime.sealing import SealingKey, write_key_file
@@ -34,6 +34,7 @@ def _ask(broker, name, *, node_id, hpke, role="worker", wg=b"w" * 32):
 
 def test_stage_names_and_reason_vocabulary():
     assert stage_key_name("node-1") == "model_key/node-1"
+    assert secret_purpose("model_key/node-1") == "model_key" and secret_purpose("ray_token") == "ray_token"
     assert STAGE_NOT_ALLOWED == OverlayReason.STAGE_NOT_ALLOWED == "stage_not_allowed"
     for bad in ("", "a/b"):
         with pytest.raises(ValueError):
