@@ -58,7 +58,7 @@ from conclave.overlay.admission import AdmissionRejected  # noqa: E402
 from conclave.overlay.device import FakeDevice  # noqa: E402
 from conclave.overlay.evidence import SimEvidenceSource  # noqa: E402
 from conclave.overlay.keys import WgPrivateKey  # noqa: E402
-from conclave.overlay.liveness import TOKEN_LEN, new_token  # noqa: E402
+from conclave.overlay.liveness import PROOF_LEN, TOKEN_LEN, new_token, ping_proof  # noqa: E402
 from conclave.overlay.nonces import NonceCache  # noqa: E402
 from conclave.overlay.proto import conclave_pb2 as pb  # noqa: E402
 from conclave.overlay.reasons import OverlayReason  # noqa: E402
@@ -347,7 +347,12 @@ class AdmissionFuzzer:
             nonce = self.nonces.issue(m.worker.me.node_id)
             return m.worker.handle_attest(nonce)
         if target == "ping":
-            return pb.PingRequest(verifier_wg_public_key=m.worker.identity.wg_public.raw, token=new_token())
+            token = new_token()   # the worker's real probe: proves the pair's PSK as the head holds it
+            with m.head._lock:    # (fuzzed ConfirmKey calls may have re-keyed the head's side only)
+                psk = m.head._admitted_by_key(m.worker.identity.wg_public).psk
+            return pb.PingRequest(verifier_wg_public_key=m.worker.identity.wg_public.raw, token=token,
+                                  proof=ping_proof(psk.secret_bytes(), token, m.worker.identity.wg_public,
+                                                   m.head.identity.wg_public))
         raise ValueError(target)
 
     # one case ----------------------------------------------------------------
@@ -461,6 +466,8 @@ class AdmissionFuzzer:
             raise Crash("Ping did not echo the request's token")
         if reply.meshed and req.verifier_wg_public_key != self.admitted_worker:
             raise Crash("Ping said meshed to a caller the responder never meshed with")
+        if reply.meshed and len(req.proof) != PROOF_LEN:
+            raise Crash("Ping said meshed to a caller that did not prove the pair's PSK")
         return "ok:meshed" if reply.meshed else "ok"
 
     @staticmethod
@@ -471,7 +478,8 @@ class AdmissionFuzzer:
 
 
 def _well_formed_ping(req: pb.PingRequest) -> bool:
-    return len(req.verifier_wg_public_key) == 32 and len(req.token) == TOKEN_LEN
+    return (len(req.verifier_wg_public_key) == 32 and len(req.token) == TOKEN_LEN
+            and len(req.proof) in (0, PROOF_LEN))
 
 
 def _equivalent_reply(a: pb.AttestReply, b: pb.AttestReply) -> bool:

@@ -13,11 +13,16 @@ forged reply can at most keep an unreachable peer listed until its evidence expi
 re-attestation deadline still applies), or make us evict a peer (which an on-path attacker can
 do anyway by dropping packets). The reply's `meshed` bit is a hint of the same strength: it can
 only make a follower re-check its PSK with the leader (which then needs attested HPKE keys).
+And it is told only to the admitted peer itself: the request carries ping_proof, an HMAC under
+the PSK the two agreed, so a caller that merely names a meshed peer's public key gets
+meshed=false, the same reply as for an unknown key.
 
 Everything here is pure (the clock is an argument); the agent does the RPCs.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +30,22 @@ from enum import StrEnum
 from conclave.overlay.keys import KEY_LEN, WgPublicKey
 
 TOKEN_LEN = 16
+PROOF_LEN = 32
+_PROOF_DOMAIN = b"conclave/ping-proof/v1\0"
+
+
+def ping_proof(psk_secret: bytes, token: bytes, caller: WgPublicKey, callee: WgPublicKey) -> bytes:
+    """HMAC-SHA256 under the pair's agreed PSK over (domain, token, caller key, callee key): proves
+    that the caller holds our pairing, so only the admitted peer learns whether it is meshed."""
+    return hmac.new(psk_secret, _PROOF_DOMAIN + token + caller.raw + callee.raw, hashlib.sha256).digest()
+
+
+def proof_matches(psk_secret: bytes | None, token: bytes, caller: WgPublicKey, callee: WgPublicKey,
+                  proof: bytes) -> bool:
+    """Constant-time check of a Ping proof; no PSK or a wrong-length proof never matches."""
+    if psk_secret is None or len(proof) != PROOF_LEN:
+        return False
+    return hmac.compare_digest(ping_proof(psk_secret, token, caller, callee), proof)
 
 
 class PingOutcome(StrEnum):

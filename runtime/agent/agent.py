@@ -34,7 +34,8 @@ from conclave.overlay.device import WgDevice
 from conclave.overlay.firewall import Firewall, ruleset
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.keys import PresharedKey, WgPublicKey
-from conclave.overlay.liveness import PeerLiveness, PingOutcome, judge_reply, new_token
+from conclave.overlay.liveness import (PeerLiveness, PingOutcome, judge_reply, new_token, ping_proof,
+                                       proof_matches)
 from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -377,7 +378,10 @@ class NodeAgent:
         """Start one asynchronous Ping (no lock held, no thread used while it is in the air)."""
         token = new_token()
         sent = time.monotonic()
-        request = pb.PingRequest(verifier_wg_public_key=self.identity.wg_public.raw, token=token)
+        psk = rec.psk   # proves our pairing to the peer; without it the peer answers meshed=false
+        proof = ping_proof(psk.secret_bytes(), token, self.identity.wg_public, rec.key) if psk else b""
+        request = pb.PingRequest(verifier_wg_public_key=self.identity.wg_public.raw, token=token,
+                                 proof=proof)
         try:
             call = self._stub(rec.announcement.admission_target).Ping.future(
                 request, timeout=self.cfg.timing.ping_deadline())
@@ -408,11 +412,15 @@ class NodeAgent:
         if outcome == PingOutcome.IDENTITY_CHANGED:
             self._wake.set()
 
-    def handle_ping(self, caller: WgPublicKey) -> tuple[WgPublicKey, bool]:
-        """Our key, and whether we hold a meshed pairing (agreed PSK) with the caller's key."""
+    def handle_ping(self, caller: WgPublicKey, token: bytes = b"",
+                    proof: bytes = b"") -> tuple[WgPublicKey, bool]:
+        """Our key, and whether we hold a meshed pairing (agreed PSK) with the caller's key, told
+        only to a caller that proves that PSK (anyone else gets meshed=false, as for an unknown key)."""
         with self._lock:
             rec = self._admitted_by_key(caller)
-            meshed = rec is not None and rec.state == PeerState.MESHED and rec.psk is not None
+            psk = rec.psk if rec is not None and rec.state == PeerState.MESHED else None
+        meshed = proof_matches(psk.secret_bytes() if psk else None, token, caller,
+                               self.identity.wg_public, proof)
         return self.identity.wg_public, meshed
 
     # ------------------------------------------------------------------ stage statements

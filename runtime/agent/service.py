@@ -12,7 +12,7 @@ import time
 import grpc
 
 from conclave.overlay.keys import WgPublicKey
-from conclave.overlay.liveness import TOKEN_LEN
+from conclave.overlay.liveness import PROOF_LEN, TOKEN_LEN
 from conclave.overlay.nonces import NONCE_LEN
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -81,11 +81,13 @@ class NodeService(pb_grpc.NodeServicer):
         return pb.SecretReply(status=status, sealed_secret=sealed, reason=reason)
 
     def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
-        """Cheap liveness probe: no evidence, no state change; answers anyone (its content is public)."""
+        """Cheap liveness probe: no evidence, no state change. Answers anyone with public content
+        only: `meshed` is true only for a caller proving the pair's PSK (handle_ping)."""
         caller = _key(request.verifier_wg_public_key)
-        if caller is None or len(request.token) != TOKEN_LEN:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ping needs a 32-byte key and a 16-byte token")
-        wg_public, meshed = self.agent.handle_ping(caller)
+        if caller is None or len(request.token) != TOKEN_LEN or len(request.proof) not in (0, PROOF_LEN):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "ping needs a 32-byte key, a 16-byte token and an empty or 32-byte proof")
+        wg_public, meshed = self.agent.handle_ping(caller, bytes(request.token), bytes(request.proof))
         statement = self.agent.own_statement() if hasattr(self.agent, "own_statement") else None
         body, signature = statement or (b"", b"")
         return pb.PingReply(wg_public_key=wg_public.raw, token=bytes(request.token), meshed=meshed,

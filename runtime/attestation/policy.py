@@ -66,7 +66,7 @@ NVGPU_VALUE_FIELDS: dict[str, int] = {}
 TDX_IDENTITY_FIELDS = ("mr_td",)
 SNP_IDENTITY_FIELDS = ("measurement", "id_key_digest", "author_key_digest")
 SIM_IDENTITY_FIELDS = ("measurement",)
-NVGPU_IDENTITY_FIELDS = ("measurements",)
+NVGPU_IDENTITY_FIELDS = ("measurements", "require_rim")
 SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 VALUE_FIELDS = {TeeType.TDX: TDX_VALUE_FIELDS, TeeType.SNP: SNP_VALUE_FIELDS,
                 TeeType.SIM: SIM_VALUE_FIELDS, TeeType.NVGPU: NVGPU_VALUE_FIELDS}
@@ -148,6 +148,9 @@ POLICY_JSON_SCHEMA: dict = {
         "nvgpu": {
             "type": "object", "additionalProperties": False,
             "properties": {
+                "require_rim": {"const": True,
+                                "description": "Every active measurement must match NVIDIA's signed RIMs "
+                                               "(driver and VBIOS) for the GPU's versions (rim_missing)."},
                 "measurements": {"type": "object", "minProperties": 1,
                                  "propertyNames": {"pattern": "^[0-9]{1,3}$"},
                                  "additionalProperties": {
@@ -401,6 +404,9 @@ def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str,
 
 
 def _check_nvgpu(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    if section.get("require_rim") and claims.get("rim_validated") is not True:
+        out.add(Reason.RIM_MISSING, "nvgpu.require_rim",
+                "GPU measurements were not validated against NVIDIA RIMs", True, claims.get("rim_validated"))
     measured = claims.get("measurements")
     for index, allowed in (section.get("measurements") or {}).items():
         have = measured.get(int(index)) if isinstance(measured, Mapping) else None

@@ -22,7 +22,8 @@ from conclave.overlay.desired import AdmittedPeerConfig, desired_device
 from conclave.overlay.device import FakeDevice
 from conclave.overlay.evidence import SimEvidenceSource
 from conclave.overlay.keys import PresharedKey, WgPrivateKey
-from conclave.overlay.liveness import TOKEN_LEN, PeerLiveness, PingOutcome, judge_reply, new_token
+from conclave.overlay.liveness import (TOKEN_LEN, PeerLiveness, PingOutcome, judge_reply, new_token, ping_proof,
+                                       proof_matches)
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import DeviceReason
@@ -221,6 +222,17 @@ def test_reconciler_heals_a_dead_device_and_reapplies_every_peer():
     assert rec.heal() is None
 
 
+def test_ping_proof_binds_psk_token_and_both_keys():
+    psk, token = PresharedKey.generate(), new_token()
+    a, b = (WgPrivateKey.generate().public_key() for _ in range(2))
+    proof = ping_proof(psk.secret_bytes(), token, a, b)
+    assert len(proof) == 32 and proof_matches(psk.secret_bytes(), token, a, b, proof)
+    assert not proof_matches(PresharedKey.generate().secret_bytes(), token, a, b, proof)
+    assert not proof_matches(psk.secret_bytes(), new_token(), a, b, proof)
+    assert not proof_matches(psk.secret_bytes(), token, b, a, proof)
+    assert not proof_matches(None, token, a, b, proof) and not proof_matches(psk.secret_bytes(), token, a, b, b"")
+
+
 # ------------------------------------------------------------------ agents on loopback
 def test_ping_answers_own_key_echoes_token_and_says_whether_meshed(mesh):
     head, w1 = mesh.start("lv-h", "head"), mesh.start("lv-w1")
@@ -228,12 +240,29 @@ def test_ping_answers_own_key_echoes_token_and_says_whether_meshed(mesh):
     with rpc.channel(f"127.0.0.1:{head.cfg.admission_port}") as ch:
         stub = pb_grpc.NodeStub(ch)
         token = new_token()
-        reply = stub.Ping(pb.PingRequest(verifier_wg_public_key=w1.identity.wg_public.raw, token=token), timeout=5)
+        with w1._lock:
+            psk = w1._admitted_by_key(head.identity.wg_public).psk
+        proof = ping_proof(psk.secret_bytes(), token, w1.identity.wg_public, head.identity.wg_public)
+        reply = stub.Ping(pb.PingRequest(verifier_wg_public_key=w1.identity.wg_public.raw, token=token,
+                                         proof=proof), timeout=5)
         assert reply.wg_public_key == head.identity.wg_public.raw and reply.token == token and reply.meshed
+        # an outsider naming w1's key (no proof, or a proof without the PSK) learns nothing
+        for fake in (b"", bytes(32), ping_proof(bytes(32), token, w1.identity.wg_public, head.identity.wg_public)):
+            outsider = stub.Ping(pb.PingRequest(verifier_wg_public_key=w1.identity.wg_public.raw, token=token,
+                                                proof=fake), timeout=5)
+            unknown = stub.Ping(pb.PingRequest(verifier_wg_public_key=WgPrivateKey.generate().public_key().raw,
+                                               token=token, proof=fake), timeout=5)
+            assert not outsider.meshed
+            assert (outsider.wg_public_key, outsider.token, outsider.meshed) == \
+                (unknown.wg_public_key, unknown.token, unknown.meshed)
+        # a proof is bound to its token: replaying it with another token does not work
+        assert not stub.Ping(pb.PingRequest(verifier_wg_public_key=w1.identity.wg_public.raw, token=new_token(),
+                                            proof=proof), timeout=5).meshed
         stranger = WgPrivateKey.generate().public_key()
         reply = stub.Ping(pb.PingRequest(verifier_wg_public_key=stranger.raw, token=token), timeout=5)
         assert reply.wg_public_key == head.identity.wg_public.raw and not reply.meshed
         for bad in (pb.PingRequest(verifier_wg_public_key=stranger.raw, token=b"x" * 15),
+                    pb.PingRequest(verifier_wg_public_key=stranger.raw, token=token, proof=b"p" * 31),
                     pb.PingRequest(verifier_wg_public_key=b"x" * 31, token=token)):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Ping(bad, timeout=5)
