@@ -291,3 +291,13 @@ def test_rim_bundle_json_round_trips(authority, evidence, chain, tmp_path):
     rims = nvgpu.load_collateral(path)
     verified = nvgpu.verify(evidence, at=NOW, certs=chain, collateral=rims, rim_roots=[authority.root])
     assert verified.claims["rim_validated"] is True
+
+
+def test_policy_require_rim(authority, evidence, chain):
+    from conclave.runtime.attestation.policy import Policy, violations
+    policy = Policy.from_dict({"production": False, "allowed_tee": ["nvgpu"], "nvgpu": {"require_rim": True}})
+    with_rims = nvgpu.verify(evidence, at=NOW, certs=chain, collateral=_rim_set(*_matching_rims(authority, evidence)),
+                             rim_roots=[authority.root])
+    assert violations(with_rims, policy) == []
+    without = nvgpu.verify(evidence, at=NOW, certs=chain)
+    assert [str(v.reason) for v in violations(without, policy)] == ["rim_missing"]
