@@ -11,3 +11,5 @@ class ModelReason(StrEnum):
     SHARD_TOO_LARGE = "model_shard_too_large"          # the shard exceeds the download size cap
     SHARD_LAYOUT_INVALID = "model_shard_layout_invalid"  # stages.json malformed or inconsistent
     NOT_IMPORTED = "model_not_imported"                # sealing needs the folder's model manifest
+    SHARD_DEST_NOT_EMPTY = "model_shard_dest_not_empty"  # a shard is unsealed only into a new/empty folder
+    SHARD_OUTPUT_INVALID = "model_shard_output_invalid"  # seal output not empty, or inside the model folder

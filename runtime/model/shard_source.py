@@ -34,7 +34,7 @@ from conclave.runtime.model.manifest import verify_layer_range
 from conclave.runtime.model.reasons import ModelReason
 from conclave.runtime.model.stage_check import shard_digest, verify_stage_shard
 from conclave.runtime.sealing.errors import SealError, SealReason
-from conclave.runtime.sealing.folder import INDEX_NAME, MAX_INDEX_LEN, MEMORY_FSTYPES, _fstype, read_index, unseal_into
+from conclave.runtime.sealing.folder import INDEX_NAME, MAX_INDEX_LEN, on_memory_fs, read_index, unseal_into
 from conclave.runtime.sealing.key import SealingKey
 
 DEFAULT_MAX_BYTES = 64 * 1024 ** 3      # 64 GiB: far above a stage of the models Conclave serves
@@ -185,10 +185,10 @@ def fetch_sealed_shard(location: str, *, work_dir: Path | None = None, max_bytes
 def _prepare_dest(dest: Path, require_memory_fs: bool) -> Path:
     dest = Path(dest)
     if dest.exists() and (dest.is_symlink() or not dest.is_dir() or any(dest.iterdir())):
-        raise ConclaveError("shard_dest_not_empty", f"{dest} exists and is not an empty folder",
+        raise ConclaveError(ModelReason.SHARD_DEST_NOT_EMPTY, f"{dest} exists and is not an empty folder",
                             exit_code=ExitCode.USAGE)
     parent = dest.parent
-    if require_memory_fs and _fstype(parent) not in MEMORY_FSTYPES:
+    if require_memory_fs and not on_memory_fs(parent):
         raise SealError(SealReason.NOT_TMPFS, f"{parent} is not a memory filesystem (tmpfs)")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dest, 0o700)

@@ -257,6 +257,11 @@ def _fstype(path: Path) -> str | None:
     return fstype
 
 
+def on_memory_fs(path: Path) -> bool:
+    """Whether `path` lies on tmpfs/ramfs (where plaintext weights may be written)."""
+    return _fstype(path) in MEMORY_FSTYPES
+
+
 def unseal_into(sealed_dir: Path, key: SealingKey, dest: Path) -> SealedIndex:
     """Write the plaintext model into an existing empty folder (files 0600, folders 0700).
 
@@ -291,7 +296,7 @@ def unsealed_directory(sealed_dir: Path, key: SealingKey, *, base: Path | str = 
     unsealing or the caller's block fails.
     """
     base = Path(base)
-    if require_memory_fs and _fstype(base) not in MEMORY_FSTYPES:
+    if require_memory_fs and not on_memory_fs(base):
         raise SealError(SealReason.NOT_TMPFS, f"{base} is not a memory filesystem (tmpfs)")
     folder = Path(tempfile.mkdtemp(prefix="conclave-", dir=base))
     try:

@@ -140,9 +140,10 @@ def seal_stages(model_dir: Path, manifest: dict, out_dir: Path, key_dir: Path,
     check_manifest(manifest)
     check_ranges(ranges, int(manifest["num_layers"]))
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConclaveError("output_not_empty", f"{out_dir} exists and is not empty", exit_code=ExitCode.USAGE)
+        raise ConclaveError(ModelReason.SHARD_OUTPUT_INVALID, f"{out_dir} exists and is not empty",
+                            exit_code=ExitCode.USAGE)
     if out_dir.resolve().is_relative_to(model_dir.resolve()):
-        raise ConclaveError("output_inside_model", "the sealed folder cannot be inside the model folder",
+        raise ConclaveError(ModelReason.SHARD_OUTPUT_INVALID, "the sealed folder cannot be inside the model folder",
                             exit_code=ExitCode.USAGE)
     key_paths = [stage_key_path(key_dir, i) for i in range(len(ranges))]
     for path in key_paths:

@@ -320,6 +320,19 @@ def test_cli_refusals(sealed, smollm2, tmp_path):
                                    "-o", str(tmp_path / "o"), "--key-dir", str(tmp_path / "k3"), "--json"])
     assert code == 1 and json.loads(stdout.strip().splitlines()[-1])["reason"] == "bad_partition"
     assert not (tmp_path / "k3").exists()
+    code, stdout, _err = _run_cli(["model", "seal", "smollm2", "--stages", "3", "-o", str(out),
+                                   "--key-dir", str(tmp_path / "k4"), "--json"])
+    assert code == 1 and json.loads(stdout.strip().splitlines()[-1])["reason"] == "model_shard_output_invalid"
+    assert not (tmp_path / "k4").exists()
+
+
+def test_unseals_only_into_a_new_or_empty_folder(sealed, smollm2, shm_dest):
+    out, keys, _o, _e = sealed
+    _folder, manifest = smollm2
+    shm_dest.mkdir(parents=True)
+    (shm_dest / "leftover").write_text("x")
+    _expect("model_shard_dest_not_empty", _open, out, keys, manifest, 1, shm_dest)
+    assert [p.name for p in shm_dest.iterdir()] == ["leftover"]
 
 
 def _tiny_sharded_model(folder: Path) -> dict:
