@@ -218,3 +218,12 @@ def test_the_proxy_passes_good_receipts_and_refuses_bad_ones(make_front, deploym
                                                     messages=[{"role": "user", "content": "hi"}]):
                 pass
         assert "receipt" in str(err.value)
+
+
+def test_the_proxy_logs_a_successful_verification_at_info(make_front, deployment, caplog):
+    front = make_front()
+    with caplog.at_level("INFO", logger="conclave.proxy"):
+        with _proxy(front, deployment):
+            pass
+    ok = [r for r in caplog.records if r.getMessage() == "upstream verification: ok"]
+    assert ok and all(r.levelname == "INFO" for r in ok)
