@@ -44,7 +44,8 @@ def read_index(path: Path) -> list[TensorEntry]:
                                 exit_code=ExitCode.MALFORMED) from None
     base = 8 + header_len
     if not isinstance(header, dict):
-        raise ConclaveError("model_malformed", f"{path.name}: header is not a JSON object", exit_code=ExitCode.MALFORMED)
+        raise ConclaveError("model_malformed", f"{path.name}: header is not a JSON object",
+                            exit_code=ExitCode.MALFORMED)
     entries = []
     for name, meta in header.items():
         if name == "__metadata__":

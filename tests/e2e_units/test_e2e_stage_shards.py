@@ -268,8 +268,8 @@ def test_http_source_with_progress(sealed, smollm2, shm_dest, tmp_path):
     lines: list[str] = []
     with _http_server(out) as base:
         url = stage_shard_location(base, 2)
-        shard = fetch_sealed_shard(url, work_dir=tmp_path / "dl", expected_index_sha256=layout.stage(2).sealed_index_sha256,
-                                   progress=lines.append)
+        shard = fetch_sealed_shard(url, work_dir=tmp_path / "dl",
+                                   expected_index_sha256=layout.stage(2).sealed_index_sha256, progress=lines.append)
         assert stat.S_IMODE(shard.stat().st_mode) == 0o700 and shard.parent == tmp_path / "dl"
         assert any("downloaded" in line and " MB" in line for line in lines) and len(lines) >= 4
         result = open_sealed_shard(shard, _key(keys, 2), manifest, (20, 30), first=False, last=True, dest=shm_dest,
