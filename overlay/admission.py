@@ -21,7 +21,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from cryptography import x509
 
@@ -31,7 +31,7 @@ from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.reasons import OverlayReason
 from conclave.runtime import attestation
-from conclave.runtime.attestation import binding, nvgpu_requirement, policy as policy_mod
+from conclave.runtime.attestation import binding, collateral_merge, nvgpu_requirement, policy as policy_mod
 from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
                                                VerifiedEvidence)
 from conclave.runtime.errors import ConclaveError, ExitCode
@@ -94,6 +94,7 @@ class Verifier:
     def __init__(self, *, policy: policy_mod.Policy, manifest_digest: bytes, overlay: ipaddress.IPv4Network,
                  trusted_sim_roots: Sequence[x509.Certificate] = (),
                  collateral_for: Callable[[TeeType, bytes], object | None] | None = None,
+                 trusted_roots: Mapping[TeeType, Sequence[x509.Certificate]] | None = None,
                  gpu_requirement_for: Callable[[str], nvgpu_requirement.GpuRequirement | None] | None = None,
                  gpu_roots: Sequence[x509.Certificate] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
@@ -101,7 +102,9 @@ class Verifier:
         self.manifest_digest = manifest_digest
         self.overlay = overlay
         self.trusted_sim_roots = tuple(trusted_sim_roots)
-        self.collateral_for = collateral_for   # verifier-side collateral (cache/fetch) when none is shipped
+        self.collateral_for = collateral_for   # verifier-side collateral (e.g. CollateralCache.collateral_for)
+        # TDX/SNP roots replacing the pinned vendor roots (emulated hardware's test roots only)
+        self.trusted_roots = {TeeType(k): tuple(v) for k, v in (trusted_roots or {}).items()}
         # node_id -> its stage's GPU requirement (VerifiedManifest.stage_for(node).gpus); None: none
         self.gpu_requirement_for = gpu_requirement_for
         self.gpu_roots = None if gpu_roots is None else tuple(gpu_roots)  # None: NVIDIA's pinned roots
@@ -149,7 +152,7 @@ class Verifier:
             binding.check_binding(verified, expected_rd)
         except AttestationError as exc:
             raise AdmissionRejected(exc.reason, exc.message) from None
-        self._validate(verified)
+        validated = self._validate(verified)
         gpu_nonce = binding.gpu_nonce_for(expected_rd)
         gpus: list[VerifiedEvidence] = []
         for k, item in enumerate(items):
@@ -170,6 +173,10 @@ class Verifier:
         claims = verified.claims
         summary = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in claims.items()
                    if k in ("measurement", "mr_td", "svn", "tcb_status", "node", "debug")}
+        summary["revocation_checked"] = verified.revocation_checked
+        summary["collateral_age_s"] = verified.collateral_age_s
+        if validated.tcb_grace_until is not None:   # an OutOfDate TCB kept under the policy's grace
+            summary["tcb_grace_until"] = validated.tcb_grace_until.isoformat().replace("+00:00", "Z")
         return AdmittedPeer(announcement=ann, tee=cpu_tee, simulated=verified.simulated,
                             verified_at=verified.verified_at, claims_summary=summary)
 
@@ -182,19 +189,23 @@ class Verifier:
             certs = [x509.load_der_x509_certificate(bytes(c)) for c in item.certs]
         except ValueError:
             raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "certificate is not DER") from None
-        roots = self.trusted_sim_roots if tee == TeeType.SIM else self.gpu_roots if tee == TeeType.NVGPU else None
+        roots = self.trusted_sim_roots if tee == TeeType.SIM else self.gpu_roots if tee == TeeType.NVGPU \
+            else self.trusted_roots.get(tee)
+        at = self.clock()
         try:
-            collateral = _load_collateral(tee, bytes(item.collateral))
-            if collateral is None and self.collateral_for is not None:
-                collateral = self.collateral_for(tee, bytes(item.data))
-            return attestation.verify_evidence(bytes(item.data), tee=tee, at=self.clock(), certs=certs,
+            # the verifier's own collateral first; carried collateral only where it verifies and
+            # is fresher, piece by piece, never dropping a piece (collateral_merge)
+            carried = _load_collateral(tee, bytes(item.collateral))
+            own = self.collateral_for(tee, bytes(item.data)) if self.collateral_for is not None else None
+            collateral = collateral_merge.merge(tee, own, carried, at=at, trusted_roots=roots)
+            return attestation.verify_evidence(bytes(item.data), tee=tee, at=at, certs=certs,
                                                collateral=collateral, nonce=nonce, trusted_roots=roots)
         except AttestationError as exc:
             raise AdmissionRejected(exc.reason, exc.message) from None
 
-    def _validate(self, verified: VerifiedEvidence) -> None:
+    def _validate(self, verified: VerifiedEvidence) -> policy_mod.ValidatedEvidence:
         try:
-            policy_mod.validate(verified, self.policy)
+            return policy_mod.validate(verified, self.policy)
         except PolicyViolated as exc:
             raise AdmissionRejected(exc.reason, exc.message,
                                     reasons=[str(v.reason) for v in exc.violations]) from None

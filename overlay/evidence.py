@@ -45,11 +45,23 @@ class NodeEvidenceSource:
 
     def collect(self, report_data: bytes) -> list[EvidenceItemData]:
         with self._lock:
-            items = [EvidenceItemData(self._cpu.tee, self._cpu.collect(report_data))]
+            items = [EvidenceItemData(self._cpu.tee, self._cpu_evidence(report_data))]
             if self._gpus:
                 nonce = binding.gpu_nonce_for(report_data)
                 items += [EvidenceItemData(TeeType.NVGPU, g.collect(nonce)) for g in self._gpus]
         return items
+
+    def _cpu_evidence(self, report_data: bytes) -> bytes:
+        """The CPU evidence bytes. A configfs-tsm source also yields `auxblob`; for SNP that is
+        the certificate table (VCEK/VLEK, ASK, ARK), carried as the extended report it is: the
+        report followed by the table, which snp.parse reads as embedded certificates."""
+        collect_report = getattr(self._cpu, "collect_report", None)
+        if collect_report is None:
+            return self._cpu.collect(report_data)
+        report = collect_report(report_data)
+        if self._cpu.tee == TeeType.SNP and report.auxblob:
+            return report.outblob + report.auxblob
+        return report.outblob
 
     def __repr__(self) -> str:
         return f"NodeEvidenceSource(cpu={self._cpu.tee}, gpus={len(self._gpus)})"

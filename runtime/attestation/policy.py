@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,13 +67,17 @@ NVGPU_VALUE_FIELDS: dict[str, int] = {}
 TDX_IDENTITY_FIELDS = ("mr_td",)
 SNP_IDENTITY_FIELDS = ("measurement", "id_key_digest", "author_key_digest")
 SIM_IDENTITY_FIELDS = ("measurement",)
-NVGPU_IDENTITY_FIELDS = ("measurements", "require_rim")
+NVGPU_IDENTITY_FIELDS = ("measurements",)
 SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 VALUE_FIELDS = {TeeType.TDX: TDX_VALUE_FIELDS, TeeType.SNP: SNP_VALUE_FIELDS,
                 TeeType.SIM: SIM_VALUE_FIELDS, TeeType.NVGPU: NVGPU_VALUE_FIELDS}
 IDENTITY_FIELDS = {TeeType.TDX: TDX_IDENTITY_FIELDS, TeeType.SNP: SNP_IDENTITY_FIELDS,
                    TeeType.SIM: SIM_IDENTITY_FIELDS, TeeType.NVGPU: NVGPU_IDENTITY_FIELDS}
 DEFAULT_SNP_VMPLS = (0,)
+# TEEs whose evidence carries vendor revocation and dated collateral (CRLs, TCB info).
+TEES_WITH_REVOCATION = frozenset({TeeType.TDX, TeeType.SNP})
+DEFAULT_MAX_COLLATERAL_AGE_S = 30 * 24 * 3600   # Intel's TCB info window
+GRACE_STATUSES = ("OutOfDate", "OutOfDateConfigurationNeeded")
 NO_SERVICE_TD = "00" * 48
 
 
@@ -112,6 +117,20 @@ POLICY_JSON_SCHEMA: dict = {
         "allowed_tcb_statuses": {"type": "array", "minItems": 1, "uniqueItems": True,
                                  "items": {"enum": list(TCB_STATUSES)},
                                  "description": "Default [UpToDate]. Revoked is never accepted."},
+        "require_revocation_check": {
+            "type": "boolean",
+            "description": "Refuse TDX/SNP evidence whose certificate revocation was not checked "
+                           "(revocation_unchecked). Always on in production; opt-in elsewhere."},
+        "max_collateral_age": {
+            "type": "integer", "minimum": 1,
+            "description": "Seconds: refuse TDX/SNP evidence verified with collateral (TCB info, QE "
+                           "identity, CRLs) issued longer ago (collateral_expired). Production "
+                           "default: DEFAULT_MAX_COLLATERAL_AGE_S."},
+        "tcb_grace_until": {
+            "type": "string", "format": "date-time",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$",
+            "description": "After a TCB recovery: accept an OutOfDate TCB until this RFC 3339 time "
+                           "(the validation result names the grace)."},
         "denied_advisories": {"type": "array", "minItems": 1, "uniqueItems": True,
                               "items": {"type": "string", "minLength": 1, "maxLength": 64},
                               "description": "Vendor advisory IDs (e.g. INTEL-SA-00837) to refuse."},
@@ -148,9 +167,6 @@ POLICY_JSON_SCHEMA: dict = {
         "nvgpu": {
             "type": "object", "additionalProperties": False,
             "properties": {
-                "require_rim": {"const": True,
-                                "description": "Every active measurement must match NVIDIA's signed RIMs "
-                                               "(driver and VBIOS) for the GPU's versions (rim_missing)."},
                 "measurements": {"type": "object", "minProperties": 1,
                                  "propertyNames": {"pattern": "^[0-9]{1,3}$"},
                                  "additionalProperties": {
@@ -236,6 +252,20 @@ class Policy:
         return bool(self.data.get("unsafe_allow_simulated", False))
 
     @property
+    def require_revocation_check(self) -> bool:
+        return self.production or bool(self.data.get("require_revocation_check", False))
+
+    @property
+    def max_collateral_age(self) -> int | None:
+        value = self.data.get("max_collateral_age")
+        return DEFAULT_MAX_COLLATERAL_AGE_S if value is None and self.production else value
+
+    @property
+    def tcb_grace_until(self) -> datetime | None:
+        text = self.data.get("tcb_grace_until")
+        return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    @property
     def allowed_tcb_statuses(self) -> tuple[str, ...]:
         return tuple(self.data.get("allowed_tcb_statuses", DEFAULT_TCB_STATUSES))
 
@@ -260,6 +290,9 @@ class Policy:
         if "measurements" in data.get("nvgpu", {}):
             data["nvgpu"]["measurements"] = _lower_hex(data["nvgpu"]["measurements"])
         production = data["production"]
+        if production and data.get("require_revocation_check") is False:
+            raise PolicyError(Reason.POLICY_INVALID,
+                              "a production policy always checks revocation (require_revocation_check)")
         if production and data.get("unsafe_allow_simulated", False):
             raise PolicyError(Reason.POLICY_INVALID,
                               "unsafe_allow_simulated is refused in a production policy")
@@ -301,6 +334,8 @@ class ValidatedEvidence:
 
     verified: VerifiedEvidence
     policy_digest: bytes
+    # set when an OutOfDate TCB was accepted only under the policy's tcb_grace_until
+    tcb_grace_until: datetime | None = None
     _token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -404,9 +439,6 @@ def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str,
 
 
 def _check_nvgpu(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
-    if section.get("require_rim") and claims.get("rim_validated") is not True:
-        out.add(Reason.RIM_MISSING, "nvgpu.require_rim",
-                "GPU measurements were not validated against NVIDIA RIMs", True, claims.get("rim_validated"))
     measured = claims.get("measurements")
     for index, allowed in (section.get("measurements") or {}).items():
         have = measured.get(int(index)) if isinstance(measured, Mapping) else None
@@ -463,7 +495,7 @@ def violations(verified: VerifiedEvidence, policy: Policy) -> list[Violation]:
         if tee in TEES_WITH_TCB_STATUS:
             out.add(Reason.TCB_NOT_ALLOWED, "allowed_tcb_statuses",
                     "TCB status unknown (verify with collateral)", list(policy.allowed_tcb_statuses), None)
-    elif status not in policy.allowed_tcb_statuses:
+    elif status not in policy.allowed_tcb_statuses and not _on_grace(verified, policy):
         out.add(Reason.TCB_NOT_ALLOWED, "allowed_tcb_statuses", f"TCB status {status} is not allowed",
                 list(policy.allowed_tcb_statuses), status)
 
@@ -479,15 +511,49 @@ def violations(verified: VerifiedEvidence, policy: Policy) -> list[Violation]:
         _check_value_lists(out, tee, section, claims)
         {TeeType.TDX: _check_tdx, TeeType.SNP: _check_snp, TeeType.NVGPU: _check_nvgpu,
          TeeType.SIM: _check_sim}[tee](out, section, claims)
+    _check_revocation_and_age(out, verified, policy, tee)
     return out.violations
 
 
+def _on_grace(verified: VerifiedEvidence, policy: Policy) -> bool:
+    """An OutOfDate TCB inside the policy's stated grace period (tcb_grace_until, at verified_at)."""
+    grace = policy.tcb_grace_until
+    status = verified.tcb_status if verified.tcb_status is not None else verified.claims.get("tcb_status")
+    return grace is not None and status in GRACE_STATUSES and verified.verified_at <= grace
+
+
+def _check_revocation_and_age(out: _Collector, verified: VerifiedEvidence, policy: Policy,
+                              tee: TeeType) -> None:
+    """Revocation checked (production: always required) and collateral not older than allowed."""
+    if tee not in TEES_WITH_REVOCATION:
+        return
+    if policy.require_revocation_check and not verified.revocation_checked:
+        out.add(Reason.REVOCATION_UNCHECKED, "require_revocation_check",
+                "certificate revocation was not checked (collateral without CRLs, or none)", True, False)
+    limit = policy.max_collateral_age
+    if limit is None:
+        return
+    age = verified.collateral_age_s
+    if age is None:
+        out.add(Reason.COLLATERAL_MISSING, "max_collateral_age",
+                "no dated vendor collateral was used, so its age is unknown", limit, None)
+    elif age > limit:
+        out.add(Reason.COLLATERAL_EXPIRED, "max_collateral_age",
+                f"collateral is {age:.0f} s old, more than the {limit} s allowed", limit, round(age))
+
+
 def validate(verified: VerifiedEvidence, policy: Policy) -> ValidatedEvidence:
-    """Accept `verified` under `policy` or raise PolicyViolated listing every violation."""
+    """Accept `verified` under `policy` or raise PolicyViolated listing every violation.
+
+    The result names the grace period when an OutOfDate TCB was accepted only under it."""
     found = violations(verified, policy)
     if found:
         raise PolicyViolated(found)
-    return ValidatedEvidence(verified=verified, policy_digest=policy.digest, _token=_VALIDATED)
+    status = verified.tcb_status if verified.tcb_status is not None else verified.claims.get("tcb_status")
+    grace = policy.tcb_grace_until if (status not in policy.allowed_tcb_statuses
+                                       and _on_grace(verified, policy)) else None
+    return ValidatedEvidence(verified=verified, policy_digest=policy.digest, tcb_grace_until=grace,
+                             _token=_VALIDATED)
 
 
 def export_schema(path: Path = SCHEMA_PATH) -> None:

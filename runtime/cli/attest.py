@@ -271,6 +271,8 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.unsafe_rim_root:
         notes.append(f"RIMs checked against the TEST RIM root {args.unsafe_rim_root}, not NVIDIA's")
     result = _result(ok=True, tee=tee, reason=None, claims=claims, steps=steps)
+    result["revocation_checked"] = verified.revocation_checked
+    result["collateral_age_s"] = verified.collateral_age_s   # None: no dated collateral used
     _emit(result, args.json)
     if not args.json:
         if verified.simulated:

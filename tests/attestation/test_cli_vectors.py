@@ -196,7 +196,12 @@ def _run(capsys, argv: list[str]) -> tuple[int, dict]:
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1, out
     obj = json.loads(out[0])
-    assert set(obj) == {"ok", "tee", "reason", "claims", "violations", "steps"}
+    base = {"ok", "tee", "reason", "claims", "violations", "steps"}
+    # an accepted result also says whether revocation was checked and how old the collateral was
+    assert set(obj) == (base | {"revocation_checked", "collateral_age_s"}
+                        if obj["ok"] and argv[1] == "verify" else base)
+    if set(obj) != base:
+        assert isinstance(obj["revocation_checked"], bool)
     return code, obj
 
 

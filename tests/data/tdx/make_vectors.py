@@ -55,6 +55,7 @@ def key(label: str) -> ec.EllipticCurvePrivateKey:
 
 
 sign_raw, raw_pub, pem = tb.sign_raw, tb.raw_pub, tb.pem
+_der, _oid, _int = tb.der, tb.der_oid, tb.der_int   # the independent DER encoder (test_der uses it)
 SGX = tb.SGX_OID
 
 
