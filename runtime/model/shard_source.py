@@ -251,3 +251,21 @@ def open_plain_shard(folder: Path, manifest: dict, layers: tuple[int, int], *, f
         verify_layer_range(Path(folder), manifest, start, end, first=first, last=last)
         digest = shard_digest(manifest, start, end, first=first, last=last)
     return ShardResult(False, "", (start, end), digest, True, Path(folder))
+
+
+def obtain_stage_shard(location: str, key: SealingKey, manifest: dict, layers: tuple[int, int], *, first: bool,
+                       last: bool, dest: Path, work_dir: Path | None = None,
+                       expected_index_sha256: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                       timeout: float = DEFAULT_TIMEOUT, require_memory_fs: bool = True,
+                       progress: Callable[[str], None] = log.progress) -> ShardResult:
+    """A node's whole shard step: fetch its sealed shard, unseal into `dest`, verify; a downloaded
+    copy of the ciphertext is removed afterwards (the plaintext in `dest` is what the engine loads)."""
+    shard = fetch_sealed_shard(location, work_dir=work_dir, max_bytes=max_bytes, timeout=timeout,
+                               expected_index_sha256=expected_index_sha256, progress=progress)
+    downloaded = urllib.parse.urlsplit(location).scheme in ("http", "https")
+    try:
+        return open_sealed_shard(shard, key, manifest, layers, first=first, last=last, dest=dest,
+                                 require_memory_fs=require_memory_fs, progress=progress)
+    finally:
+        if downloaded:
+            shutil.rmtree(shard, ignore_errors=True)

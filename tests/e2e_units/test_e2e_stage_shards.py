@@ -30,8 +30,8 @@ from conclave.runtime.manifest.canonical import canonical_json
 from conclave.runtime.model import registry
 from conclave.runtime.model.manifest import build_manifest, group_of
 from conclave.runtime.model.safetensors_index import read_index as tensor_index
-from conclave.runtime.model.shard_source import (ShardMismatch, fetch_sealed_shard, open_plain_shard,
-                                                 open_sealed_shard, stage_shard_location)
+from conclave.runtime.model.shard_source import (ShardMismatch, fetch_sealed_shard, obtain_stage_shard,
+                                                 open_plain_shard, open_sealed_shard, stage_shard_location)
 from conclave.runtime.sealing import INDEX_NAME, SealingKey, open_index, read_key_file, seal_directory
 from conclave.runtime.sealing.shards import parse_layout, read_layout, seal_stages, stage_key_path
 from conclave.runtime.serving.front_report import shard_digest as report_shard_digest
@@ -282,7 +282,13 @@ def test_http_source_with_progress(sealed, smollm2, shm_dest, tmp_path):
                 work_dir=tmp_path / "dl", progress=lambda _m: None)
         _expect("model_shard_mismatch", fetch_sealed_shard, stage_shard_location(base, 1), work_dir=tmp_path / "dl",
                 expected_index_sha256=layout.stage(2).sealed_index_sha256, progress=lambda _m: None)
-    assert [p for p in (tmp_path / "dl").iterdir()] == [shard]   # failed downloads leave nothing behind
+        assert [p for p in (tmp_path / "dl").iterdir()] == [shard]   # failed downloads leave nothing behind
+        # The node's one-call shard step: download, unseal, verify; the ciphertext copy is removed.
+        again = obtain_stage_shard(stage_shard_location(base, 0), _key(keys, 0), manifest, (0, 10), first=True,
+                                   last=False, dest=shm_dest.with_name("obtained"), work_dir=tmp_path / "dl",
+                                   progress=lambda _m: None)
+        assert again.to_json()["digest"] == layout.stage(0).digest
+        assert [p for p in (tmp_path / "dl").iterdir()] == [shard]
     _expect("model_shard_source_invalid", fetch_sealed_shard, "ftp://127.0.0.1/x")
     _expect("model_shard_source_invalid", fetch_sealed_shard, str(tmp_path / "nowhere"))
 
