@@ -50,7 +50,8 @@ def https_head(tmp_path, deployment) -> Callable[..., HttpsHead]:
     started: list[HttpsHead] = []
 
     def make(bind_tls: str = "a", serve_tls: str = "a", **builder_kw) -> HttpsHead:
-        head = HttpsHead(ids[serve_tls], deployment.builder(ids[bind_tls].spki_sha256, **builder_kw))
+        head = HttpsHead(ids[serve_tls], deployment.builder(ids[bind_tls].spki_sha256, **builder_kw),
+                         deployment.receipt_issuer())
         head.certs = certs
         started.append(head.__enter__())
         return head

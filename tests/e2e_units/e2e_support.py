@@ -7,6 +7,7 @@ owner/report keys, a self-signed TLS identity); nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from conclave.runtime.endpoint.tls import HeadTlsIdentity
 from conclave.runtime.manifest import Stage, build_content, sign_content
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.report import ReportSigner
+from conclave.runtime.endpoint.receipt import RECEIPT_HEADER, header_value, sse_event
+from conclave.runtime.serving.front_report import RunReportState
+from conclave.runtime.serving.receipts import ARCHIVE_PATH_PREFIX, ReceiptIssuer, archived_report
 
 GOOD_MEASUREMENT = bytes.fromhex("11" * 48)
 BAD_MEASUREMENT = bytes.fromhex("22" * 48)
@@ -76,13 +80,23 @@ class Deployment:
                        nonce=self.worker_nonce, collected_at=datetime.now(timezone.utc))
         return b
 
+    def receipt_issuer(self) -> ReceiptIssuer:
+        """Receipts as the real head front signs them: this deployment's report key, a complete run report."""
+        state = RunReportState(manifest=self.manifest, signer=self.report_signer)
+        state.record_evidence("node-0", tee="sim", evidence=b"head evidence")
+        state.record_evidence("node-1", tee="sim", evidence=self.worker_evidence)
+        for stage in STAGES:
+            state.set_shard(stage.node, "ee" * 32)
+        return ReceiptIssuer(state)
+
 
 class HttpsHead:
     """A small HTTPS head on 127.0.0.1: /v1/attestation from a swappable BundleBuilder, plus
     /v1/models and /v1/chat/completions (JSON or SSE stream) so the proxy has something to forward."""
 
-    def __init__(self, identity: HeadTlsIdentity, builder: BundleBuilder):
+    def __init__(self, identity: HeadTlsIdentity, builder: BundleBuilder, receipts: ReceiptIssuer):
         self.builder = builder
+        self.receipts = receipts      # completions carry receipts, as from the real front
         self.requests: list[str] = []
         self._ctx = identity.server_context()
         self._loop = asyncio.new_event_loop()
@@ -101,29 +115,40 @@ class HttpsHead:
         return web.json_response({"object": "list", "data": [{"id": "smollm2", "object": "model"}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        raw = await request.read()
+        body = json.loads(raw)
         self.requests.append("chat")
         words = ["The", " capital", " is", " Paris."]
         if body.get("slow"):  # a long stream, for cutting it mid-way
             words = [f" w{i}" for i in range(40)]
         if not body.get("stream"):
-            return web.json_response({"object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}}]})
+            data = json.dumps({"object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}}]}).encode()
+            receipt = self.receipts.issue(raw, hashlib.sha256(data).hexdigest())
+            return web.Response(body=data, content_type="application/json",
+                                headers={RECEIPT_HEADER: header_value(receipt)})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        sent = hashlib.sha256()
         for w in words:
             chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": w}}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            event = f"data: {json.dumps(chunk)}\n\n".encode()
+            sent.update(event)
+            await resp.write(event)
             await asyncio.sleep(0.05 if body.get("slow") else 0.01)
-        await resp.write(b"data: [DONE]\n\n")
+        await resp.write(sse_event(self.receipts.issue(raw, sent.hexdigest())) + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def _archived(self, request: web.Request) -> web.Response:
+        return await archived_report(self.receipts.archive, request)
 
     async def _start(self) -> int:
         app = web.Application()
         app.router.add_get("/v1/attestation", self._attestation)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get(ARCHIVE_PATH_PREFIX + "{digest}", self._archived)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ctx)

@@ -120,8 +120,8 @@ def test_proxy_forwards_only_while_verified(https_head, deployment):
                                         "messages": [{"role": "user", "content": "capital?"}]})
         assert status == 200 and ctype.startswith("text/event-stream")
         events = [line for line in body.decode().split("\n\n") if line]
-        assert events[-1] == "data: [DONE]"
-        text = "".join(json.loads(e[len("data: "):])["choices"][0]["delta"]["content"] for e in events[:-1])
+        assert events[-1] == "data: [DONE]" and "conclave_receipt" in events[-2]   # checked by the proxy
+        text = "".join(json.loads(e[len("data: "):])["choices"][0]["delta"]["content"] for e in events[:-2])
         assert text == "The capital is Paris."
         forwarded = len(head.requests)
 
