@@ -391,3 +391,124 @@ class Node:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class KeyBrokerStub:
+    """The model owner's key broker: releases stage K's shard key only to the node it admits as stage K,
+    with the same verifier the nodes use (one-sided: the broker challenges, the node proves).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Challenge = channel.unary_unary(
+                '/conclave.v1.KeyBroker/Challenge',
+                request_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeRequest.SerializeToString,
+                response_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeReply.FromString,
+                _registered_method=True)
+        self.ReleaseStageKey = channel.unary_unary(
+                '/conclave.v1.KeyBroker/ReleaseStageKey',
+                request_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyRequest.SerializeToString,
+                response_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyReply.FromString,
+                _registered_method=True)
+
+
+class KeyBrokerServicer:
+    """The model owner's key broker: releases stage K's shard key only to the node it admits as stage K,
+    with the same verifier the nodes use (one-sided: the broker challenges, the node proves).
+    """
+
+    def Challenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseStageKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_KeyBrokerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeRequest.FromString,
+                    response_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeReply.SerializeToString,
+            ),
+            'ReleaseStageKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseStageKey,
+                    request_deserializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyRequest.FromString,
+                    response_serializer=conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'conclave.v1.KeyBroker', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('conclave.v1.KeyBroker', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class KeyBroker:
+    """The model owner's key broker: releases stage K's shard key only to the node it admits as stage K,
+    with the same verifier the nodes use (one-sided: the broker challenges, the node proves).
+    """
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.KeyBroker/Challenge',
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeRequest.SerializeToString,
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.BrokerChallengeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseStageKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.KeyBroker/ReleaseStageKey',
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyRequest.SerializeToString,
+            conclave_dot_overlay_dot_proto_dot_conclave__pb2.StageKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

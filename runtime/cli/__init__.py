@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.bench",
     "conclave.runtime.cli.measure",
     "conclave.runtime.cli.rendezvous",
+    "conclave.runtime.cli.broker",
     "conclave.runtime.cli.env",
     "conclave.runtime.cli.receipt",
 )

@@ -101,6 +101,9 @@ def register(subparsers) -> None:
                        help="the model folder holding this stage's shard; with --model-manifest the node verifies "
                             "its layers, starts Ray with the released token and (head) launches vLLM once every "
                             "stage of the manifest is admitted, shard-verified and joined")
+    serve.add_argument("--shard-mount", type=Path, default=Path("/run/conclave/shard"), metavar="DIR",
+                       help="sealed model: the private tmpfs this node unseals its shard into (the same path on "
+                            "every node: vLLM loads one model path on every pipeline rank)")
     serve.add_argument("--served-name", default="smollm2", help="model name the API serves")
     serve.add_argument("--dtype", default=None, help="engine dtype (default: the model manifest's)")
     serve.add_argument("--max-model-len", type=int, default=2048)
@@ -189,7 +192,7 @@ def build_config(args, bundle: dict | None = None):
         if not name or not allowed <= {"head", "worker"}:
             raise UsageError(f"--secret-roles {item!r}: NAME=head,worker")
         roles[name] = allowed
-    if args.role == "head" and args.model is not None and "ray_token" not in secrets_map:
+    if args.role == "head" and (args.model is not None or manifest.model_source) and "ray_token" not in secrets_map:
         secrets_map["ray_token"] = SecretValue(pysecrets.token_bytes(32))   # the head's Ray cluster secret
     want = args.want_secret if args.want_secret is not None else (["ray_token"] if args.role == "worker" else [])
     timing = ac.Timing(tick=args.tick, reconcile_interval=args.reconcile_interval,
@@ -285,14 +288,15 @@ def run_node(args) -> int:
 
 
 def _stage_runner(args, cfg, agent, api_key: str | None):
-    """The stage lifecycle after meshing (runtime/node/stage_runner.py); None without --model."""
-    if args.model is None:
+    """The stage lifecycle after meshing (runtime/node/stage_runner.py): the sealed shard the
+    manifest's model_source names, or a plain --model folder; None when the node has neither."""
+    if args.model is None and not cfg.manifest.model_source:
         return None
     from conclave.runtime import config as env_config
     from conclave.runtime.node.stage_runner import StageRunner, StageSpec
     from conclave.runtime.serving.network import ClusterAddress
     if args.model_manifest is None:
-        raise UsageError("--model needs --model-manifest (the per-layer digests the shard is checked against)",
+        raise UsageError("serving needs --model-manifest (the per-layer digests the shard is checked against)",
                          reason="model_manifest_invalid")
     try:
         model_manifest = json.loads(args.model_manifest.read_text())
@@ -316,11 +320,12 @@ def _stage_runner(args, cfg, agent, api_key: str | None):
     cores = os.cpu_count() or 1
     spec = StageSpec(
         name=me.node, index=index, stages=len(stages), role=me.role, layers=(me.layer_start, me.layer_end),
-        layer_counts=tuple(s.layer_end - s.layer_start for s in ordered), model_path=args.model,
+        layer_counts=tuple(s.layer_end - s.layer_start for s in ordered), model_path=args.model or args.shard_mount,
         model_manifest=model_manifest, served_name=args.served_name, dtype=dtype, max_model_len=args.max_model_len,
         kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
         run_dir=args.run_dir or (env_config.state_dir() / f"node-{cfg.node_name}"),
-        omp_bind=args.omp_bind or (f"0-{cores - 1}" if cores > 1 else "0"), api_key=api_key)
+        omp_bind=args.omp_bind or (f"0-{cores - 1}" if cores > 1 else "0"), api_key=api_key,
+        model_source=manifest.model_source, shard_index=names.index(me.node), shard_mount=args.shard_mount)
     return StageRunner(agent, spec, ClusterAddress(str(cfg.overlay_address), cfg.interface),
                        worker_names=[n for n in names if n != me.node])
 

@@ -40,6 +40,7 @@ ROLES = ("head", "worker")
 MAX_FILE_LEN = 1024 * 1024
 _CONTENT_KEYS = {"version", "created", "owner_key", "policy", "model_digest", "engine_digest",
                  "stages", "overlay_cidr", "rendezvous"}
+_OPTIONAL_KEYS = {"model_source"}   # {"shards": path or URL root (stage K at ROOT/stage-K), "broker": HOST:PORT}
 _NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -184,7 +185,7 @@ def check_content(content: Any) -> dict:
     """Structure checks on the manifest content (no crypto). Raises ManifestError(malformed)."""
     if not isinstance(content, dict):
         raise _malformed("manifest must be a JSON object")
-    missing, unknown = _CONTENT_KEYS - set(content), set(content) - _CONTENT_KEYS
+    missing, unknown = _CONTENT_KEYS - set(content), set(content) - _CONTENT_KEYS - _OPTIONAL_KEYS
     if missing:
         raise _malformed(f"manifest lacks {', '.join(sorted(missing))}")
     if unknown:
@@ -202,6 +203,8 @@ def check_content(content: Any) -> dict:
     _check_hex_digest(content["engine_digest"], "engine_digest")
     _check_stages(content["stages"])
     _check_cidr(content["overlay_cidr"])
+    if "model_source" in content:
+        _check_model_source(content["model_source"])
     rdv = content["rendezvous"]
     if not isinstance(rdv, list) or not all(isinstance(r, str) and r and len(r) <= 512 for r in rdv):
         raise _malformed("rendezvous must be a list of endpoint strings")
@@ -212,10 +215,22 @@ def check_content(content: Any) -> dict:
     return content
 
 
+def _check_model_source(value: Any) -> dict:
+    """{"shards": where the sealed stage shards are (a path or an http(s) URL root),
+    "broker": the model owner's key broker, HOST:PORT}: both non-empty strings."""
+    if not isinstance(value, dict) or set(value) != {"shards", "broker"}:
+        raise _malformed("model_source must have exactly shards and broker")
+    for key in ("shards", "broker"):
+        if not isinstance(value[key], str) or not value[key] or len(value[key]) > 2048 \
+                or any(c.isspace() for c in value[key]):
+            raise _malformed(f"model_source.{key} must be a non-empty string without whitespace")
+    return value
+
+
 def build_content(*, owner_public_key: bytes, policy: Mapping[str, Any], model_digest: str,
                   engine_digest: str, stages: Sequence[Stage],
                   overlay_cidr: str = DEFAULT_OVERLAY_CIDR, rendezvous: Sequence[str] = (),
-                  created: datetime | None = None) -> dict:
+                  created: datetime | None = None, model_source: Mapping[str, str] | None = None) -> dict:
     """Assemble and check manifest content (unsigned)."""
     content = {
         "version": MANIFEST_VERSION,
@@ -228,6 +243,8 @@ def build_content(*, owner_public_key: bytes, policy: Mapping[str, Any], model_d
         "overlay_cidr": _check_cidr(overlay_cidr),
         "rendezvous": list(rendezvous),
     }
+    if model_source is not None:
+        content["model_source"] = _check_model_source(dict(model_source))
     return check_content(content)
 
 
@@ -330,6 +347,12 @@ class VerifiedManifest:
     @property
     def overlay_cidr(self) -> str:
         return self.content["overlay_cidr"]
+
+    @property
+    def model_source(self) -> dict | None:
+        """Where sealed stage shards come from and which broker releases their keys (None: plain)."""
+        value = self.content.get("model_source")
+        return dict(value) if value else None
 
     @property
     def rendezvous(self) -> tuple[str, ...]:

@@ -67,6 +67,19 @@ class StageSpec:
     run_dir: Path = Path("/run/conclave/node")
     omp_bind: str = "0"
     api_key: str | None = field(default=None, repr=False)   # the head's vLLM checks it too (VLLM_API_KEY)
+    model_source: dict | None = None       # the manifest's {"shards", "broker"}: sealed per stage
+    shard_index: int = 0                   # this stage's shard (manifest order: ROOT/stage-K)
+    shard_mount: Path = Path("/run/conclave/shard")   # private tmpfs; the same path on every node
+
+    @property
+    def sealed(self) -> bool:
+        return self.model_source is not None
+
+    @property
+    def engine_model_path(self) -> Path:
+        """Where vLLM loads weights from on every rank: the unsealed shard (same path on every node,
+        each node's own tmpfs), or the plain model folder."""
+        return self.shard_mount / "model" if self.sealed else self.model_path
 
     @property
     def is_head(self) -> bool:
@@ -119,6 +132,8 @@ class StageRunner:
             self._thread.join(10)
         self._stop_engine("node stopping")
         self._stop_ray()
+        if self.spec.sealed:
+            _unmount(self.spec.shard_mount)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -133,6 +148,9 @@ class StageRunner:
         process.reap()
         if self.shard["digest"] is None:
             self._verify_shard()
+        if self.shard["digest"] is None:   # sealed shard not obtained yet (broker or source unreachable)
+            self._publish()
+            return
         if not self.shard["verified"]:
             self._set(NodeState.DEGRADED, [(LifecycleReason.MODEL_SHARD_MISMATCH, self.shard.get("error", ""))])
             self._publish()
@@ -144,6 +162,9 @@ class StageRunner:
         self._publish()
 
     def _verify_shard(self) -> None:
+        if self.spec.sealed:
+            self._open_sealed_shard()
+            return
         from conclave.runtime.model.manifest import verify_layer_range
         from conclave.runtime.serving.front_report import shard_digest
         s = self.spec
@@ -165,6 +186,42 @@ class StageRunner:
             clog.progress(f"error [model_shard_mismatch]: {s.name}: {self.shard['error']}; this node will not serve")
         else:
             self._set(NodeState.SHARD_VERIFIED, [])
+
+    def _open_sealed_shard(self) -> None:
+        """Fetch this stage's sealed shard from the manifest's source, get its key from the model
+        owner's broker (which admits this node as its stage first), unseal it into this node's
+        private tmpfs and verify it exactly. A shard that does not match stops the node
+        (model_shard_mismatch); an unreachable source or broker is retried."""
+        from conclave.runtime.model.shard_source import ShardMismatch, obtain_stage_shard, stage_shard_location
+        from conclave.runtime.node.stage_key import fetch_stage_key
+        from conclave.runtime.sealing.shards import key_from_secret
+        s = self.spec
+        now = time.monotonic()
+        if now < getattr(self, "_shard_retry_at", 0.0):
+            return
+        agent = self.agent
+        try:
+            secret = fetch_stage_key(s.model_source["broker"], me=agent.me, identity=agent.identity,
+                                     source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest)
+            clog.progress(f"model: the broker released the shard key of stage {s.name}")
+            _mount_private_tmpfs(s.shard_mount)
+            result = obtain_stage_shard(stage_shard_location(s.model_source["shards"], s.shard_index),
+                                        key_from_secret(secret), s.model_manifest, s.layers, first=s.first,
+                                        last=s.last, dest=s.engine_model_path, work_dir=s.run_dir)
+            del secret
+        except ShardMismatch as exc:
+            self.shard.update(verified=False, digest=self.shard.get("digest") or "", sealed=True,
+                              error=f"[{exc.reason}] {exc.message}")
+            clog.progress(f"error [model_shard_mismatch]: {s.name}: {exc.message}; this node will not serve")
+            return
+        except ConclaveError as exc:
+            self._shard_retry_at = now + 5.0
+            self._set(NodeState.DEGRADED, [(LifecycleReason.SHARD_UNAVAILABLE, f"[{exc.reason}] {exc.message}")])
+            log.warning("shard not available yet [%s]: %s", exc.reason, exc.message)
+            return
+        self.shard.update(result.to_json())
+        self.shard.pop("error", None)
+        self._set(NodeState.SHARD_VERIFIED, [])
 
     # -- Ray ---------------------------------------------------------------------------------
     def _token(self) -> bytes | None:
@@ -257,6 +314,7 @@ class StageRunner:
         problems = stage_problems(self._views(), ray_epoch=self.ray_epoch)
         if self.engine_pid is not None and not process.alive(self.engine_pid):
             clog.progress("degraded [engine_exited]: the vLLM server exited")
+            process.stop_group(self.engine_pid, grace=5.0)   # what is left of its group (EngineCore, the Ray driver)
             self.engine_pid, self.engine_ready = None, False
             problems.append((LifecycleReason.ENGINE_EXITED, "the vLLM server exited; restarting it"))
         if problems:
@@ -311,7 +369,7 @@ class StageRunner:
 
     def _engine_spec(self) -> engine_mod.EngineSpec:
         s = self.spec
-        return engine_mod.EngineSpec(model_path=str(s.model_path), served_name=s.served_name, stages=s.stages,
+        return engine_mod.EngineSpec(model_path=str(s.engine_model_path), served_name=s.served_name, stages=s.stages,
                                      dtype=s.dtype, max_model_len=s.max_model_len, kv_cache_bytes=s.kv_cache_bytes,
                                      partition=s.layer_counts if s.stages > 1 else None,
                                      max_num_seqs=s.max_num_seqs)
@@ -408,3 +466,21 @@ class StageRunner:
 def _fingerprint(token: bytes) -> str:
     import hashlib
     return hashlib.sha256(b"conclave/ray-token-fp\x00" + token).hexdigest()[:16]
+
+
+def _mount_private_tmpfs(path: Path) -> None:
+    """A private tmpfs at `path` for the unsealed shard (this node's own mount namespace: in a CVM
+    the guest's, in local mode the one `ip netns exec` gives each host)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines()
+           if len(line.split()) > 1):
+        return
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,nosuid,nodev", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ConclaveError(LifecycleReason.SHARD_UNAVAILABLE,
+                            f"cannot mount a private tmpfs at {path}: {res.stderr.strip()[:200]}")
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)

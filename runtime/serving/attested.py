@@ -59,6 +59,7 @@ class AttestedOverlayNetwork:
         self.trust: local_trust.LocalTrust | None = None
         self.context: ClusterContext | None = None
         self._rendezvous: dict | None = None     # {"pid", "head", "restarts"}
+        self._broker: dict | None = None          # the model owner's key broker process
 
     # -- bring up ---------------------------------------------------------------------------------
     def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
@@ -74,10 +75,12 @@ class AttestedOverlayNetwork:
         log.progress("trust: simulated TEE root, owner key and signed deployment manifest for this cluster")
         self.trust = local_trust.create(context.state_dir / f"local-{cid}", stages=stages,
                                         model_digest=context.model_digest, overlay_cidr=str(overlay),
-                                        rendezvous=[rendezvous])
+                                        rendezvous=[rendezvous], model_source=context.extra.get("model_source"))
         agents_dir = context.run_dir / "agents"
         agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._start_rendezvous(head)
+        if context.extra.get("broker"):
+            self._start_broker(context.extra["broker"])
         for i, host in enumerate(hosts):
             name = node_name(cid, i)
             ifname = interface_name(cid, i)
@@ -136,6 +139,21 @@ class AttestedOverlayNetwork:
                                 log_path=self.context.run_dir / "logs" / "rendezvous.log", netns_name=head.netns)
         self._rendezvous = {"pid": started.pid, "head": head.name, "restarts": 0}
         self.context.record(started)
+
+    def _start_broker(self, broker: dict) -> None:
+        """The model owner's key broker on a host of its own (the model owner's machine): it admits
+        each node with the manifest's policy and releases stage K's shard key only to stage K."""
+        host: Host = broker["host"]
+        argv = [process.venv_bin("python"), "-m", "conclave.runtime", "broker",
+                "--manifest", str(self.trust.manifest_path), "--owner-fingerprint", self.trust.owner_fingerprint,
+                "--key-dir", str(broker["key_dir"]), "--host", host.underlay_ip, "--port", str(broker["port"]),
+                "--sim-root", str(self.trust.root_pem_path)]
+        started = process.spawn("broker", argv, env=_agent_env(),
+                                log_path=self.context.run_dir / "logs" / "broker.log", netns_name=host.netns)
+        self._broker = {"pid": started.pid, "host": host.name, "underlay_ip": host.underlay_ip,
+                        "port": broker["port"], "netns": host.netns}
+        self.context.record(started)
+        log.progress(f"model owner: key broker on {host.underlay_ip}:{broker['port']} (its own host)")
 
     # -- health and recovery (the local supervisor plays each host's service manager) -------------------
     def problems(self) -> list[tuple[str, str, str | None]]:
@@ -278,6 +296,8 @@ class AttestedOverlayNetwork:
         rdv = self._rendezvous
         if rdv is not None:
             out["rendezvous"] = {"pid": rdv["pid"], "restarts": rdv["restarts"]}
+        if self._broker is not None:
+            out["broker"] = dict(self._broker)
         if self.trust is not None:
             out.update({"manifest": str(self.trust.manifest_path), "sim_root": str(self.trust.root_pem_path),
                         "owner_fingerprint": self.trust.owner_fingerprint,

@@ -84,7 +84,7 @@ class LocalTrust:
 
 
 def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], model_digest: str,
-           overlay_cidr: str, rendezvous: Sequence[str]) -> LocalTrust:
+           overlay_cidr: str, rendezvous: Sequence[str], model_source: dict | None = None) -> LocalTrust:
     """stages: (node name, role, (layer start, end)) in pipeline order."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -101,7 +101,7 @@ def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], 
         owner_public_key=keys.public_key_bytes(owner), policy=sim_policy(measurement), model_digest=model_digest,
         engine_digest=engine_digest(),
         stages=[doc.Stage(node, OWNER_LABEL, role, start, end) for node, role, (start, end) in stages],
-        overlay_cidr=overlay_cidr, rendezvous=list(rendezvous))
+        overlay_cidr=overlay_cidr, rendezvous=list(rendezvous), model_source=model_source)
     manifest_path = folder / "manifest.json"
     _write(manifest_path, doc.sign_content(content, owner), 0o644)
     return LocalTrust(folder, root, measurement, manifest_path, owner_key_path,

@@ -30,6 +30,7 @@ from conclave.runtime.serving import network as network_mod
 from conclave.runtime.serving.network import NetworkLayer
 
 RAY_JOIN_TIMEOUT = 180.0
+BROKER_PORT = 51830
 ENGINE_READY_TIMEOUT = 900.0
 HEALTH_POLL = 1.0              # how often a running cluster is checked
 RECOVERY_BACKOFF = 5.0         # between failed recovery attempts
@@ -94,11 +95,12 @@ class Supervisor:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         logs = run_dir / "logs"
 
-        self._phase("hosts", f"hosts: creating {stages} network namespaces on {st['underlay']}")
+        self._phase("hosts", f"hosts: creating {stages} network namespaces on {st['underlay']}"
+                    + (" (+1 for the model owner's key broker)" if self._nodes_serve() else ""))
         hosts = local_hosts.LocalHosts(st["cluster_id"], local_hosts.parse_underlay(st["underlay"]))
         self.hosts = hosts
         try:
-            hosts.create(stages)
+            hosts.create(stages + (1 if self._nodes_serve() else 0))   # + the model owner's machine
         finally:
             st["created"] = hosts.created
             st["bridge"], st["bridge_ip"] = hosts.bridge, hosts.bridge_ip if hosts.bridge else None
@@ -118,8 +120,11 @@ class Supervisor:
             model_digest=st["model"]["digest"], public_port=self._public_port(), record=record,
             extra=self._network_extra(),
             head_api_key=st.get("api_key") if self._front_enabled() else None)   # the head's front checks it
+        stage_hosts = hosts.hosts[:stages]
+        if self._nodes_serve():
+            self._seal_model(context, hosts.hosts[stages])
         try:
-            addresses = self.network.bring_up(hosts.hosts, context)
+            addresses = self.network.bring_up(stage_hosts, context)
         finally:
             st["network"] = self.network.describe()
             self._save()
@@ -128,7 +133,7 @@ class Supervisor:
         ranges = engine.stage_layer_ranges(int(st["model"]["num_layers"]), stages,
                                            tuple(st["partition"]) if st.get("partition") else None)
         st["nodes"] = []
-        for i, host in enumerate(hosts.hosts):
+        for i, host in enumerate(stage_hosts):
             plan = ray_cluster.RayNodePlan(host, addresses[host.name], head=(i == 0),
                                            temp_dir=str(run_dir / host.name), omp_bind=binds[i])
             plans.append(plan)
@@ -255,7 +260,7 @@ class Supervisor:
         binds = ray_cluster.omp_binds(stages, os.cpu_count() or 1)
         node_args = []
         for i in range(stages):
-            node_args.append(["--model", st["model"]["path"], "--served-name", st["model"]["name"],
+            node_args.append(["--served-name", st["model"]["name"],
                               "--dtype", st["model"]["dtype"], "--max-model-len", str(st["max_model_len"]),
                               "--kv-cache-mb", str(st["kv_cache_mb"]), "--omp-bind", binds[i],
                               "--run-dir", str(Path(st["run_dir"]) / f"n{i}")]
@@ -264,6 +269,26 @@ class Supervisor:
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
                                    "--model-manifest", self.state["model"]["manifest"]],
                 "node_args": node_args}
+
+    def _seal_model(self, context, broker_host) -> None:
+        """Play the model owner: seal the model into one shard per stage, each under its own fresh
+        key (kept only in the broker's 0700 key folder), and name shards and broker in the manifest."""
+        from conclave.runtime.sealing.shards import seal_stages
+        st = self.state
+        owner_dir = Path(st["run_dir"]) / "model-owner"
+        owner_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sealed, key_dir = owner_dir / "sealed", owner_dir / "keys"
+        self._phase("seal", f"model owner: sealing {st['model']['name']} into {st['stages']} stage shards, "
+                            "one key per stage")
+        manifest = json.loads(Path(st["model"]["manifest"]).read_text())
+        seal_stages(Path(st["model"]["path"]), manifest, sealed, key_dir, list(context.layer_ranges),
+                    progress=log.progress)
+        context.extra["model_source"] = {"shards": str(sealed),
+                                         "broker": f"{broker_host.underlay_ip}:{BROKER_PORT}"}
+        context.extra["broker"] = {"host": broker_host, "key_dir": key_dir, "port": BROKER_PORT}
+        st["model"]["sealed"] = {"shards": str(sealed), "broker": f"{broker_host.underlay_ip}:{BROKER_PORT}",
+                                 "broker_netns": broker_host.netns}
+        self._save()
 
     def _nodes_serve(self) -> bool:
         """Attested local mode: each host's node runs its own stage lifecycle; this process only
@@ -496,6 +521,10 @@ def refresh_live(st: dict) -> list[dict]:
             reply = None
         node["lifecycle"] = (reply or {}).get("lifecycle") or None
         life = node["lifecycle"] or {}
+        node["state"] = life.get("state") or ("booting" if reply is None else (reply or {}).get("state"))
+        if life.get("shard"):
+            node["shard"] = life["shard"]
+            node["shard_verified"] = bool(life["shard"].get("verified"))
         if (life.get("ray") or {}).get("pid"):
             node["ray_pid"] = life["ray"]["pid"]
         if node.get("role") == "head" and (life.get("engine") or {}).get("pid"):

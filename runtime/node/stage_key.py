@@ -1,0 +1,43 @@
+"""The node's side of the key broker: prove itself as its stage and receive that stage's shard key."""
+from __future__ import annotations
+
+from conclave.overlay import rpc
+from conclave.overlay.admission import answer_challenge
+from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
+from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.keys.broker import open_secret, stage_key_name
+from conclave.runtime.keys.secret import SecretValue
+
+TIMEOUT = 30.0
+
+
+class StageKeyRefused(ConclaveError):
+    exit_code = ExitCode.POLICY_VIOLATED
+
+
+def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes) -> SecretValue:
+    """Stage `me.node_id`'s shard key from the broker at `target` (HOST:PORT); raises
+    StageKeyRefused with the broker's reason, or ConclaveError(broker_unreachable)."""
+    channel = rpc.channel(target)
+    try:
+        stub = pb_grpc.KeyBrokerStub(channel)
+        try:
+            challenge = stub.Challenge(pb.BrokerChallengeRequest(identity=me.to_proto()), timeout=TIMEOUT)
+            if challenge.status != pb.OK:
+                raise StageKeyRefused(challenge.reason or "broker_refused", f"the key broker refused the challenge")
+            reply = answer_challenge(me=me, source=source, manifest_digest=manifest_digest,
+                                     nonce=bytes(challenge.nonce))
+            answer = stub.ReleaseStageKey(pb.StageKeyRequest(attestation=reply), timeout=TIMEOUT)
+        except Exception as exc:
+            import grpc
+            if isinstance(exc, grpc.RpcError):
+                raise ConclaveError("broker_unreachable", f"the key broker at {target} did not answer: "
+                                    f"{exc.code().name}") from None
+            raise
+        if answer.status != pb.OK:
+            raise StageKeyRefused(answer.reason or "broker_refused", "the key broker refused this node's stage key")
+        return open_secret(identity.hpke_private, bytes(answer.sealed_key), name=stage_key_name(me.node_id),
+                           broker_wg=bytes(answer.broker_id), requester_wg=me.wg_public_key.raw)
+    finally:
+        channel.close()
