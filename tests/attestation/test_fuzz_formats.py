@@ -1,8 +1,11 @@
 """Property tests: random and mutated evidence never crashes parse/verify of any format.
 
 parse() of every format may only raise MalformedEvidence; verify() of whatever parses may only
-raise AttestationError subclasses. Seeds are the real vectors plus signed simulated evidence.
-Bounded example counts keep the whole file well under 60 s.
+raise AttestationError subclasses. A mutated seed that verify() ACCEPTS fails the test unless the
+mutation touched only the regions each format leaves unsigned or ignored by design (listed in
+fuzz_support.only_unsigned_parts_changed): a verifier that let tampered bytes through would.
+Seeds are the real vectors plus signed simulated evidence. Bounded example counts keep the whole
+file well under 60 s.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from conclave.runtime import attestation
 from conclave.runtime.attestation import core
 from conclave.runtime.attestation.core import TeeType
 
-from fuzz_support import Seed, mutate, seeds
+from fuzz_support import Seed, mutate, only_unsigned_parts_changed, seeds
 
 FORMATS = [TeeType.TDX, TeeType.SNP, TeeType.NVGPU, TeeType.SIM]
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True, database=None,
@@ -41,7 +44,9 @@ def _exercise(tee: TeeType, data: bytes, seed: Seed | None) -> None:
         module.verify(parsed, at=seed.at, certs=seed.certs, collateral=seed.collateral, nonce=seed.nonce,
                       trusted_roots=seed.trusted_roots)
     except core.AttestationError:
-        pass
+        return
+    assert only_unsigned_parts_changed(seed, data), (
+        f"verify accepted {seed.name} with authenticated bytes changed (mutated input: {data[:2048].hex()})")
 
 
 @pytest.mark.parametrize("tee", FORMATS, ids=[t.value for t in FORMATS])
@@ -91,3 +96,15 @@ def test_unmutated_seeds_verify(all_seeds):
                           nonce=seed.nonce, trusted_roots=seed.trusted_roots)
         except core.VerificationFailed as exc:
             pytest.fail(f"seed {seed.name} does not verify: {exc.reason}")
+
+
+def test_the_tamper_oracle_is_not_vacuous(all_seeds):
+    """Bytes appended past the structure are tolerated; a flipped byte in what is signed is not."""
+    for seed in all_seeds:
+        assert only_unsigned_parts_changed(seed, seed.data)
+        signed_byte = len(seed.data) // 8  # inside the header/body/payload of every seed format
+        flipped = bytearray(seed.data)
+        flipped[signed_byte] ^= 0x01
+        assert not only_unsigned_parts_changed(seed, bytes(flipped)), seed.name
+        if seed.tee in (TeeType.TDX, TeeType.SNP) or seed.name == "nvgpu-h100":
+            assert only_unsigned_parts_changed(seed, seed.data + b"\x00" * 16), seed.name

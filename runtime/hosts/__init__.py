@@ -1,1 +1,0 @@
-"""Hosts: the machines a cluster runs on. Local mode builds them as network namespaces."""
