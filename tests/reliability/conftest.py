@@ -17,7 +17,7 @@ import pytest
 
 from conclave.runtime import config
 
-if str(config.REPO_ROOT) not in sys.path:  # benchmarks/ is not installed
+if str(config.REPO_ROOT) not in sys.path:  # benchmarks/ and tests.attestation are not installed
     sys.path.insert(0, str(config.REPO_ROOT))
 
 from serving import harness  # noqa: E402  (tests/serving/harness.py: the CLI driver)
@@ -30,7 +30,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="module")
 def fuzz_mesh():
-    from benchmarks.fuzz_admission import AdmissionFuzzer, start_mesh
+    from .admission_fuzzer import AdmissionFuzzer, start_mesh
     mesh = start_mesh()
     try:
         yield AdmissionFuzzer(mesh, random.Random(0))

@@ -1,4 +1,4 @@
-"""Bounded fuzzing of the admission gRPC handlers (the CI slice of benchmarks/fuzz_admission.py),
+"""Bounded fuzzing of the admission gRPC handlers (the CI slice of admission_fuzzer.py, beside it),
 plus malformed, oversized and flooding messages over a real gRPC channel on 127.0.0.1.
 
 Every input must end in a designed outcome (a Status reply with a known reason, a documented
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.fuzz_admission import (TARGETS, WIRE_METHODS, Crash, mutated_bytes, still_serving,
-                                       wire_call)
 from conclave.overlay import rpc
 from conclave.overlay.proto import conclave_pb2 as pb
+
+from .admission_fuzzer import TARGETS, WIRE_METHODS, Crash, mutated_bytes, still_serving, wire_call
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,7 +1,9 @@
 """Mutation fuzzing of the admission gRPC handlers, in process and over a real gRPC channel.
 
-    .venv/bin/python benchmarks/fuzz_admission.py [--count 100000] [--wire 2000] [--budget 1200]
-                                                  [--hang 2.0] [--seed 1] [--json]
+    .venv/bin/python -m tests.reliability.admission_fuzzer [--count 100000] [--wire 2000] [--budget 1200]
+                                                            [--hang 2.0] [--seed 1] [--json]
+
+(from the checkout's root). test_admission_fuzz.py runs a bounded slice of the same fuzzer in CI.
 
 Two real node agents (a head with the secrets broker, a worker) join on 127.0.0.1 with
 simulated evidence and fake WireGuard devices, exactly as tests/overlay/test_agent_inprocess.py
@@ -49,30 +51,26 @@ from typing import Callable
 import grpc
 from google.protobuf.message import DecodeError
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "tests" / "attestation") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests" / "attestation"))
+from conclave.overlay import keyrelease, rpc
+from conclave.overlay.admission import AdmissionRejected
+from conclave.overlay.device import FakeDevice
+from conclave.overlay.evidence import SimEvidenceSource
+from conclave.overlay.keys import WgPrivateKey
+from conclave.overlay.liveness import PROOF_LEN, TOKEN_LEN, new_token, ping_proof
+from conclave.overlay.nonces import NonceCache
+from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.reasons import OverlayReason
+from conclave.overlay.rendezvous import RendezvousService
+from conclave.runtime.agent.agent import NodeAgent
+from conclave.runtime.agent.config import NodeConfig, Timing
+from conclave.runtime.agent.service import NodeService
+from conclave.runtime.attestation.core import Reason
+from conclave.runtime.attestation.policy import Policy
+from conclave.runtime.attestation.sim import SimulatedRoot
+from conclave.runtime.keys.broker import open_secret
+from conclave.runtime.keys.secret import SecretValue
 
-from conclave.overlay import keyrelease, rpc  # noqa: E402
-from conclave.overlay.admission import AdmissionRejected  # noqa: E402
-from conclave.overlay.device import FakeDevice  # noqa: E402
-from conclave.overlay.evidence import SimEvidenceSource  # noqa: E402
-from conclave.overlay.keys import WgPrivateKey  # noqa: E402
-from conclave.overlay.liveness import PROOF_LEN, TOKEN_LEN, new_token, ping_proof  # noqa: E402
-from conclave.overlay.nonces import NonceCache  # noqa: E402
-from conclave.overlay.proto import conclave_pb2 as pb  # noqa: E402
-from conclave.overlay.reasons import OverlayReason  # noqa: E402
-from conclave.overlay.rendezvous import RendezvousService  # noqa: E402
-from conclave.runtime.agent.agent import NodeAgent  # noqa: E402
-from conclave.runtime.agent.config import NodeConfig, Timing  # noqa: E402
-from conclave.runtime.agent.service import NodeService  # noqa: E402
-from conclave.runtime.attestation.core import Reason  # noqa: E402
-from conclave.runtime.attestation.policy import Policy  # noqa: E402
-from conclave.runtime.attestation.sim import SimulatedRoot  # noqa: E402
-from conclave.runtime.keys.broker import open_secret  # noqa: E402
-from conclave.runtime.keys.secret import SecretValue  # noqa: E402
-
-from fuzz_support import mutate  # noqa: E402
+from tests.attestation.fuzz_support import mutate  # the checkout root is on sys.path (python -m, conftest)
 
 GOOD = bytes.fromhex("ab" * 48)
 POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
