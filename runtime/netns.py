@@ -1,6 +1,6 @@
 """Network-namespace plumbing for local hosts: namespaces, a bridge, veth pairs, commands inside.
 
-Shared by the local cluster (conclave.runtime.hosts) and the overlay tests. Everything here
+Shared by the local cluster (conclave.runtime.local) and the overlay tests. Everything here
 shells out to iproute2; every function is idempotent where that is cheap, and the callers
 record what they created so that teardown removes exactly that.
 """

@@ -50,7 +50,7 @@ from conclave.runtime.agent.state import AgentState, check_transition
 from conclave.runtime.agent.status import StatusServer
 from conclave.runtime.attestation.core import TeeType
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, open_secret
+from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, open_secret, secret_purpose
 from conclave.runtime.keys.hpke import SealError, seal
 from conclave.runtime.keys.secret import SecretValue
 from conclave.runtime.metrics import ConclaveMetrics, MetricsServer, serve_metrics
@@ -832,12 +832,13 @@ class NodeAgent:
             role, hpke = str(rec.announcement.role), rec.announcement.hpke_public_key
         try:
             sealed = self.broker.release(name, requester_role=role, requester_hpke=hpke,
-                                         requester_wg=requester.raw, broker_wg=self.identity.wg_public.raw)
+                                         requester_wg=requester.raw, broker_wg=self.identity.wg_public.raw,
+                                         requester_node_id=rec.node_id)
         except SecretRefused as exc:
             return pb.REFUSED, b"", exc.reason
         log.info("secret %s released to %s", name, rec.node_id)
         try:
-            self.metrics.record_secret_released(name)   # the name (a purpose), never the value
+            self.metrics.record_secret_released(secret_purpose(name))   # the purpose, never the value
         except ValueError:
             log.warning("secret name %r is not a metric label; release not counted", name)
         return pb.OK, sealed, ""

@@ -14,9 +14,13 @@ from pathlib import Path
 from conclave.runtime import config, log, netns
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.cli import status_table
-from conclave.runtime.hosts import local as local_hosts
+from conclave.runtime.local import hosts as local_hosts
 from conclave.runtime.model import registry
-from conclave.runtime.serving import engine, network, process, state as state_mod, supervisor
+from conclave.runtime.node import engine
+from conclave.runtime.local import network
+from conclave.runtime.node import process
+from conclave.runtime.local import state as state_mod
+from conclave.runtime.local import orchestrator as supervisor
 
 DEFAULT_PORT = 8000
 FRONT_PORT = 8443   # the head's TLS front server, on the head's underlay address (inside its namespace)
@@ -126,7 +130,7 @@ def _up(args) -> int:
     Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = Path(spec["run_dir"]) / "supervisor.log"
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "conclave.runtime.serving.supervisor", str(path)],
+        proc = subprocess.Popen([sys.executable, "-m", "conclave.runtime.local.orchestrator", str(path)],
                                 env=_supervisor_env(), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     return _follow(proc, log_path, path, json_out=args.json)

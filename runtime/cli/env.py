@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.serving import process, state as state_mod
+from conclave.runtime.node import process
+from conclave.runtime.local import state as state_mod
 
 SHELLS = ("bash", "fish", "json")
 

@@ -73,7 +73,7 @@ def _model_and_manifest(model_arg: str, manifest_path: Path | None) -> tuple[Pat
 
 
 def _cmd_seal_stages(args) -> int:
-    from conclave.runtime.serving.engine import parse_partition, stage_layer_ranges
+    from conclave.runtime.node.engine import parse_partition, stage_layer_ranges
 
     if args.key_file is not None or args.key_dir is None:
         raise UsageError("--stages takes --key-dir (one key per stage), not --key-file", reason="bad_key_option")

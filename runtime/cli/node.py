@@ -294,7 +294,7 @@ def _stage_runner(args, cfg, agent, api_key: str | None):
         return None
     from conclave.runtime import config as env_config
     from conclave.runtime.node.stage_runner import StageRunner, StageSpec
-    from conclave.runtime.serving.network import ClusterAddress
+    from conclave.runtime.local.network import ClusterAddress
     if args.model_manifest is None:
         raise UsageError("serving needs --model-manifest (the per-layer digests the shard is checked against)",
                          reason="model_manifest_invalid")

@@ -23,8 +23,9 @@ from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, derive_address, pa
 from conclave.runtime import log
 from conclave.runtime.agent import status as agent_status
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.serving import local_trust, process
-from conclave.runtime.serving.network import ClusterAddress, ClusterContext, Host
+from conclave.runtime.local import trust as local_trust
+from conclave.runtime.node import process
+from conclave.runtime.local.network import ClusterAddress, ClusterContext, Host
 
 WIREGUARD_PORT = 51820
 ADMISSION_PORT = 51821

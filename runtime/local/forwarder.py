@@ -71,7 +71,7 @@ class Forwarder:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m conclave.runtime.serving.forwarder LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT`:
+    """`python -m conclave.runtime.local.forwarder LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT`:
     the local cluster's published port as a process of its own (like a host's port mapping), so
     the endpoint outlives the local orchestrator."""
     import signal

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from conclave.runtime import netns
 from conclave.runtime.errors import ConclaveError, UsageError
-from conclave.runtime.serving.network import Host
+from conclave.runtime.local.network import Host
 
 DEFAULT_UNDERLAY_POOL = "198.18.0.0/15"
 INNER_IFNAME = "eth0"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+from conclave.runtime.node.address import ClusterAddress
+
 
 @dataclass(frozen=True)
 class Host:
@@ -24,13 +26,6 @@ class Host:
     netns: str | None    # namespace to run its processes in (None: this machine's root namespace)
     underlay_ip: str     # the host's own address on the untrusted network
     underlay_ifname: str
-
-
-@dataclass(frozen=True)
-class ClusterAddress:
-    """Where a host's Ray node, gloo and vLLM listen and connect: the cluster network endpoint."""
-    ip: str
-    ifname: str
 
 
 @dataclass
@@ -98,7 +93,7 @@ class PlainVethNetwork:
         return dict(self._hosts)
 
     def launch(self, host: Host, name: str, argv: list[str], env: dict[str, str], log_path: Path):
-        from conclave.runtime.serving import process
+        from conclave.runtime.node import process
         return process.spawn(name, argv, env={**env, "RAY_AUTH_TOKEN": self.release_ray_token(host)},
                              log_path=log_path, netns_name=host.netns)
 
@@ -128,7 +123,7 @@ class PlainVethNetwork:
 
 
 def _attested() -> type:
-    from conclave.runtime.serving.attested import AttestedOverlayNetwork
+    from conclave.runtime.local.attested import AttestedOverlayNetwork
     return AttestedOverlayNetwork
 
 

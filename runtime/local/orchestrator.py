@@ -1,7 +1,7 @@
 """The local cluster supervisor: hosts -> network -> Ray -> vLLM -> endpoint, then teardown.
 
 `conclave up` writes the cluster spec into the state file and either runs `run()` in the
-foreground or starts this module detached (`python -m conclave.runtime.serving.supervisor
+foreground or starts this module detached (`python -m conclave.runtime.local.orchestrator
 STATE_FILE`): one code path either way. The supervisor owns the forwarder, so the endpoint
 lives exactly as long as it does. `teardown()` works from the state file alone, so
 `conclave down` can clean up even after the supervisor died.
@@ -21,13 +21,16 @@ from pathlib import Path
 
 from conclave.runtime import log
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.hosts import local as local_hosts
+from conclave.runtime.local import hosts as local_hosts
 from conclave.runtime.model.manifest import check_manifest, verify_layer_range
-from conclave.runtime.serving import engine, process, ray_cluster, state as state_mod
-from conclave.runtime.serving.forwarder import Forwarder
+from conclave.runtime.node import engine
+from conclave.runtime.node import process
+from conclave.runtime.node import ray_cluster
+from conclave.runtime.local import state as state_mod
+from conclave.runtime.local.forwarder import Forwarder
 from conclave.runtime.serving.plain_front import PlainFront
-from conclave.runtime.serving import network as network_mod
-from conclave.runtime.serving.network import NetworkLayer
+from conclave.runtime.local import network as network_mod
+from conclave.runtime.local.network import NetworkLayer
 
 RAY_JOIN_TIMEOUT = 180.0
 BROKER_PORT = 51830
@@ -176,7 +179,7 @@ class Supervisor:
         target = self._engine_binding(self.plans[0])[1]
         if self._nodes_serve():
             # its own process (a host's port mapping): serving must outlive this orchestrator
-            argv = [process.venv_bin("python"), "-m", "conclave.runtime.serving.forwarder",
+            argv = [process.venv_bin("python"), "-m", "conclave.runtime.local.forwarder",
                     "127.0.0.1", str(st["port"]), target, str(self._public_port())]
             started = process.spawn("forwarder", argv, env=process.base_env(),
                                     log_path=Path(st["run_dir"]) / "logs" / "forwarder.log", netns_name=None)
@@ -558,7 +561,7 @@ def _start_time(pid: int) -> int | None:
 def _network_cleanup(st: dict) -> list[str]:
     if st.get("network_kind") != "attested":
         return []
-    from conclave.runtime.serving import attested
+    from conclave.runtime.local import attested
     return attested.cleanup(st)
 
 

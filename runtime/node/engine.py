@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conclave.runtime.errors import UsageError
-from conclave.runtime.serving import process, ray_cluster
-from conclave.runtime.serving.network import ClusterAddress
+from conclave.runtime.node import process
+from conclave.runtime.node import ray_cluster
+from conclave.runtime.node.address import ClusterAddress
 
 ENGINE_PORT = 8000
 

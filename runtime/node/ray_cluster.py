@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conclave.runtime.errors import ConclaveError
-from conclave.runtime.serving import process
-from conclave.runtime.serving.network import ClusterAddress, Host
+from conclave.runtime.node import process
+from conclave.runtime.node.address import ClusterAddress
 
 RAY_PORT = 6379
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -21,7 +21,7 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RayNodePlan:
-    host: Host
+    host: object          # the local host it runs on (local mode); None inside a node
     address: ClusterAddress
     head: bool
     temp_dir: str

@@ -30,9 +30,10 @@ from pathlib import Path
 from conclave.runtime import log as clog
 from conclave.runtime.errors import ConclaveError
 from conclave.runtime.node.lifecycle import LifecycleReason, NodeState, StageView, stage_problems
-from conclave.runtime.serving import engine as engine_mod
-from conclave.runtime.serving import process, ray_cluster
-from conclave.runtime.serving.network import ClusterAddress
+from conclave.runtime.node import engine as engine_mod
+from conclave.runtime.node import process
+from conclave.runtime.node import ray_cluster
+from conclave.runtime.node.address import ClusterAddress
 
 log = logging.getLogger("conclave.node")
 STEP = 1.0
@@ -166,7 +167,7 @@ class StageRunner:
             self._open_sealed_shard()
             return
         from conclave.runtime.model.manifest import verify_layer_range
-        from conclave.runtime.serving.front_report import shard_digest
+        from conclave.runtime.model.stage_check import shard_digest
         s = self.spec
         start, end = s.layers
         self.shard["digest"] = shard_digest(s.model_manifest, start, end, first=s.first, last=s.last)

@@ -42,21 +42,9 @@ class ReportIncomplete(ConclaveError):
 
 
 def shard_digest(model_manifest: Mapping, start: int, end: int, *, first: bool, last: bool) -> str:
-    """SHA-256 hex of what a stage holding layers [start, end) verifies before loading."""
-    groups = stage_groups(dict(model_manifest), start, end, first=first, last=last)
-    files = small_files(dict(model_manifest))
-    doc = {"context": SHARD_DIGEST_CONTEXT, "model_digest": model_manifest["digest"],
-           "layers": [start, end],
-           "groups": {g: model_manifest["groups"][g]["digest"] for g in groups
-                      if g in model_manifest["groups"]},
-           "files": {f: model_manifest["files"][f] for f in files}}
-    missing = [g for g in groups if g not in model_manifest["groups"]]
-    if missing:
-        raise ConclaveError("model_manifest_incomplete",
-                            f"model manifest lacks groups {', '.join(missing)}",
-                            exit_code=ExitCode.MALFORMED)
-    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(data).hexdigest()
+    """SHA-256 hex of what a stage holding layers [start, end) verifies (one definition: model.stage_check)."""
+    from conclave.runtime.model.stage_check import shard_digest as digest
+    return digest(model_manifest, start, end, first=first, last=last)
 
 
 def _is_hex64(value: str) -> bool:

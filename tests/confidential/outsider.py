@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from conclave.runtime import netns
-from conclave.runtime.serving import local_trust
+from conclave.runtime.local import trust as local_trust
 
 ROGUE_NODE = Path(__file__).resolve().parents[1] / "overlay" / "rogue_node.py"
 

@@ -92,8 +92,9 @@ print("ALIVE", json.dumps(sorted(n["NodeManagerAddress"] for n in ray.nodes() if
 def ray_alive_nodes(cluster, tmp_path) -> list[str]:
     """Ask the head's agent to run a Ray driver (it alone can give it the token)."""
     from conclave.runtime.agent import status as agent
-    from conclave.runtime.serving import process, ray_cluster
-    from conclave.runtime.serving.network import ClusterAddress
+    from conclave.runtime.node import process
+    from conclave.runtime.node import ray_cluster
+    from conclave.runtime.local.network import ClusterAddress
     head = cluster.status["nodes"][0]
     log = tmp_path / "ray-nodes.log"
     env = ray_cluster.ray_env(ClusterAddress(head["overlay_ip"], head["wg_ifname"]))

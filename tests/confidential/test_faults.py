@@ -73,7 +73,7 @@ def test_rendezvous_frozen_then_dead_the_cluster_keeps_serving(ccluster):
 
 # -- WireGuard daemon -----------------------------------------------------------------------------------------
 def wireguard_go_pid(netns: str) -> int:
-    from conclave.runtime.serving import process
+    from conclave.runtime.node import process
     for pid in process.pids_in_netns(netns):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
@@ -145,7 +145,7 @@ def test_partitioned_worker_is_evicted_then_serving_recovers(ccluster, reference
 
 # -- a worker host dies mid-stream --------------------------------------------------------------------------------
 def test_worker_host_killed_mid_stream_errors_fast_then_serving_resumes(ccluster, reference):
-    from conclave.runtime.serving import process
+    from conclave.runtime.node import process
     node = worker(ccluster, 2)
     recoveries = cluster_status(ccluster)["health"]["recoveries"]
     old_key = agent_status(node["agent_socket"])["wg_public_key"]

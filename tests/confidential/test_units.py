@@ -14,7 +14,7 @@ import pytest
 from conclave.runtime.agent.launcher import Launcher
 from conclave.runtime.attestation import sim
 from conclave.runtime.manifest.document import DeploymentManifest
-from conclave.runtime.serving import local_trust
+from conclave.runtime.local import trust as local_trust
 
 STAGES = [("cvabc-n0", "head", (0, 10)), ("cvabc-n1", "worker", (10, 20)), ("cvabc-n2", "worker", (20, 30))]
 

@@ -2,7 +2,7 @@
 
 Why: the node's only boot path is the owner-signed manifest (--manifest + --owner-fingerprint):
 its policy admits peers and its digest is bound into evidence. Tests build one the way
-runtime/serving/local_trust.py does (owner key, stages, sim policy), except that the owner key
+runtime/local/trust.py does (owner key, stages, sim policy), except that the owner key
 lives only in memory: nothing private is written to disk.
 """
 from __future__ import annotations

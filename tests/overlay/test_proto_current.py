@@ -20,7 +20,8 @@ def test_generated_code_is_current(tmp_path):
 def test_one_proto_defines_every_node_boundary_service():
     from conclave.overlay.proto import conclave_pb2 as pb
     services = set(pb.DESCRIPTOR.services_by_name)
-    assert services == {"Rendezvous", "Node"}
+    assert services == {"Rendezvous", "Node", "KeyBroker"}
+    assert {m.name for m in pb.DESCRIPTOR.services_by_name["KeyBroker"].methods} == {"Challenge", "ReleaseStageKey"}
     assert {m.name for m in pb.DESCRIPTOR.services_by_name["Node"].methods} == \
         {"Attest", "ReleaseKey", "ConfirmKey", "GetSecret", "Ping"}
     assert list(PROTO_DIR.glob("*.proto")) == [PROTO_DIR / "conclave.proto"]

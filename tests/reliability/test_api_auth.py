@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conclave.runtime.serving.engine import ENGINE_PORT
+from conclave.runtime.node.engine import ENGINE_PORT
 
 from .api_support import HELLO, MODEL, headers, server_root
 

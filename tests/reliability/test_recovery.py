@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(900)]
 
 
 def test_worker_host_killed_mid_stream_ends_with_stage_lost_then_serving_resumes(rcluster):
-    from conclave.runtime.serving import process
+    from conclave.runtime.node import process
     st = cluster_status(rcluster)
     assert st["phase"] == "ready" and st["health"]["status"] == "ok"
     recoveries = st["health"]["recoveries"]

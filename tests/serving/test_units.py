@@ -8,9 +8,11 @@ import pytest
 
 from conclave.runtime import netns
 from conclave.runtime.errors import ConclaveError, UsageError
-from conclave.runtime.hosts import local as local_hosts
-from conclave.runtime.serving import cpu_platform, engine, ray_cluster
-from conclave.runtime.serving.network import ClusterAddress, Host, NetworkLayer, PlainVethNetwork
+from conclave.runtime.local import hosts as local_hosts
+from conclave.runtime.serving import cpu_platform
+from conclave.runtime.node import engine
+from conclave.runtime.node import ray_cluster
+from conclave.runtime.local.network import ClusterAddress, Host, NetworkLayer, PlainVethNetwork
 
 
 # -- partitions --------------------------------------------------------------------------------
@@ -122,8 +124,8 @@ def test_plain_veth_network_uses_underlay_and_guards_token():
 
 
 def test_network_layers_by_name():
-    from conclave.runtime.serving import network
-    from conclave.runtime.serving.attested import AttestedOverlayNetwork
+    from conclave.runtime.local import network
+    from conclave.runtime.local.attested import AttestedOverlayNetwork
     assert isinstance(network.create("plain-veth"), PlainVethNetwork)
     assert isinstance(network.create("plain"), PlainVethNetwork)
     attested = network.create("attested")
