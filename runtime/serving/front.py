@@ -38,7 +38,7 @@ an event of code upstream_lost (api_guard.py). Errors made here have the OpenAI 
 404 not_found, 400 invalid_path, 503 attestation_unavailable (head evidence collection failed or
 timed out).
 
-API for the head's agent (runtime/cli/node.py / runtime/agent; the integration engineer wires it)
+API for the head's agent (`conclave node` builds it in runtime/cli/node.py)
 
     from conclave.runtime.serving.front import head_front_for_agent
     front = head_front_for_agent(
