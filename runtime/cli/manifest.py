@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--overlay-cidr", help=f"overlay network (default {doc.DEFAULT_OVERLAY_CIDR})")
     n.add_argument("--rendezvous", action="append", metavar="ENDPOINT",
                    help="rendezvous endpoint (repeatable)")
+    n.add_argument("--model-shards", metavar="PATH|URL",
+                   help="where the sealed stage shards are (`conclave model seal --stages` output: a folder or an "
+                        "http(s) URL root; stage K at ROOT/stage-K); needs --model-broker")
+    n.add_argument("--model-broker", metavar="HOST:PORT", help="the model owner's key broker (`conclave broker`)")
     n.add_argument("-o", "--output", type=Path, required=True)
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=_cmd_new)
@@ -148,6 +152,10 @@ def _cmd_new(args) -> int:
         fields["overlay_cidr"] = args.overlay_cidr
     if args.rendezvous:
         fields["rendezvous"] = args.rendezvous
+    if bool(args.model_shards) != bool(args.model_broker):
+        raise UsageError("--model-shards and --model-broker go together", reason="model_source_invalid")
+    if args.model_shards:
+        fields["model_source"] = {"shards": args.model_shards, "broker": args.model_broker}
     for required in ("policy", "model_digest", "engine_digest", "stages"):
         if required not in fields:
             raise UsageError(f"--{required.replace('_', '-')} (or the template field {required}) is required")
@@ -161,7 +169,7 @@ def _cmd_new(args) -> int:
         owner_public_key=keys.public_key_bytes(key), policy=fields["policy"],
         model_digest=str(fields["model_digest"]), engine_digest=str(fields["engine_digest"]),
         stages=stages, overlay_cidr=fields.get("overlay_cidr", doc.DEFAULT_OVERLAY_CIDR),
-        rendezvous=fields.get("rendezvous", []))
+        rendezvous=fields.get("rendezvous", []), model_source=fields.get("model_source"))
     data = doc.sign_content(content, key)
     _write_atomic(args.output, data)
     return _report_written(args, data)
