@@ -104,6 +104,10 @@ def register(subparsers) -> None:
     serve.add_argument("--shard-mount", type=Path, default=Path("/run/conclave/shard"), metavar="DIR",
                        help="sealed model: the private tmpfs this node unseals its shard into (the same path on "
                             "every node: vLLM loads one model path on every pipeline rank)")
+    serve.add_argument("--shard-mount-mode", choices=["mount", "existing"], default="mount",
+                       help="mount: mount a private tmpfs at --shard-mount (needs CAP_SYS_ADMIN in this node's own "
+                            "mount namespace); existing: --shard-mount already lies on this node's own memory "
+                            "filesystem (a pod's memory emptyDir)")
     serve.add_argument("--served-name", default="smollm2", help="model name the API serves")
     serve.add_argument("--dtype", default=None, help="engine dtype (default: the model manifest's)")
     serve.add_argument("--max-model-len", type=int, default=2048)
@@ -325,7 +329,8 @@ def _stage_runner(args, cfg, agent, api_key: str | None):
         kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
         run_dir=args.run_dir or (env_config.state_dir() / f"node-{cfg.node_name}"),
         omp_bind=args.omp_bind or (f"0-{cores - 1}" if cores > 1 else "0"), api_key=api_key,
-        model_source=manifest.model_source, shard_index=names.index(me.node), shard_mount=args.shard_mount)
+        model_source=manifest.model_source, shard_index=names.index(me.node), shard_mount=args.shard_mount,
+        mount_shard_tmpfs=args.shard_mount_mode == "mount")
     return StageRunner(agent, spec, ClusterAddress(str(cfg.overlay_address), cfg.interface),
                        worker_names=[n for n in names if n != me.node])
 

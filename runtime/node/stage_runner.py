@@ -71,6 +71,7 @@ class StageSpec:
     model_source: dict | None = None       # the manifest's {"shards", "broker"}: sealed per stage
     shard_index: int = 0                   # this stage's shard (manifest order: ROOT/stage-K)
     shard_mount: Path = Path("/run/conclave/shard")   # private tmpfs; the same path on every node
+    mount_shard_tmpfs: bool = True         # False: shard_mount already is this node's own memory fs
 
     @property
     def sealed(self) -> bool:
@@ -133,7 +134,7 @@ class StageRunner:
             self._thread.join(10)
         self._stop_engine("node stopping")
         self._stop_ray()
-        if self.spec.sealed:
+        if self.spec.sealed and self.spec.mount_shard_tmpfs:
             _unmount(self.spec.shard_mount)
 
     def _run(self) -> None:
@@ -205,7 +206,10 @@ class StageRunner:
             secret = fetch_stage_key(s.model_source["broker"], me=agent.me, identity=agent.identity,
                                      source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest)
             clog.progress(f"model: the broker released the shard key of stage {s.name}")
-            _mount_private_tmpfs(s.shard_mount)
+            if s.mount_shard_tmpfs:
+                _mount_private_tmpfs(s.shard_mount)
+            else:
+                s.shard_mount.mkdir(parents=True, exist_ok=True, mode=0o700)
             result = obtain_stage_shard(stage_shard_location(s.model_source["shards"], s.shard_index),
                                         key_from_secret(secret), s.model_manifest, s.layers, first=s.first,
                                         last=s.last, dest=s.engine_model_path, work_dir=s.run_dir)

@@ -48,6 +48,7 @@ SIGNED, DIGEST = signed_manifest()
 INSTALL_VALUES = {
     "image": {"digest": "sha256:" + "a" * 64},
     "manifest": {"signed": SIGNED, "digest": DIGEST, "ownerFingerprint": OWNER_FINGERPRINT},
+    "model": {"manifest": json.dumps({"digest": "ab" * 32, "num_layers": 30})},
 }
 # Kubernetes expands these from the pod's env at start; any concrete value will do for parsing.
 ENV_PLACEHOLDERS = {"$(POD_IP)": "10.1.2.3"}
@@ -176,7 +177,8 @@ def test_one_single_pod_statefulset_per_stage_in_a_cvm_with_wireguard_rights():
 def test_secret_carries_only_the_signed_manifest():
     secret = by_kind(render(merged()), "Secret")[0]
     # the policy travels inside the signed manifest: no separate, unsigned policy file
-    assert secret["stringData"] == {"manifest.json": INSTALL_VALUES["manifest"]["signed"]}
+    assert secret["stringData"] == {"manifest.json": INSTALL_VALUES["manifest"]["signed"],
+                                    "model-manifest.json": INSTALL_VALUES["model"]["manifest"]}
 
 
 def test_existing_secret_replaces_generated_one():
