@@ -62,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sh = sub.add_parser("show", help="print a manifest (signature checked, owner not pinned)")
     sh.add_argument("file", type=Path)
     sh.add_argument("--json", action="store_true")
+    sh.add_argument("--owner-fingerprint", action="store_true", dest="print_fingerprint",
+                    help="print only the owner key's fingerprint (what nodes and clients pin)")
     sh.set_defaults(func=_cmd_show)
 
     v = sub.add_parser("verify", help="verify signature and (optionally pinned) owner")
@@ -237,6 +239,9 @@ def _human(verified: doc.VerifiedManifest) -> str:
 
 def _cmd_show(args) -> int:
     verified = doc.verify_bytes(_load(args.file), trusted_owner=None, allow_unpinned=True)
+    if getattr(args, "print_fingerprint", False):
+        print(verified.owner_fingerprint)
+        return 0
     if args.json:
         print(json.dumps({"ok": True, **verified.summary_json()}, sort_keys=True))
     else:

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(t)
     t.set_defaults(func=_cmd_tdx)
 
+    e = sub.add_parser("engine", help="digest of the installed inference engine (the manifest's engine_digest)")
+    e.set_defaults(func=_cmd_engine)
+
     s = sub.add_parser("snp", help="SEV-SNP launch digest (sev-snp-measure)")
     s.add_argument("--ovmf", type=Path, required=True, help="OVMF AmdSev firmware image")
     s.add_argument("--vcpus", type=int, required=True)
@@ -101,3 +104,10 @@ def _cmd_snp(args) -> int:
             raise UsageError(exc.message) from None
         raise
     return _emit(args, fragment.snp_fragment(digest))
+
+
+def _cmd_engine(args) -> int:
+    """SHA-256 of the installed vLLM distribution's file list (RECORD): what this machine runs."""
+    from conclave.runtime.measure.engine import engine_digest
+    print(engine_digest())
+    return 0

