@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import jsonschema
 import yaml
+from cryptography import x509
 
 from conclave.runtime.attestation.core import (PolicyError, PolicyViolated, Reason, TeeType,
                                                VerifiedEvidence, Violation)
@@ -67,7 +68,7 @@ NVGPU_VALUE_FIELDS: dict[str, int] = {}
 TDX_IDENTITY_FIELDS = ("mr_td",)
 SNP_IDENTITY_FIELDS = ("measurement", "id_key_digest", "author_key_digest")
 SIM_IDENTITY_FIELDS = ("measurement",)
-NVGPU_IDENTITY_FIELDS = ("measurements",)
+NVGPU_IDENTITY_FIELDS = ("measurements", "require_rim")
 SNP_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 VALUE_FIELDS = {TeeType.TDX: TDX_VALUE_FIELDS, TeeType.SNP: SNP_VALUE_FIELDS,
                 TeeType.SIM: SIM_VALUE_FIELDS, TeeType.NVGPU: NVGPU_VALUE_FIELDS}
@@ -114,6 +115,14 @@ POLICY_JSON_SCHEMA: dict = {
                         "items": {"enum": [t.value for t in TeeType]}},
         "unsafe_allow_simulated": {"type": "boolean", "default": False,
                                    "description": "Accept simulated evidence (local mode only)."},
+        "unsafe_test_roots": {
+            "type": "object", "additionalProperties": False, "minProperties": 1,
+            "properties": {tee: {"type": "array", "minItems": 1, "maxItems": 4, "uniqueItems": True,
+                                 "items": {"type": "string", "pattern": "^-----BEGIN CERTIFICATE-----",
+                                           "maxLength": 8192}}
+                           for tee in ("tdx", "snp")},
+            "description": "PEM roots that replace Intel's / AMD's pinned roots for that TEE (emulated "
+                           "hardware in local mode only; refused in production)."},
         "allowed_tcb_statuses": {"type": "array", "minItems": 1, "uniqueItems": True,
                                  "items": {"enum": list(TCB_STATUSES)},
                                  "description": "Default [UpToDate]. Revoked is never accepted."},
@@ -167,6 +176,9 @@ POLICY_JSON_SCHEMA: dict = {
         "nvgpu": {
             "type": "object", "additionalProperties": False,
             "properties": {
+                "require_rim": {"const": True,
+                                "description": "Every active measurement must match NVIDIA's signed RIMs "
+                                               "(driver and VBIOS) for the GPU's versions (rim_missing)."},
                 "measurements": {"type": "object", "minProperties": 1,
                                  "propertyNames": {"pattern": "^[0-9]{1,3}$"},
                                  "additionalProperties": {
@@ -221,6 +233,17 @@ def _constrains_identity(tee: TeeType, section: Mapping[str, Any] | None) -> boo
     return bool(sets) and all(any(k in s for k in identity) for s in sets)
 
 
+def _parse_test_roots(section: Mapping[str, Any]) -> dict[TeeType, tuple[x509.Certificate, ...]]:
+    """unsafe_test_roots' PEM strings as certificates; one that is no certificate is policy_invalid."""
+    out = {}
+    for tee, pems in section.items():
+        try:
+            out[TeeType(tee)] = tuple(x509.load_pem_x509_certificate(p.encode()) for p in pems)
+        except ValueError:
+            raise PolicyError(Reason.POLICY_INVALID, f"unsafe_test_roots.{tee}: not a PEM certificate") from None
+    return out
+
+
 def _check_production(data: Mapping[str, Any]) -> None:
     """Fields a production policy must have, and weakenings it must not have (policy_invalid)."""
     snp = data.get(TeeType.SNP.value) or {}
@@ -266,6 +289,11 @@ class Policy:
         return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
     @property
+    def test_roots(self) -> dict[TeeType, tuple[x509.Certificate, ...]]:
+        """unsafe_test_roots as certificates per TEE (empty unless the policy names test roots)."""
+        return _parse_test_roots(self.data.get("unsafe_test_roots") or {})
+
+    @property
     def allowed_tcb_statuses(self) -> tuple[str, ...]:
         return tuple(self.data.get("allowed_tcb_statuses", DEFAULT_TCB_STATUSES))
 
@@ -298,6 +326,10 @@ class Policy:
                               "unsafe_allow_simulated is refused in a production policy")
         if production and TeeType.SIM.value in data["allowed_tee"]:
             raise PolicyError(Reason.POLICY_INVALID, "a production policy cannot allow the sim TEE")
+        if production and "unsafe_test_roots" in data:
+            raise PolicyError(Reason.POLICY_INVALID,
+                              "unsafe_test_roots is refused in a production policy (vendor roots only)")
+        _parse_test_roots(data.get("unsafe_test_roots") or {})
         if "Revoked" in data.get("allowed_tcb_statuses", ()):
             raise PolicyError(Reason.POLICY_INVALID, "TCB status Revoked can never be allowed")
         for tee in (TeeType(t) for t in data["allowed_tee"]):
@@ -439,6 +471,9 @@ def _check_snp(out: _Collector, section: Mapping[str, Any], claims: Mapping[str,
 
 
 def _check_nvgpu(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    if section.get("require_rim") and claims.get("rim_validated") is not True:
+        out.add(Reason.RIM_MISSING, "nvgpu.require_rim",
+                "GPU measurements were not validated against NVIDIA RIMs", True, claims.get("rim_validated"))
     measured = claims.get("measurements")
     for index, allowed in (section.get("measurements") or {}).items():
         have = measured.get(int(index)) if isinstance(measured, Mapping) else None
