@@ -47,7 +47,11 @@ def status(args) -> int:
         print(json.dumps({"ok": True, "nodes": reports}, indent=2))
         return 0
     for rep in reports:
-        print(f"{rep['node']} ({rep['role']}) {rep['state']}  overlay {rep['overlay_address']}  "
+        life = rep.get("lifecycle") or {}
+        stage = f"  stage {life['state']}" if life.get("state") else ""
+        reasons = ", ".join(r["reason"] for r in life.get("reasons") or [])
+        print(f"{rep['node']} ({rep['role']}) {rep['state']}{stage}{f' [{reasons}]' if reasons else ''}  "
+              f"overlay {rep['overlay_address']}  "
               f"{rep['interface']} [{rep['device']}]  wg {rep['wg_public_key']}")
         if not rep["peers"]:
             print("  (no peers)")

@@ -9,7 +9,8 @@ Secret material never comes through argv: in local mode the parent hands over th
 attester (and any secrets to broker) as a JSON bundle on stdin (--bundle-stdin), on an
 inherited fd (--bundle-fd N), or in a 0600 temp file that is deleted as soon as it is read
 (--bundle-file PATH). Bundle: {"sim_attester": base64, "secrets": {"name": base64},
-"api_key": str (head with --front-port: the front then checks the deployment's API key itself)}.
+"api_key": str (head with --front-port: the front then checks the deployment's API key itself),
+"emulated_host": base64 (--evidence emulated: the host's emulated TDX/SNP identity, emulated/identity.py)}.
 """
 from __future__ import annotations
 
@@ -67,8 +68,19 @@ def register(subparsers) -> None:
     p.add_argument("--rendezvous", action="append", default=[], metavar="HOST:PORT")
     p.add_argument("--serve-rendezvous", type=int, default=None, metavar="PORT",
                    help="also host a rendezvous on this port (underlay)")
-    p.add_argument("--evidence", choices=["auto", "sim"], default="auto",
-                   help="auto: this CVM's TEE (configfs-tsm, SEV/TDX guest device); sim: local mode")
+    p.add_argument("--evidence", choices=["auto", "sim", "emulated"], default="auto",
+                   help="auto: this CVM's TEE (configfs-tsm, SEV/TDX guest device); sim / emulated (TDX or SNP "
+                        "hardware emulated through configfs-tsm's layout, identity in the bundle): local mode")
+    vendor = p.add_argument_group("collateral (the verifier's own, from the vendor services)")
+    vendor.add_argument("--pcs-url", default=None, metavar="URL",
+                        help="Intel PCS base URL (default https://api.trustedservices.intel.com)")
+    vendor.add_argument("--pcs-root-crl-url", default=None, metavar="URL",
+                        help="Intel SGX root CA CRL URL (default Intel's certificates host)")
+    vendor.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL (default https://kdsintf.amd.com)")
+    vendor.add_argument("--collateral-refresh", type=float, default=None, metavar="S",
+                        help="fetch cached collateral again after this many seconds (default 3600)")
+    vendor.add_argument("--collateral-dir", type=Path, default=None,
+                        help="the verifier's collateral cache (default STATE_DIR/collateral/NAME)")
     p.add_argument("--gpu-evidence", choices=["none", "nvattest"], default="none",
                    help="add NVIDIA GPU evidence (bound to the same challenge)")
     p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
@@ -176,6 +188,8 @@ def build_config(args, bundle: dict | None = None):
             raise UsageError("--evidence sim needs the simulated attester in the bundle (never argv)",
                              reason="attester_missing")
         source = SimEvidenceSource(SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester")))
+    elif args.evidence == "emulated":
+        source = emulated_evidence_source(bundle)
     else:
         gpus = [collect.NvattestSource()] if args.gpu_evidence == "nvattest" else []
         source = NodeEvidenceSource(collect.detect_cpu_source(), gpus)
@@ -231,8 +245,52 @@ def build_config(args, bundle: dict | None = None):
         rendezvous=args.rendezvous, serve_rendezvous_port=args.serve_rendezvous, trusted_sim_roots=roots,
         secrets=secrets_map, allowed_roles=roles, want_secrets=want, interface=args.interface,
         firewall=args.firewall, status_socket=args.status_socket, timing=timing,
-        public_tcp_ports=tuple(args.public_port) + ((args.front_port,) if args.front_port and args.role == "head" else ()),
-        allow_launch=args.allow_launch, manifest=manifest, **kwargs)
+        public_tcp_ports=tuple(args.public_port) + ((args.front_port,) if args.front_port and args.role == "head" else ())
+        + _own_rendezvous_ports(manifest, args.underlay_host),
+        allow_launch=args.allow_launch, manifest=manifest, vendor_services=vendor_services(args),
+        collateral_dir=args.collateral_dir, **kwargs)
+
+
+def emulated_evidence_source(bundle: dict):
+    """`--evidence emulated`: this host's emulated TDX/SNP identity from the bundle (never argv),
+    collected through configfs-tsm's layout like a real CVM's evidence."""
+    from conclave.overlay.evidence import NodeEvidenceSource
+    from conclave.runtime.attestation.emulated import identity, tsm
+    if "emulated_host" not in bundle:
+        raise UsageError("--evidence emulated needs the host's emulated TEE identity in the bundle (never argv)",
+                         reason="attester_missing")
+    try:
+        host = identity.host_from_secret_bytes(_b64(bundle["emulated_host"], "emulated_host"))
+    except ValueError:
+        raise UsageError("bundle emulated_host is not an emulated TEE identity", reason="bundle_invalid") from None
+    if isinstance(host, identity.EmulatedTdxHost):
+        return NodeEvidenceSource(tsm.EmulatedTdxSource(host))
+    return NodeEvidenceSource(tsm.EmulatedSnpSource(host))
+
+
+def vendor_services(args):
+    """The collateral URLs of --pcs-url / --pcs-root-crl-url / --kds-url (Intel's and AMD's by default)."""
+    from conclave.runtime.agent.verifier import VendorServices
+    defaults = VendorServices()
+    try:
+        return VendorServices(pcs=getattr(args, "pcs_url", None) or defaults.pcs,
+                              pcs_root_crl=getattr(args, "pcs_root_crl_url", None) or defaults.pcs_root_crl,
+                              kds=getattr(args, "kds_url", None) or defaults.kds,
+                              refresh_after_s=(defaults.refresh_after_s if getattr(args, "collateral_refresh", None)
+                                               is None else args.collateral_refresh))
+    except ValueError as exc:
+        raise UsageError(f"collateral services: {exc}", reason="vendor_url_invalid") from None
+
+
+def _own_rendezvous_ports(manifest, underlay_host: str) -> tuple[int, ...]:
+    """Ports of the manifest's rendezvous endpoints on this node's own underlay address: a rendezvous
+    running beside this node must stay reachable for the others through its firewall."""
+    ports = []
+    for endpoint in manifest.rendezvous:
+        host, _, port = endpoint.rpartition(":")
+        if host.strip("[]") == underlay_host and port.isdigit():
+            ports.append(int(port))
+    return tuple(ports)
 
 
 def _signed_manifest(args):

@@ -135,14 +135,19 @@ def test_launcher_node_args_are_accepted_by_the_real_cli():
     text = (CVM / "mkosi.extra" / "usr" / "lib" / "conclave" / "conclave-node-launch").read_text()
     command = text[text.index("exec /opt/conclave/venv/bin/conclave node"):].split("\n\n")[0]
     command = command.replace("\\\n", " ")
-    values = {"CONCLAVE_ROLE": "worker", "CONCLAVE_NAME": "gpu-1", "CFG": "/run/conclavecfg",
-              "CONCLAVE_UNDERLAY_HOST": "198.18.0.2", "CONCLAVE_RENDEZVOUS": "198.18.0.1:51822"}
-    argv = shlex.split(re.sub(r'"\$\{?(\w+)\}?([^"]*)"', lambda m: values[m.group(1)] + m.group(2), command))
-    assert argv[:2] == ["exec", "/opt/conclave/venv/bin/conclave"]
-    argv = argv[2:]
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        raise AssertionError(f"the conclave CLI rejects the launcher's args {argv}: exit {exc.code}") from None
-    assert str(args.manifest).endswith("/manifest.json")
-    assert not hasattr(args, "policy") and not hasattr(args, "manifest_digest")
+    assert 'front=(--front-port "${CONCLAVE_API_PORT:-8443}")' in text   # the head serves its TLS front
+    for role, front in (("worker", []), ("head", ["--front-port", "8443"])):
+        values = {"CONCLAVE_ROLE": role, "CONCLAVE_NAME": "gpu-1", "CFG": "/run/conclavecfg",
+                  "CONCLAVE_UNDERLAY_HOST": "198.18.0.2", "CONCLAVE_RENDEZVOUS": "198.18.0.1:51822"}
+        line = command.replace('"${front[@]}"', " ".join(front))
+        argv = shlex.split(re.sub(r'"\$\{?(\w+)\}?([^"]*)"', lambda m: values[m.group(1)] + m.group(2), line))
+        assert argv[:2] == ["exec", "/opt/conclave/venv/bin/conclave"]
+        argv = argv[2:]
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            raise AssertionError(f"the conclave CLI rejects the launcher's args {argv}: exit {exc.code}") from None
+        assert str(args.manifest).endswith("/manifest.json")
+        assert str(args.model_manifest).endswith("/model-manifest.json")   # the node serves its stage
+        assert args.front_port == (8443 if role == "head" else None)
+        assert not hasattr(args, "policy") and not hasattr(args, "manifest_digest")
