@@ -27,6 +27,11 @@ class OverlayReason(StrEnum):
     UNKNOWN_SECRET = "unknown_secret"
     STAGE_NOT_ALLOWED = "stage_not_allowed"    # a per-stage model key asked for by a node admitted as another stage
     KEY_CONFIRMATION_FAILED = "key_confirmation_failed"
+    PSK_NOT_AUTHENTICATED = "psk_not_authenticated"        # a sealed PSK not signed by the admitted leader's statement key
+    SECRET_NOT_AUTHENTICATED = "secret_not_authenticated"  # a sealed secret not signed by its attested (or named) sender
+    ANNOUNCEMENT_UNSIGNED = "announcement_unsigned"        # rendezvous: no statement key or no signature
+    ANNOUNCEMENT_SIGNATURE_INVALID = "announcement_signature_invalid"   # rendezvous: not signed by its statement key
+    ANNOUNCEMENT_STALE = "announcement_stale"              # rendezvous: sequence not above the entry's (a replay)
     SELF = "self"                              # our own announcement (ignored)
 
 

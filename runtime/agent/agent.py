@@ -29,6 +29,7 @@ import grpc
 
 from conclave.overlay import keyrelease, rpc
 from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge
+from conclave.runtime.agent.verifier import build_verifier
 from conclave.overlay.desired import AdmittedPeerConfig, desired_device
 from conclave.overlay.device import WgDevice
 from conclave.overlay.firewall import Firewall, ruleset
@@ -69,8 +70,7 @@ class NodeAgent:
             admission_port=cfg.admission_port, wireguard_port=cfg.wireguard_port,
             wg_public_key=self.identity.wg_public, hpke_public_key=self.identity.hpke_public,
             overlay_address=cfg.overlay_address, statement_key=self.identity.statement_public)
-        self.verifier = Verifier(policy=cfg.policy, manifest_digest=cfg.manifest_digest,
-                                 overlay=cfg.overlay_cidr, trusted_sim_roots=cfg.trusted_sim_roots)
+        self.verifier = build_verifier(cfg)
         self.nonces = NonceCache(ttl=cfg.timing.nonce_ttl)
         self.broker = SecretsBroker(cfg.secrets, cfg.allowed_roles) if cfg.secrets else None
         self.received_secrets: dict[str, tuple[SecretValue, str]] = {}

@@ -83,6 +83,8 @@ class NodeConfig:
     public_tcp_ports: Sequence[int] = ()     # extra underlay TCP ports the firewall lets in (the head's API)
     allow_launch: bool = False               # local mode: the supervisor may ask us to start Ray/vLLM
     manifest: object | None = None           # the VerifiedManifest the node booted with (--manifest)
+    vendor_services: object | None = None    # agent.verifier.VendorServices: collateral URLs (None: Intel/AMD)
+    collateral_dir: Path | None = None       # the verifier's collateral cache (None: STATE_DIR/collateral/NAME)
 
     def __post_init__(self) -> None:
         if not NODE_ID_RE.match(self.node_name):

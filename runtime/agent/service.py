@@ -64,7 +64,8 @@ class NodeService(pb_grpc.NodeServicer):
         if requester is None or leader is None:
             return pb.KeyReleaseReply(status=pb.MALFORMED, reason="malformed_message")
         status, sealed, reason = self.agent.handle_release_key(requester, leader)
-        return pb.KeyReleaseReply(status=status, sealed_psk=sealed, reason=reason)
+        signature = self.agent.sign_psk_release(requester, sealed) if sealed else b""
+        return pb.KeyReleaseReply(status=status, sealed_psk=sealed, reason=reason, sender_signature=signature)
 
     def ConfirmKey(self, request: pb.KeyConfirmRequest, context) -> pb.KeyConfirmReply:
         requester, leader = _key(request.requester_wg_public_key), _key(request.leader_wg_public_key)
@@ -78,7 +79,8 @@ class NodeService(pb_grpc.NodeServicer):
         if requester is None or not SECRET_NAME_RE.match(request.name):
             return pb.SecretReply(status=pb.MALFORMED, reason="malformed_message")
         status, sealed, reason = self.agent.handle_get_secret(requester, request.name)
-        return pb.SecretReply(status=status, sealed_secret=sealed, reason=reason)
+        signature = self.agent.sign_secret_release(requester, request.name, sealed) if sealed else b""
+        return pb.SecretReply(status=status, sealed_secret=sealed, reason=reason, sender_signature=signature)
 
     def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
         """Cheap liveness probe: no evidence, no state change. Answers anyone with public content

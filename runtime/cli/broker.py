@@ -31,11 +31,19 @@ def register(subparsers) -> None:
     p.add_argument("--host", required=True, metavar="ADDR", help="bind address (a specific IP)")
     p.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT)
     p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
+    p.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL (default Intel's)")
+    p.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
+    p.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL (default AMD's)")
+    p.add_argument("--collateral-refresh", type=float, default=None, metavar="S",
+                   help="fetch cached collateral again after this many seconds (default 3600)")
+    p.add_argument("--collateral-dir", type=Path, default=None,
+                   help="the broker's collateral cache (default STATE_DIR/collateral/broker)")
     p.set_defaults(func=run_broker)
 
 
 def build_service(args):
-    from conclave.overlay.admission import Verifier
+    from conclave.runtime.agent.verifier import make_verifier
+    from conclave.runtime.cli.node import vendor_services
     from conclave.runtime.broker.service import KeyBrokerService, overlay_network
     from conclave.runtime.keys.broker import SecretsBroker
     from conclave.runtime.manifest.document import DeploymentManifest
@@ -54,8 +62,10 @@ def build_service(args):
             roots = x509.load_pem_x509_certificates(args.sim_root.read_bytes())
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read --sim-root: {exc}", reason="sim_root_invalid") from None
-    verifier = Verifier(policy=manifest.policy, manifest_digest=manifest.digest,
-                        overlay=overlay_network(manifest), trusted_sim_roots=roots)
+    verifier = make_verifier(policy=manifest.policy, manifest_digest=manifest.digest,
+                             overlay=overlay_network(manifest), trusted_sim_roots=roots,
+                             services=vendor_services(args),
+                             collateral_dir=args.collateral_dir or (config.state_dir() / "collateral" / "broker"))
     return KeyBrokerService(manifest=manifest, secrets_broker=SecretsBroker(secrets_map), verifier=verifier)
 
 

@@ -21,6 +21,7 @@ from conclave.runtime.local import network
 from conclave.runtime.node import process
 from conclave.runtime.local import state as state_mod
 from conclave.runtime.local import orchestrator as supervisor
+from conclave.runtime.local import trust as local_trust
 
 DEFAULT_PORT = 8000
 FRONT_PORT = 8443   # the head's TLS front server, on the head's underlay address (inside its namespace)
@@ -103,6 +104,7 @@ def build_spec(args) -> dict:
         "api_key": api_key,
         "underlay": str(subnet),
         "network_kind": network_kind,
+        "tee": args.tee if network_kind == "attested" else None,
         "front": front,
         "ca_cert": front["ca_cert"] if front else None,
         "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
@@ -272,6 +274,10 @@ def register(subparsers) -> None:
                     help="how the hosts talk: attested (default: simulated TEEs, signed manifest, attested "
                          "WireGuard overlay, underlay closed by nftables) or plain (unencrypted veth, for "
                          "comparison benchmarks; plain-veth is an alias)")
+    up.add_argument("--tee", choices=list(local_trust.TEE_MODES), default=local_trust.DEFAULT_TEE_MODE,
+                    help="attested network: the hosts' CPU TEE: mixed (default: TDX, SNP, TDX, ...), tdx or snp "
+                         "(emulated hardware with this cluster's test roots, emulated Intel PCS / AMD KDS), or sim "
+                         "(the simulated format)")
     up.add_argument("--max-model-len", type=int, default=2048)
     up.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache per stage in MiB (default 256)")
     up.add_argument("--json", action="store_true")

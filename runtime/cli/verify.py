@@ -8,6 +8,13 @@ that refusal for experiments, and `verify --json` then reports `"unsafe_unpinned
 `verify` prints {"ok","tee","reason","claims","violations","steps","nodes",...} with --json and
 exits like `conclave attest verify`: 0 ok, 2 verification failed, 4 policy violated, 5 malformed,
 3 endpoint unreachable. On success it prints the key pin (curl --pinnedpubkey form).
+
+TDX/SNP evidence is judged with the client's own collateral (CollateralCache under
+CACHE_DIR/collateral, from --pcs-url / --kds-url: Intel PCS and AMD KDS by default) and chains to
+the vendors' pinned roots, or to the test roots the owner-signed manifest's policy names
+(unsafe_test_roots: emulated hardware, never in production). `conclave verify --local` takes
+everything from the local cluster's status file: the head's URL, manifest, owner pin, simulated
+root, the head's certificate as CA, and the emulated PCS/KDS as collateral services.
 """
 from __future__ import annotations
 
@@ -22,13 +29,13 @@ from pathlib import Path
 from conclave.runtime import log as clog
 from conclave.runtime.endpoint.client import load_certificates, verify_endpoint
 from conclave.runtime.endpoint.proxy import AttestedProxy, parse_listen, serve_forever
-from conclave.runtime.errors import UsageError
+from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.manifest import document as mdoc
 from conclave.runtime.manifest import ed25519_keys as keys
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", type=Path, required=True, help="signed deployment manifest")
+def _common(p: argparse.ArgumentParser, *, manifest_required: bool = True) -> None:
+    p.add_argument("--manifest", type=Path, required=manifest_required, help="signed deployment manifest")
     pin = p.add_mutually_exclusive_group()
     pin.add_argument("--owner-pubkey", type=Path, help="pin the manifest owner (PEM or base64 file)")
     pin.add_argument("--owner-fingerprint", help="pin the manifest owner (SHA-256 hex)")
@@ -41,8 +48,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser("verify", help="verify a Conclave endpoint's attestation")
-    v.add_argument("url", metavar="https://HOST:PORT")
-    _common(v)
+    v.add_argument("url", metavar="https://HOST:PORT", nargs="?", default=None)
+    v.add_argument("--local", action="store_true",
+                   help="verify the local cluster with what its status knows (URL, manifest, owner pin, roots, "
+                        "CA, emulated vendor services)")
+    _common(v, manifest_required=False)
+    v.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL for TDX collateral")
+    v.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
+    v.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL for SNP collateral")
     v.add_argument("--max-cached-age", type=float, metavar="SECONDS",
                    help="refuse cached worker evidence older than this (when it carries a time)")
     v.add_argument("--json", action="store_true")
@@ -79,12 +92,56 @@ def _roots(args):
     return load_certificates(args.sim_root) if args.sim_root else None
 
 
+def resolve_local(args) -> None:
+    """--local: fill url, manifest, owner pin, simulated root, CA and collateral URLs from the local
+    cluster's status; giving any of them as well is a usage error (one source of truth)."""
+    from conclave.runtime.attestation.emulated.pcs_server import ROOT_CRL_PATH
+    from conclave.runtime.cli.env import local_cluster
+    from conclave.runtime.local import state as state_mod
+    given = [name for name in ("url", "manifest", "owner_pubkey", "owner_fingerprint", "sim_root", "ca",
+                               "pcs_url", "pcs_root_crl_url", "kds_url") if getattr(args, name, None)]
+    if given or args.unsafe_unpinned:
+        raise UsageError(f"--local takes the endpoint and its trust inputs from the local cluster; drop "
+                         f"{', '.join(given) or '--unsafe-unpinned'}", reason="verify_local_conflict")
+    cluster = local_cluster(require_running=False)
+    if not (cluster.manifest and cluster.ca_cert and cluster.owner_fingerprint):
+        raise ConclaveError("cluster_not_attested", "the local cluster has no attested endpoint "
+                            "(started with --network plain?)", exit_code=ExitCode.USAGE)
+    net = (state_mod.read() or {}).get("network") or {}
+    args.url, args.manifest, args.owner_fingerprint = cluster.front_url, Path(cluster.manifest), cluster.owner_fingerprint
+    args.sim_root = Path(cluster.sim_root) if cluster.sim_root else None
+    args.ca = Path(cluster.ca_cert)
+    emulators = net.get("emulators") or {}
+    if "pcs" in emulators:
+        args.pcs_url = emulators["pcs"]["url"]
+        args.pcs_root_crl_url = emulators["pcs"]["url"] + ROOT_CRL_PATH
+    if "kds" in emulators:
+        args.kds_url = emulators["kds"]["url"]
+
+
+def client_collateral(args):
+    """The client's own TDX/SNP collateral source (CollateralCache.collateral_for)."""
+    from conclave.runtime import config
+    from conclave.runtime.agent.verifier import VendorServices, collateral_cache
+    from conclave.runtime.cli.node import vendor_services
+    services = vendor_services(args)
+    # a client verifies now: a copy older than a minute is fetched again (the cache still bridges outages)
+    services = VendorServices(pcs=services.pcs, pcs_root_crl=services.pcs_root_crl, kds=services.kds,
+                              refresh_after_s=60.0)
+    return collateral_cache(config.cache_dir() / "collateral", services).collateral_for
+
+
 def _cmd_verify(args) -> int:
+    if args.local:
+        resolve_local(args)
+    elif not args.url or not args.manifest:
+        raise UsageError("conclave verify needs URL and --manifest (or --local)", reason="verify_target_missing")
     manifest = _manifest(args)
     outcome = verify_endpoint(args.url, manifest=manifest, trusted_roots=_roots(args), ca=args.ca,
                               timeout=args.timeout, unsafe_unpinned=args.unsafe_unpinned,
                               max_cached_age=(timedelta(seconds=args.max_cached_age)
-                                              if args.max_cached_age is not None else None))
+                                              if args.max_cached_age is not None else None),
+                              collateral_for=client_collateral(args))
     out = outcome.to_json()
     out["owner_pinned"] = manifest.owner_pinned
     if not manifest.owner_pinned:

@@ -135,7 +135,7 @@ def verify_endpoint(url: str, *, manifest: VerifiedManifest,
                     trusted_roots: Sequence[x509.Certificate] | None = None,
                     ca: Path | None = None, timeout: float = 30.0, at: datetime | None = None,
                     max_cached_age: timedelta | None = None,
-                    unsafe_unpinned: bool = False) -> EndpointVerification:
+                    unsafe_unpinned: bool = False, collateral_for=None) -> EndpointVerification:
     """Fresh nonce -> fetch on one TLS connection -> verify_bundle. Unreachable is a failure too.
 
     An unpinned manifest raises ManifestError `owner_not_pinned` before any connection unless
@@ -151,7 +151,8 @@ def verify_endpoint(url: str, *, manifest: VerifiedManifest,
         return EndpointVerification(result, None, nonce)
     result = verify_bundle(fetched.bundle, manifest=manifest, tls_spki_sha256=fetched.tls_spki_sha256,
                            nonce=nonce, at=at or datetime.now(timezone.utc),
-                           trusted_roots=trusted_roots, max_cached_age=max_cached_age)
+                           trusted_roots=trusted_roots, max_cached_age=max_cached_age,
+                           collateral_for=collateral_for)   # the client's own TDX/SNP collateral
     result.steps.insert(0, {"step": "endpoint.00.fetch", "ok": True})
     return EndpointVerification(result, fetched, nonce)
 

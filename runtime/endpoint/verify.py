@@ -20,12 +20,13 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cryptography import x509
 
 from conclave.runtime import attestation
 from conclave.runtime.attestation import binding as att_binding
+from conclave.runtime.attestation import collateral_merge
 from conclave.runtime.attestation.policy import validate
 from conclave.runtime.attestation.core import (AttestationError, MalformedEvidence, PolicyViolated,
                                                Reason, TeeType, VerifiedEvidence, claims_to_json)
@@ -92,6 +93,8 @@ class NodeResult:
     steps: list = field(default_factory=list)
     simulated: bool | None = None
     notes: list = field(default_factory=list)
+    revocation_checked: bool | None = None
+    collateral_age_s: float | None = None
 
     def fail(self, step: str, reason: str, message: str, *, exit_code: int | None = None) -> "NodeResult":
         self.steps.append({"step": f"{self.name}.{step}", "ok": False})
@@ -107,7 +110,8 @@ class NodeResult:
         return {"name": self.name, "role": self.role, "owner": self.owner, "tee": self.tee,
                 "freshness": self.freshness, "ok": self.ok, "reason": self.reason,
                 "error": self.message, "claims": self.claims, "violations": self.violations,
-                "steps": self.steps, "simulated": self.simulated, "notes": self.notes}
+                "steps": self.steps, "simulated": self.simulated, "notes": self.notes,
+                "revocation_checked": self.revocation_checked, "collateral_age_s": self.collateral_age_s}
 
 
 @dataclass
@@ -199,13 +203,18 @@ def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
 
 def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes | None,
                  roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
-                 collateral: object | None) -> VerifiedEvidence:
+                 collateral: object | None, collateral_for: Callable[[TeeType, bytes], object | None] | None = None,
+                 ) -> VerifiedEvidence:
+    """The client's own collateral first (given, else fetched by collateral_for); collateral carried
+    in the bundle only where it verifies and is fresher, piece by piece (collateral_merge)."""
     try:
         extra_certs = [x509.load_der_x509_certificate(c) for c in blob.certs]
     except ValueError:
         raise MalformedEvidence("a certificate shipped with the evidence is not DER") from None
-    if blob.collateral:
-        collateral = _load_collateral(tee, blob.collateral)
+    if collateral is None and collateral_for is not None and tee in (TeeType.TDX, TeeType.SNP):
+        collateral = collateral_for(tee, blob.data)
+    carried = _load_collateral(tee, blob.collateral) if blob.collateral else None
+    collateral = collateral_merge.merge(tee, collateral, carried, at=at, trusted_roots=roots)
     return attestation.verify_evidence(blob.data, tee=tee, at=at, certs=[*certs, *extra_certs],
                                        collateral=collateral, nonce=nonce, trusted_roots=roots)
 
@@ -250,7 +259,8 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
                 tls_spki_sha256: bytes, nonce: bytes, at: datetime,
                 trusted_roots: Sequence[x509.Certificate] | None,
                 vendor_roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
-                collateral: object | None, max_cached_age: timedelta | None) -> NodeResult:
+                collateral: object | None, max_cached_age: timedelta | None,
+                collateral_for: Callable[[TeeType, bytes], object | None] | None = None) -> NodeResult:
     r = NodeResult(entry.name, entry.role, entry.owner, entry.tee, entry.freshness)
     try:
         tee = TeeType(entry.tee)
@@ -261,8 +271,9 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
     # 01: parse + verify the CPU evidence (signatures, chains, validity at `at`)
     try:
         verified = _verify_blob(entry.evidence.cpu, tee, at=at, nonce=None, certs=certs,
-                                roots=trusted_roots if tee == TeeType.SIM else vendor_roots,
-                                collateral=collateral)
+                                roots=(trusted_roots if tee == TeeType.SIM else vendor_roots
+                                       if vendor_roots is not None else policy.test_roots.get(tee)),
+                                collateral=collateral, collateral_for=collateral_for)
     except AttestationError as exc:
         _record_steps(r, "", exc.steps)
         return r.fail("01.evidence", exc.reason, exc.message, exit_code=int(exc.exit_code))
@@ -270,6 +281,8 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
     r.claims = claims_to_json(verified.claims)
     r.simulated = verified.simulated
     r.notes = list(verified.notes)
+    r.revocation_checked = verified.revocation_checked
+    r.collateral_age_s = verified.collateral_age_s
     r.passed("01.evidence")
     # 02: the manifest's policy (collects every violation)
     try:
@@ -322,13 +335,17 @@ def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest:
                   vendor_roots: Sequence[x509.Certificate] | None = None,
                   certs: Sequence[x509.Certificate] = (),
                   collateral: Mapping[str, object] | None = None,
-                  max_cached_age: timedelta | None = None) -> BundleResult:
+                  max_cached_age: timedelta | None = None,
+                  collateral_for: Callable[[TeeType, bytes], object | None] | None = None) -> BundleResult:
     """Verify a bundle for this client's nonce and the TLS key observed on its connection.
 
     Never raises for a bad bundle: the result says ok/reason (and per-node results).
     trusted_roots: the simulated TEE root(s), used for sim evidence only (sim has no default root).
     vendor_roots: None = the embedded, fingerprint-pinned vendor roots (tests pass test CAs here).
     collateral: per node name, the format's collateral object (TDX/SNP), when the client has it.
+    collateral_for: the client's own collateral source for the rest (e.g. CollateralCache.collateral_for).
+    TDX/SNP evidence chains to the pinned vendor roots, or to the policy's unsafe_test_roots where the
+    owner-signed manifest names them (emulated hardware; production policies cannot).
     """
     if not isinstance(manifest, VerifiedManifest):
         raise TypeError("manifest must be a VerifiedManifest (DeploymentManifest.load)")
@@ -361,7 +378,8 @@ def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest:
     results = [_check_node(by_name[s.node], parsed, manifest=manifest, policy=policy,
                            tls_spki_sha256=bytes(tls_spki_sha256), nonce=bytes(nonce), at=at,
                            trusted_roots=trusted_roots, vendor_roots=vendor_roots, certs=certs,
-                           collateral=(collateral or {}).get(s.node), max_cached_age=max_cached_age)
+                           collateral=(collateral or {}).get(s.node), max_cached_age=max_cached_age,
+                           collateral_for=collateral_for)
                for s in ordered]
     first_bad = next((r for r in results if not r.ok), None)
     head = parsed.head.to_json()

@@ -8,6 +8,11 @@ Per-stage model keys: a secret named `model_key/<stage name>` (stage_key_name) i
 Besides the role check (the roles of MODEL_KEY), it is released only to the requester whose
 admitted node id IS that stage; any other node, or a caller that does not say who asks, is
 refused with `stage_not_allowed`. So no node ever receives another stage's shard key.
+
+Sender authentication: the releasing party signs each sealed secret (sign_secret: a node with
+its evidence-bound statement key, the model owner's broker with the key the manifest names), and
+the receiver opens only what verifies under the key it trusts for that sender (open_signed_secret),
+since anyone could seal a value to a node's public HPKE key.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Mapping
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.keys.hpke import HpkePrivateKey, HpkePublicKey, context_info, seal
 from conclave.runtime.keys.secret import SecretValue
+from conclave.runtime.keys.sender_auth import sign_release, verify_release
 
 SECRET_PURPOSE = "conclave/secret/v1"
 RAY_TOKEN = "ray_token"
@@ -91,3 +97,18 @@ class SecretsBroker:
 def open_secret(key: HpkePrivateKey, sealed: bytes, *, name: str, broker_wg: bytes,
                 requester_wg: bytes) -> SecretValue:
     return SecretValue(key.open(sealed, info=secret_info(name, broker_wg, requester_wg)))
+
+
+def sign_secret(private, sealed: bytes, *, name: str, broker_wg: bytes, requester_wg: bytes) -> bytes:
+    """The releasing party's Ed25519 signature over a sealed secret and its context."""
+    return sign_release(private, info=secret_info(name, broker_wg, requester_wg), sealed=sealed)
+
+
+def open_signed_secret(key: HpkePrivateKey, sealed: bytes, signature: bytes, *, name: str, broker_wg: bytes,
+                       requester_wg: bytes, sender_key: bytes) -> SecretValue:
+    """The secret, only if `sender_key` (the sender's attested statement key, or the broker key the
+    manifest names) signed it: raises sender_auth.ReleaseNotAuthenticated before opening
+    (secret_not_authenticated), or SealError if the blob does not open."""
+    info = secret_info(name, broker_wg, requester_wg)
+    verify_release(sender_key, info=info, sealed=sealed, signature=signature)
+    return SecretValue(key.open(sealed, info=info))

@@ -30,6 +30,10 @@ from conclave.runtime.local.network import ClusterAddress, ClusterContext, Host
 WIREGUARD_PORT = 51820
 ADMISSION_PORT = 51821
 RENDEZVOUS_PORT = 51822
+PCS_PORT = 51840          # the emulated Intel PCS / AMD KDS, on the model owner's host (emulated hardware)
+KDS_PORT = 51841
+EMULATOR_READY_TIMEOUT = 30.0
+LOCAL_COLLATERAL_REFRESH_S = 5.0   # verifiers fetch again this soon: revocation shows within a re-attestation
 MESH_TIMEOUT = 120.0
 PROBE_POLL = 1.0
 
@@ -61,6 +65,7 @@ class AttestedOverlayNetwork:
         self.context: ClusterContext | None = None
         self._rendezvous: dict | None = None     # {"pid", "head", "restarts"}
         self._broker: dict | None = None          # the model owner's key broker process
+        self._emulators: dict[str, dict] = {}      # "pcs" / "kds" -> {"pid", "url", "admin_socket", ...}
 
     # -- bring up ---------------------------------------------------------------------------------
     def bring_up(self, hosts: Sequence[Host], context: ClusterContext | None = None) -> dict[str, ClusterAddress]:
@@ -76,9 +81,12 @@ class AttestedOverlayNetwork:
         log.progress("trust: simulated TEE root, owner key and signed deployment manifest for this cluster")
         self.trust = local_trust.create(context.state_dir / f"local-{cid}", stages=stages,
                                         model_digest=context.model_digest, overlay_cidr=str(overlay),
-                                        rendezvous=[rendezvous], model_source=context.extra.get("model_source"))
+                                        rendezvous=[rendezvous], model_source=context.extra.get("model_source"),
+                                        tee=context.extra.get("tee", local_trust.DEFAULT_TEE_MODE))
         agents_dir = context.run_dir / "agents"
         agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.trust.tee_mode != "sim":
+            self._start_emulators((context.extra.get("broker") or {}).get("host"))
         self._start_rendezvous(head)
         if context.extra.get("broker"):
             self._start_broker(context.extra["broker"])
@@ -90,7 +98,7 @@ class AttestedOverlayNetwork:
             argv = [process.venv_bin("python"), "-m", "conclave.runtime", "node",
                     "--role", "head" if i == 0 else "worker", "--name", name, "--owner", local_trust.OWNER_LABEL,
                     "--manifest", str(self.trust.manifest_path), "--owner-fingerprint", self.trust.owner_fingerprint,
-                    "--evidence", "sim", "--sim-root", str(self.trust.root_pem_path), "--bundle-stdin",
+                    *self._evidence_args(name), "--bundle-stdin",
                     "--underlay-host", host.underlay_ip, "--overlay-cidr", str(overlay),
                     "--overlay-address", str(address), "--interface", ifname,
                     "--wg-port", str(WIREGUARD_PORT), "--admission-port", str(ADMISSION_PORT),
@@ -117,10 +125,70 @@ class AttestedOverlayNetwork:
         self._wait_meshed(len(hosts))
         return dict(self._addresses)
 
+    def _evidence_args(self, name: str) -> list[str]:
+        """How a node collects evidence and where its verifier gets collateral."""
+        if self.trust.tee_mode == "sim":
+            return ["--evidence", "sim", "--sim-root", str(self.trust.root_pem_path)]
+        return ["--evidence", "emulated", *self._collateral_args(),
+                "--collateral-dir", str(self.context.run_dir / "collateral" / name)]
+
+    def _collateral_args(self) -> list[str]:
+        """The emulated vendor services for a verifier (a node's or the broker's)."""
+        if not self._emulators:
+            return []
+        out = ["--collateral-refresh", str(LOCAL_COLLATERAL_REFRESH_S)]
+        if "pcs" in self._emulators:
+            from conclave.runtime.attestation.emulated.pcs_server import ROOT_CRL_PATH
+            url = self._emulators["pcs"]["url"]
+            out += ["--pcs-url", url, "--pcs-root-crl-url", url + ROOT_CRL_PATH]
+        if "kds" in self._emulators:
+            out += ["--kds-url", self._emulators["kds"]["url"]]
+        return out
+
+    def _bundle_identity(self, name: str) -> dict:
+        """The host's TEE identity for its stdin bundle: emulated TDX/SNP keys or the simulated attester."""
+        if self.trust.tee_mode == "sim":
+            return {"sim_attester": base64.b64encode(self.trust.attester(name).to_secret_bytes()).decode()}
+        return {"emulated_host": base64.b64encode(self.trust.host_identity(name)).decode()}
+
+    def _start_emulators(self, host: Host | None) -> None:
+        """The emulated Intel PCS and AMD KDS, each its own process on the model owner's host (the
+        nodes reach them over the underlay, as they would reach Intel's and AMD's services); their
+        vendor keys go over stdin, their admin controls are 0600 Unix sockets in the run folder."""
+        if host is None:
+            raise ConclaveError("emulator_host_missing", "emulated TEE hardware needs the model owner's host "
+                                "for the emulated vendor services", exit_code=ExitCode.RUNTIME)
+        folder = self.context.run_dir / "emulators"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for kind, port in (("pcs", PCS_PORT), ("kds", KDS_PORT)):
+            try:
+                state = self.trust.vendor_state(kind)
+            except KeyError:
+                continue   # no host of that vendor in this cluster
+            sock = folder / f"{kind}.sock"
+            argv = [process.venv_bin("python"), "-m", "conclave.runtime.attestation.emulated.service", kind,
+                    "--host", host.underlay_ip, "--port", str(port), "--admin-socket", str(sock)]
+            started = process.spawn(f"emulated-{kind}", argv, env=_agent_env(),
+                                    log_path=self.context.run_dir / "logs" / f"emulated-{kind}.log",
+                                    netns_name=host.netns, stdin_data=state)
+            del state
+            self.context.record(started)
+            self._emulators[kind] = {"pid": started.pid, "url": f"http://{host.underlay_ip}:{port}",
+                                     "admin_socket": str(sock), "host": host.name}
+        deadline = time.monotonic() + EMULATOR_READY_TIMEOUT
+        for kind, emu in self._emulators.items():
+            while not Path(emu["admin_socket"]).exists():
+                if not process.alive(emu["pid"]) or time.monotonic() > deadline:
+                    raise ConclaveError("emulator_failed", f"the emulated {kind} did not start:\n"
+                                        f"{_tail(self.context.run_dir / 'logs' / f'emulated-{kind}.log')}",
+                                        exit_code=ExitCode.RUNTIME)
+                time.sleep(0.2)
+            log.progress(f"emulated hardware: {kind.upper()} at {emu['url']} (admin {emu['admin_socket']})")
+
     def _spawn_agent(self, host_name: str) -> None:
-        """Start (or restart) a host's agent; its simulated attester goes over stdin, never argv."""
+        """Start (or restart) a host's agent; its TEE identity goes over stdin, never argv."""
         agent, host = self._agents[host_name], self._hosts[host_name]
-        payload = {"sim_attester": base64.b64encode(self.trust.attester(agent["name"]).to_secret_bytes()).decode()}
+        payload = self._bundle_identity(agent["name"])
         if agent["head"] and self.context.head_api_key:
             payload["api_key"] = self.context.head_api_key   # the head's front checks it itself (stdin, never argv)
         bundle = json.dumps(payload).encode()
@@ -148,7 +216,8 @@ class AttestedOverlayNetwork:
         argv = [process.venv_bin("python"), "-m", "conclave.runtime", "broker",
                 "--manifest", str(self.trust.manifest_path), "--owner-fingerprint", self.trust.owner_fingerprint,
                 "--key-dir", str(broker["key_dir"]), "--host", host.underlay_ip, "--port", str(broker["port"]),
-                "--sim-root", str(self.trust.root_pem_path)]
+                "--sim-root", str(self.trust.root_pem_path), *self._collateral_args(),
+                "--collateral-dir", str(self.context.run_dir / "collateral" / "broker")]
         started = process.spawn("broker", argv, env=_agent_env(),
                                 log_path=self.context.run_dir / "logs" / "broker.log", netns_name=host.netns)
         self._broker = {"pid": started.pid, "host": host.name, "underlay_ip": host.underlay_ip,
@@ -288,10 +357,12 @@ class AttestedOverlayNetwork:
         agent = self._agents.get(host_name, {})
         return {"node_id": agent.get("name"), "overlay_ip": agent.get("overlay_ip"),
                 "wg_ifname": agent.get("ifname"), "admission_port": ADMISSION_PORT, "wireguard_port": WIREGUARD_PORT,
+                "tee": self.trust.tees.get(agent.get("name")) if self.trust is not None and agent else None,
                 "agent_socket": str(agent.get("socket")) if agent else None}
 
     def describe(self) -> dict:
-        out = {"kind": self.kind, "encrypted": True, "attested": True, "tee": "sim",
+        out = {"kind": self.kind, "encrypted": True, "attested": True,
+               "tee": self.trust.tee_mode if self.trust is not None else None,
                "overlay_cidr": DEFAULT_OVERLAY_CIDR, "wireguard_port": WIREGUARD_PORT,
                "admission_port": ADMISSION_PORT, "rendezvous_port": RENDEZVOUS_PORT}
         rdv = self._rendezvous
@@ -302,7 +373,11 @@ class AttestedOverlayNetwork:
         if self.trust is not None:
             out.update({"manifest": str(self.trust.manifest_path), "sim_root": str(self.trust.root_pem_path),
                         "owner_fingerprint": self.trust.owner_fingerprint,
-                        "measurement": self.trust.measurement.hex(), "trust_dir": str(self.trust.folder)})
+                        "measurement": self.trust.measurement.hex(), "trust_dir": str(self.trust.folder),
+                        "test_roots_pem": (str(self.trust.test_roots_pem_path)
+                                           if self.trust.test_roots_pem_path is not None else None)})
+        if self._emulators:
+            out["emulators"] = {k: dict(v) for k, v in self._emulators.items()}
         return out
 
     def tear_down(self) -> None:
@@ -312,6 +387,8 @@ class AttestedOverlayNetwork:
         rdv = self._rendezvous
         if rdv is not None:
             process.stop_group(rdv["pid"])
+        for emu in self._emulators.values():
+            process.stop_group(emu["pid"])
         self._agents = {}
 
     def __repr__(self) -> str:

@@ -268,7 +268,8 @@ class Supervisor:
                               "--kv-cache-mb", str(st["kv_cache_mb"]), "--omp-bind", binds[i],
                               "--run-dir", str(Path(st["run_dir"]) / f"n{i}")]
                              + ([] if i == 0 else ["--model-manifest", st["model"]["manifest"]]))
-        return {"head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
+        return {"tee": st.get("tee") or "sim",   # a state without the field predates emulated hardware
+                "head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
                                    "--model-manifest", self.state["model"]["manifest"]],
                 "node_args": node_args}

@@ -1,4 +1,15 @@
-"""Trust material of one local confidential cluster: simulated TEE root, owner key, signed manifest.
+"""Trust material of one local confidential cluster: emulated TEE hardware (or the simulated TEE
+root), owner key, signed manifest.
+
+TEE modes (`conclave up --local --tee`): tdx, snp, mixed (default: TDX, SNP, TDX, ... by stage
+index) and sim. For tdx/snp/mixed the orchestrator plays Intel and AMD: it makes this cluster's
+TdxTestHierarchy / SnpTestHierarchy (emulated/), whose quotes and reports carry the "local image"
+measurement as MRTD / MEASUREMENT, and writes their roots to test-roots.pem. The roots reach the
+manifest's policy only as unsafe_test_roots (which production refuses); everything else in that
+policy is as strict as production: revocation must be checked, collateral is at most
+LOCAL_MAX_COLLATERAL_AGE_S old, TCB UpToDate, SNP minimum TCB, no debug, the local measurement.
+Hierarchy keys stay in this process's memory: each node gets its own host identity and each
+emulator its vendor state over stdin (host_identity / vendor_state).
 
 Why generated per cluster: local mode stands in for N CVMs of different owners. The simulated
 root plays the hardware vendor (it certifies each host's SimulatedAttester for the local image
@@ -12,16 +23,32 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from conclave.runtime.attestation.emulated import identity as emulated_identity
+from conclave.runtime.attestation.emulated.snp_issuer import DEFAULT_TCB, SnpImage, SnpTestHierarchy
+from conclave.runtime.attestation.emulated.tdx_issuer import TdImage, TdxTestHierarchy
 from conclave.runtime.attestation.sim import SimulatedAttester, SimulatedRoot
 from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.measure.engine import engine_digest
 
 OWNER_LABEL = "local"
+TEE_MODES = ("mixed", "tdx", "snp", "sim")
+DEFAULT_TEE_MODE = "mixed"
+SNP_PRODUCT = "genoa"
+LOCAL_MAX_COLLATERAL_AGE_S = 3600   # stricter than production's default: the emulators publish fresh copies
+
+
+def node_tees(mode: str, count: int) -> list[str]:
+    """The CPU TEE of each stage: mixed alternates TDX, SNP, TDX, ... by index."""
+    if mode not in TEE_MODES:
+        raise ValueError(f"TEE mode must be one of {', '.join(TEE_MODES)}")
+    if mode == "mixed":
+        return ["tdx" if i % 2 == 0 else "snp" for i in range(count)]
+    return [mode] * count
 
 
 def local_measurement() -> bytes:
@@ -45,6 +72,19 @@ def sim_policy(measurement: bytes) -> dict:
             "sim": {"measurement": [measurement.hex()]}}
 
 
+def emulated_policy(measurement: bytes, tees: Sequence[str], roots: dict[str, bytes]) -> dict:
+    """Production-strict except for unsafe_test_roots (the emulated vendors' roots, PEM per TEE)."""
+    allowed = sorted(set(tees))
+    policy: dict = {"production": False, "allowed_tee": allowed, "require_revocation_check": True,
+                    "max_collateral_age": LOCAL_MAX_COLLATERAL_AGE_S,
+                    "unsafe_test_roots": {tee: [roots[tee].decode()] for tee in allowed}}
+    if "tdx" in allowed:
+        policy["tdx"] = {"mr_td": [measurement.hex()]}
+    if "snp" in allowed:
+        policy["snp"] = {"measurement": [measurement.hex()], "min_tcb": dict(DEFAULT_TCB[SNP_PRODUCT])}
+    return policy
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -64,17 +104,39 @@ class LocalTrust:
     owner_fingerprint: str
     root_pem_path: Path
     root_key_path: Path
+    tee_mode: str = "sim"
+    tees: dict[str, str] = field(default_factory=dict)     # node name -> tdx | snp | sim
+    test_roots_pem_path: Path | None = None
+    tdx: TdxTestHierarchy | None = field(default=None, repr=False)
+    snp: SnpTestHierarchy | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
-        return f"LocalTrust(folder={self.folder}, manifest={self.manifest_path}, keys=<redacted>)"
+        return f"LocalTrust(folder={self.folder}, manifest={self.manifest_path}, tee={self.tee_mode}, keys=<redacted>)"
 
     def attester(self, node: str) -> SimulatedAttester:
         return self.root.issue_attester(node, measurement=self.measurement)
 
+    def host_identity(self, node: str) -> bytes:
+        """The node's emulated TEE identity with its private keys (for its stdin bundle only)."""
+        tee = self.tees.get(node)
+        hierarchy = self.tdx if tee == "tdx" else self.snp if tee == "snp" else None
+        if hierarchy is None:
+            raise KeyError(f"{node} has no emulated TEE")
+        return emulated_identity.host_secret_bytes(hierarchy.host(node))
+
+    def vendor_state(self, kind: str) -> bytes:
+        """The emulated PCS ("pcs") or KDS ("kds") state with the vendor keys (its stdin only)."""
+        hierarchy = self.tdx if kind == "pcs" else self.snp if kind == "kds" else None
+        if hierarchy is None:
+            raise KeyError(f"this cluster has no emulated {kind}")
+        return emulated_identity.vendor_secret_bytes(hierarchy)
+
 
 def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], model_digest: str,
-           overlay_cidr: str, rendezvous: Sequence[str], model_source: dict | None = None) -> LocalTrust:
-    """stages: (node name, role, (layer start, end)) in pipeline order."""
+           overlay_cidr: str, rendezvous: Sequence[str], model_source: dict | None = None,
+           tee: str = "sim") -> LocalTrust:
+    """stages: (node name, role, (layer start, end)) in pipeline order; tee: one of TEE_MODES."""
+    tees = dict(zip([node for node, _, _ in stages], node_tees(tee, len(stages))))
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     root = SimulatedRoot.generate()
@@ -86,15 +148,33 @@ def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], 
     owner_key_path = folder / "owner.key"
     owner = keys.generate_key_file(owner_key_path)
     os.chmod(owner_key_path, 0o600)
+    tdx = snp = None
+    test_roots_pem = None
+    policy = sim_policy(measurement)
+    if tee != "sim":
+        cluster = folder.name
+        roots: dict[str, bytes] = {}
+        if "tdx" in tees.values():
+            tdx = TdxTestHierarchy(cluster, image=TdImage(mr_td=measurement))
+            roots["tdx"] = tdx.root_pem
+        if "snp" in tees.values():
+            snp = SnpTestHierarchy(cluster, product=SNP_PRODUCT, image=SnpImage(measurement=measurement))
+            roots["snp"] = snp.root_pem
+        for node, kind in tees.items():   # every host's certificate exists before the vendors start
+            (tdx if kind == "tdx" else snp).host(node)
+        test_roots_pem = folder / "test-roots.pem"
+        _write(test_roots_pem, b"".join(roots.values()), 0o644)
+        policy = emulated_policy(measurement, list(tees.values()), roots)
     content = doc.build_content(
-        owner_public_key=keys.public_key_bytes(owner), policy=sim_policy(measurement), model_digest=model_digest,
+        owner_public_key=keys.public_key_bytes(owner), policy=policy, model_digest=model_digest,
         engine_digest=engine_digest(),
         stages=[doc.Stage(node, OWNER_LABEL, role, start, end) for node, role, (start, end) in stages],
         overlay_cidr=overlay_cidr, rendezvous=list(rendezvous), model_source=model_source)
     manifest_path = folder / "manifest.json"
     _write(manifest_path, doc.sign_content(content, owner), 0o644)
     return LocalTrust(folder, root, measurement, manifest_path, owner_key_path,
-                      keys.fingerprint(owner.public_key()), root_pem, root_key)
+                      keys.fingerprint(owner.public_key()), root_pem, root_key, tee_mode=tee, tees=tees,
+                      test_roots_pem_path=test_roots_pem, tdx=tdx, snp=snp)
 
 
 def load_root(folder: Path) -> SimulatedRoot:

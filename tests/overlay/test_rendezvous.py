@@ -1,4 +1,5 @@
-"""Rendezvous: an untrusted relay. Several can run; the client merges them and skips dead ones."""
+"""Rendezvous: an untrusted relay. Several can run; the client merges them and skips dead ones.
+Announcements are signed by the node's statement key; nobody else can displace its entry."""
 from __future__ import annotations
 
 import ipaddress
@@ -14,11 +15,21 @@ from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
 
 
+SIGNERS: dict[bytes, object] = {}   # statement key -> its private key (each test node's own)
+
+
 def ann(name: str, n: int) -> Announcement:
     ident = NodeIdentity.generate()
+    SIGNERS[ident.statement_public] = ident.statement_private
     return Announcement(node_id=name, owner="o", role=Role.WORKER, underlay_host=f"198.19.0.{n}",
                         admission_port=51821, wireguard_port=51820, wg_public_key=ident.wg_public,
-                        hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address(f"100.64.0.{n}"))
+                        hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address(f"100.64.0.{n}"),
+                        statement_key=ident.statement_public)
+
+
+def announce(client: RendezvousClient, a: Announcement) -> int:
+    """Announce as the node that owns a's statement key."""
+    return client.announce(a, SIGNERS[a.statement_key])
 
 
 def free_port() -> int:
@@ -57,9 +68,9 @@ def test_client_merges_several_and_skips_dead_ones(two_rendezvous):
     targets, _, _ = two_rendezvous
     dead = f"127.0.0.1:{free_port()}"
     a, b = ann("a", 1), ann("b", 2)
-    RendezvousClient([targets[0]]).announce(a)
-    RendezvousClient([targets[1]]).announce(b)
-    RendezvousClient(targets).announce(a)  # duplicates collapse
+    announce(RendezvousClient([targets[0]]), a)
+    announce(RendezvousClient([targets[1]]), b)
+    announce(RendezvousClient(targets), a)  # duplicates collapse
     client = RendezvousClient([*targets, dead])
     got = {x.node_id: x for x in client.list()}
     assert set(got) == {"a", "b"} and got["a"] == a and got["b"] == b
@@ -68,7 +79,7 @@ def test_client_merges_several_and_skips_dead_ones(two_rendezvous):
 
 def test_entries_expire(two_rendezvous):
     targets, services, clock = two_rendezvous
-    RendezvousClient([targets[0]]).announce(ann("a", 1))
+    announce(RendezvousClient([targets[0]]), ann("a", 1))
     clock.t += 31
     assert RendezvousClient([targets[0]]).list() == []
 
@@ -103,7 +114,77 @@ def test_forged_announcement_cannot_overwrite_a_real_one(two_rendezvous):
     real = ann("a", 1)
     forged = dataclasses.replace(real, hpke_public_key=NodeIdentity.generate().hpke_public, underlay_host="6.6.6.6")
     client = RendezvousClient([targets[0]])
-    client.announce(real)
-    client.announce(forged)
+    announce(client, real)
+    assert client.announce(forged, SIGNERS[real.statement_key]) == 1   # same key, new fields: its own update
     listed = client.list()
-    assert real in listed and forged in listed and len(listed) == 2
+    assert forged in listed and len(listed) == 1
+
+
+def _raw_announce(target: str, request: pb.AnnounceRequest) -> grpc.RpcError | None:
+    with rpc.channel(target) as ch:
+        try:
+            pb_grpc.RendezvousStub(ch).Announce(request, timeout=5)
+        except grpc.RpcError as exc:
+            return exc
+    return None
+
+
+def test_overwrite_attempt_leaves_the_real_entry_listed(two_rendezvous):
+    """Issue 16 hole 6: the same public triple with another endpoint, role or overlay address,
+    sent by someone without the node's statement key, never displaces the node's entry."""
+    import dataclasses
+    from conclave.overlay.rendezvous import signed_announcement
+    targets, _, _ = two_rendezvous
+    real = ann("victim", 1)
+    client = RendezvousClient([targets[0]])
+    assert announce(client, real) == 1
+    attacker = NodeIdentity.generate()
+    for attempt, change in enumerate(({"underlay_host": "6.6.6.6"}, {"role": Role.HEAD},
+                                      {"overlay_address": ipaddress.IPv4Address("100.64.0.66")}), start=1):
+        bogus = dataclasses.replace(real, **change)
+        # 1. unsigned, as before this fix
+        err = _raw_announce(targets[0], pb.AnnounceRequest(announcement=bogus.to_proto()))
+        assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details().startswith("announcement_unsigned")
+        # 2. the victim's statement key, signed by the attacker's key
+        err = _raw_announce(targets[0], signed_announcement(bogus, client.next_sequence() + 10, attacker.statement_private))
+        assert err is not None and err.details().startswith("announcement_signature_invalid")
+        # 3. the victim's real signature over its real fields, glued to the changed fields
+        genuine = signed_announcement(real, client.next_sequence() + 10, SIGNERS[real.statement_key])
+        glued = pb.AnnounceRequest(announcement=bogus.to_proto(), sequence=genuine.sequence,
+                                   signature=genuine.signature)
+        err = _raw_announce(targets[0], glued)
+        assert err is not None and err.details().startswith("announcement_signature_invalid")
+        # 4. the attacker's own statement key, correctly signed: an entry of its own, beside the real one
+        own = dataclasses.replace(bogus, statement_key=attacker.statement_public)
+        assert _raw_announce(targets[0], signed_announcement(own, attempt, attacker.statement_private)) is None
+        listed = client.list()
+        assert real in listed and own in listed
+    assert sum(1 for a in client.list() if a == real) == 1
+
+
+def test_replayed_older_announcement_is_stale(two_rendezvous):
+    """A captured earlier announcement (e.g. an old endpoint) cannot roll the entry back."""
+    import dataclasses
+    from conclave.overlay.rendezvous import signed_announcement
+    targets, _, _ = two_rendezvous
+    real = ann("a", 1)
+    signer = SIGNERS[real.statement_key]
+    old = signed_announcement(real, 100, signer)
+    moved = dataclasses.replace(real, underlay_host="198.19.0.9")
+    assert _raw_announce(targets[0], signed_announcement(moved, 200, signer)) is None
+    err = _raw_announce(targets[0], old)
+    assert err is not None and err.details().startswith("announcement_stale")
+    client = RendezvousClient([targets[0]])
+    assert client.list() == [moved]
+    assert client.announce(real, SIGNERS[real.statement_key]) == 1   # the node itself moves on (ms sequence)
+    assert client.list() == [real]
+
+
+def test_client_reports_the_rendezvous_reason(two_rendezvous):
+    targets, _, _ = two_rendezvous
+    real = ann("a", 1)
+    client = RendezvousClient([targets[0]])
+    assert client.announce(real, NodeIdentity.generate().statement_private) == 0
+    assert client.errors[targets[0]] == "announcement_signature_invalid"
+    assert client.list() == []

@@ -22,11 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def announcement(name: str) -> Announcement:
+def announcement(name: str) -> tuple[Announcement, NodeIdentity]:
     ident = NodeIdentity.generate()
     return Announcement(node_id=name, owner="o", role=Role.WORKER, underlay_host="198.19.0.7",
                         admission_port=51821, wireguard_port=51820, wg_public_key=ident.wg_public,
-                        hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address("100.64.0.7"))
+                        hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address("100.64.0.7"),
+                        statement_key=ident.statement_public), ident
 
 
 def rendezvous_cmd(*args: str) -> list[str]:
@@ -53,8 +54,8 @@ def test_serves_announcements_and_stops_cleanly_on_sigterm():
     try:
         wait_listening(proc, port)
         client = RendezvousClient([f"127.0.0.1:{port}"])
-        me = announcement("rdv-cli-n1")
-        assert client.announce(me) == 1, client.errors
+        me, ident = announcement("rdv-cli-n1")
+        assert client.announce(me, ident.statement_private) == 1, client.errors
         listed = client.list()
         assert [a.node_id for a in listed] == ["rdv-cli-n1"]
         assert listed[0].wg_public_key.raw == me.wg_public_key.raw

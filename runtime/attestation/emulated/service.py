@@ -1,0 +1,151 @@
+"""One emulated vendor service as its own process: the Intel PCS or the AMD KDS of one local cluster.
+
+    python -m conclave.runtime.attestation.emulated.service pcs|kds --host IP --port N --admin-socket PATH
+    (the vendor state, emulated/identity.vendor_secret_bytes, on stdin)
+
+Why a process of its own: the vendor is not part of any node; nodes reach it over the underlay
+like they would reach api.trustedservices.intel.com or kdsintf.amd.com, and a test can make it
+revoke, recover or go silent while the cluster runs. Vendor routes answer on --host:--port (see
+pcs_server / kds_server). The admin controls are on a 0600 Unix socket (root's filesystem, out
+of the nodes' reach over the network): one JSON request per connection, one JSON reply:
+  {"cmd": "status"}                         -> {"ok", "down", "revoked", "recoveries", "requests"}
+  {"cmd": "revoke" | "unrevoke", "host": NAME}
+  {"cmd": "tcb_recovery" | "tcb_restore"}   (PCS only; KDS answers reason "unsupported")
+  {"cmd": "down" | "up"}
+Replies to bad requests carry a stable `reason`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from pathlib import Path
+
+MAX_REQUEST = 4096
+
+
+def start_vendor(kind: str, state: bytes, host: str, port: int):
+    """The started EmulatedPcs / EmulatedKds over the vendor state."""
+    from conclave.runtime.attestation.emulated import identity
+    from conclave.runtime.attestation.emulated.kds_server import EmulatedKds
+    from conclave.runtime.attestation.emulated.pcs_server import EmulatedPcs
+    hierarchy = identity.vendor_from_secret_bytes(state)
+    if kind == "pcs" and isinstance(hierarchy, identity.ServedTdxHierarchy):
+        return EmulatedPcs(hierarchy, host, port).start()
+    if kind == "kds" and isinstance(hierarchy, identity.ServedSnpHierarchy):
+        return EmulatedKds(hierarchy, host, port).start()
+    raise ValueError(f"the vendor state is not for the emulated {kind}")
+
+
+def control(server, request: dict) -> dict:
+    """Apply one admin request to a running EmulatedPcs / EmulatedKds."""
+    h = server.hierarchy
+    cmd = request.get("cmd")
+    name = request.get("host")
+    if cmd == "status":
+        return {"ok": True, "down": server.down, "revoked": h.revoked_hosts(), "hosts": h.host_names(),
+                "recoveries": getattr(h, "recoveries", 0), "requests": len(server.requests)}
+    if cmd in ("revoke", "unrevoke"):
+        if name not in h.host_names():
+            return {"ok": False, "reason": "host_unknown"}
+        (h.revoke if cmd == "revoke" else h.unrevoke)(name)
+        return {"ok": True}
+    if cmd in ("tcb_recovery", "tcb_restore"):
+        if not hasattr(h, "withdraw_recoveries"):
+            return {"ok": False, "reason": "unsupported"}
+        (h.tcb_recovery if cmd == "tcb_recovery" else h.withdraw_recoveries)()
+        return {"ok": True}
+    if cmd in ("down", "up"):
+        server.set_down(cmd == "down")
+        return {"ok": True}
+    return {"ok": False, "reason": "command_unknown"}
+
+
+def serve_admin(server, path: Path) -> socketserver.ThreadingUnixStreamServer:
+    """The admin socket (0600) in a background thread."""
+    lock = threading.Lock()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            try:
+                request = json.loads(self.rfile.readline(MAX_REQUEST))
+                if not isinstance(request, dict):
+                    raise ValueError
+            except ValueError:
+                reply = {"ok": False, "reason": "request_malformed"}
+            else:
+                with lock:
+                    reply = control(server, request)
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o177)
+    try:
+        admin = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+    finally:
+        os.umask(old)
+    admin.daemon_threads = True
+    threading.Thread(target=admin.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                     name="emulated-vendor-admin").start()
+    return admin
+
+
+def request(path: Path | str, cmd: str, timeout: float = 10.0, **fields) -> dict:
+    """Send one admin request to an emulator's socket (tests, `conclave` tooling)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conclave.runtime.attestation.emulated.service")
+    p.add_argument("kind", choices=["pcs", "kds"])
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--admin-socket", type=Path, required=True)
+    args = p.parse_args(argv)
+    state = sys.stdin.buffer.read(1024 * 1024)
+    try:
+        server = start_vendor(args.kind, state, args.host, args.port)
+    except ValueError as exc:
+        print(f"conclave: emulated {args.kind}: {exc}", file=sys.stderr)
+        return 5
+    del state
+    admin = serve_admin(server, args.admin_socket)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"conclave: emulated {args.kind} on {server.base_url}, admin {args.admin_socket}", file=sys.stderr,
+          flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        admin.shutdown()
+        admin.server_close()
+        server.stop()
+        try:
+            args.admin_socket.unlink()
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
