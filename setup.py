@@ -15,6 +15,7 @@ for top in ("runtime", "overlay"):
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.pem", "*.der", "*.proto", "*.json", "*.yaml"]},
+    # *.html/*.js/*.css: the head's status page (runtime/serving/status_page/), served from the package
+    package_data={"": ["*.pem", "*.der", "*.proto", "*.json", "*.yaml", "*.html", "*.js", "*.css"]},
     include_package_data=True,
 )

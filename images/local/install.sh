@@ -41,7 +41,8 @@ if [ "${CONCLAVE_SKIP_APT:-0}" != "1" ]; then
         iproute2 iputils-ping procps psmisc kmod \
         wireguard-tools wireguard-go nftables tcpdump iperf3 \
         prometheus mkosi ovmf systemd \
-        cryptsetup-bin squashfs-tools mtools debian-archive-keyring dosfstools systemd-container gnupg
+        cryptsetup-bin squashfs-tools mtools debian-archive-keyring dosfstools systemd-container gnupg \
+        chromium
 fi
 
 PY="${PYTHON:-python3}"

@@ -13,6 +13,12 @@ Routes
     GET /v1/report                 the signed run report (RunReportState.signed()). No API key.
                                    503 report_incomplete until every stage has evidence and a shard.
     GET /v1/report/<sha256>        a run report a receipt points to (serving/receipts.py). No API key.
+    GET /status                    the live status page (serving/status_page/: HTML, script, stylesheet
+                                   from the package, strict CSP). No API key.
+    GET /v1/status.json            the public summary the page polls (serving/status_view.py): stages
+                                   with node, owner, TEE, GPUs, layers, evidence age, TCB status,
+                                   lifecycle state and last events; the front's own serving figures
+                                   (requests, tokens/s, TTFT: serving_stats.py). No API key.
                                    Every successful POST /v1/* carries a receipt signed by the report
                                    key: header Conclave-Receipt, or a final SSE event before [DONE].
     /v1/*, /health                 forwarded to the upstream vLLM server through the shared guard
@@ -107,13 +113,17 @@ from conclave.runtime.serving.api_guard import (DEFAULT_MAX_BODY, Abort, ApiGuar
                                                  openai_error, parse_upstream)
 from conclave.runtime.serving.front_report import ReportIncomplete, RunReportState
 from conclave.runtime.serving.loop_server import LoopServer
-from conclave.runtime.serving.receipts import (ARCHIVE_PATH_PREFIX, ReceiptGuard, ReceiptIssuer,
-                                               archived_report)
+from conclave.runtime.serving.observed_guard import ObservedGuard
+from conclave.runtime.serving.receipts import ARCHIVE_PATH_PREFIX, ReceiptIssuer, archived_report
+from conclave.runtime.serving.serving_stats import ServingStats
+from conclave.runtime.serving.status_page import StatusAssets
+from conclave.runtime.serving.status_view import NodeFacts, StatusBoard, agent_facts, build_status
 
 log = logging.getLogger("conclave.front")
 
 ATTESTATION_PATH = "/v1/attestation"
 REPORT_PATH = "/v1/report"
+STATUS_JSON_PATH = "/v1/status.json"
 UNGATED = frozenset({"/metrics"})           # operators still see metrics while a stage is missing
 ATTESTATION_ERROR_TYPE = "conclave_attestation_error"
 ATTESTATION_TIMEOUT = 60.0
@@ -134,8 +144,12 @@ class HeadFront(LoopServer):
         if report.manifest.digest != builder.manifest.digest:
             raise ValueError("the run report and the attestation bundle are for different manifests")
         self.receipts = ReceiptIssuer(report)    # every completion carries a signed receipt
-        self.guard = ReceiptGuard(receipts=self.receipts, upstream=upstream, api_key=api_key,
-                                  max_body=max_body, connect_timeout=connect_timeout)
+        self.stats = ServingStats()              # public figures for /status (no per-request data)
+        self.guard = ObservedGuard(stats=self.stats, receipts=self.receipts, upstream=upstream,
+                                   api_key=api_key, max_body=max_body, connect_timeout=connect_timeout)
+        self.status_board = StatusBoard(report.manifest)
+        self.status_assets = StatusAssets()
+        self.node_facts: NodeFacts | None = None   # head agent's TCB/lifecycle view (head_front_for_agent)
         self.builder = builder
         self.report = report
         self.identity = identity
@@ -161,6 +175,7 @@ class HeadFront(LoopServer):
                          *, collected_at=None) -> None:
         """A worker stage was admitted (or re-attested) by the head with this evidence and binding."""
         evidence = NodeEvidence.from_items(evidence_items)
+        was_admitted = name in self.builder.peer_names()
         self.builder.set_peer(name, evidence=evidence, wg_public_key=bytes(wg_public_key),
                               hpke_public_key=bytes(hpke_public_key), nonce=bytes(nonce),
                               extra=dict(extra or {}), collected_at=collected_at)
@@ -168,6 +183,8 @@ class HeadFront(LoopServer):
         with self._hook_lock:
             again = name in self._registered
             self._registered.add(name)
+        self.status_board.note_evidence(name, tee=evidence.tee, gpus=len(evidence.gpus), evidence_sha256=digest,
+                                        event="reattested" if was_admitted else "admitted", at=collected_at)
         if again:
             self.report.add_event(name, "ok", evidence_sha256=digest)
         log.info("front: stage %s %s", name, "re-attested" if again else "admitted")
@@ -179,6 +196,7 @@ class HeadFront(LoopServer):
         is_stage = self.report.manifest.stage_for(name) is not None
         if is_stage:
             self.report.add_event(name, "evicted", reason=str(reason) if reason else "evicted")
+            self.status_board.note_event(name, "evicted", str(reason) if reason else "evicted")
         log.warning("front: stage %s evicted (%s); serving refuses until it is re-admitted", name, reason)
         if self.require_all_stages and is_stage:
             why = str(reason) if reason else "evicted"
@@ -191,6 +209,8 @@ class HeadFront(LoopServer):
                       evidence_sha256: str | None = None) -> None:
         """Record a re-attestation round's outcome (no change to the served evidence)."""
         self.report.add_event(name, result, reason=reason, evidence_sha256=evidence_sha256)
+        if result != "ok":
+            self.status_board.note_event(name, result, reason)
 
     def agent_hook(self) -> "AgentAdmissionHook":
         return AgentAdmissionHook(self)
@@ -246,6 +266,20 @@ class HeadFront(LoopServer):
         return web.Response(body=data, content_type="application/json",
                             headers={"Cache-Control": "no-store"})
 
+    async def _status_json(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _get_only(request.path)
+        facts = None
+        if self.node_facts is not None:
+            try:
+                facts = self.node_facts()
+            except Exception as exc:  # the agent's view is optional: the page shows "-" without it
+                log.warning("front: node facts for /status unavailable: %s", type(exc).__name__)
+        body = build_status(manifest=self.report.manifest, head=self.builder.head_node, board=self.status_board,
+                            admitted=self.builder.peer_names(), missing=self.builder.missing_stages(),
+                            figures=self.stats.snapshot(), facts=facts)
+        return web.json_response(body, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
     def _stage_gate(self, path: str) -> web.Response | None:
         """Serving stops with a clear error while any manifest stage lacks admitted evidence."""
         if not self.require_all_stages or path in UNGATED:
@@ -260,8 +294,9 @@ class HeadFront(LoopServer):
     async def _route(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith(ARCHIVE_PATH_PREFIX) and not _bad_path(request.rel_url.raw_path):
             return await archived_report(self.receipts.archive, request)   # keyless, like /v1/report
-        return await self.guard.handle(request, gate=self._stage_gate,
-                                       local={ATTESTATION_PATH: self._attestation, REPORT_PATH: self._report})
+        local = {ATTESTATION_PATH: self._attestation, REPORT_PATH: self._report, STATUS_JSON_PATH: self._status_json}
+        local.update({path: self.status_assets.handle for path in self.status_assets.paths})
+        return await self.guard.handle(request, gate=self._stage_gate, local=local)
 
     # ------------------------------------------------------------------ lifecycle
     def make_app(self) -> web.Application:
@@ -275,7 +310,9 @@ class HeadFront(LoopServer):
         if not self.report.has_evidence(head):
             loop = asyncio.get_running_loop()
             evidence = await loop.run_in_executor(None, self.builder.attest_head, secrets.token_bytes(32))
-            self.report.record_evidence(head, tee=evidence.tee, evidence=evidence.cpu.data)
+            digest = self.report.record_evidence(head, tee=evidence.tee, evidence=evidence.cpu.data)
+            self.status_board.note_evidence(head, tee=evidence.tee, gpus=len(evidence.gpus),
+                                            evidence_sha256=digest, event=None)
         self._attest_slots = asyncio.Semaphore(MAX_CONCURRENT_ATTESTATIONS)
         await self.guard.open()
         ssl_ctx = self.identity.server_context()
@@ -344,4 +381,5 @@ def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, li
                       listen_host=listen_host, listen_port=listen_port, max_body=max_body,
                       require_all_stages=require_all_stages, api_key=api_key)
     agent.admission_hooks.append(front.agent_hook())
+    front.node_facts = lambda: agent_facts(agent)
     return front
