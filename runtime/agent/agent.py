@@ -43,7 +43,7 @@ from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import OverlayReason
 from conclave.overlay import stage_statement
 from conclave.overlay.reconcile import Reconciler, RemovePeer
-from conclave.overlay.rendezvous import RendezvousClient, RendezvousService
+from conclave.overlay.rendezvous import RendezvousClient, RendezvousService, announcement_key
 from conclave.runtime.agent.config import NodeConfig
 from conclave.runtime.agent.launcher import Launcher
 from conclave.runtime.agent.peers import PeerRecord, PeerState
@@ -51,8 +51,10 @@ from conclave.runtime.agent.state import AgentState, check_transition
 from conclave.runtime.agent.status import StatusServer
 from conclave.runtime.attestation.core import TeeType
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, open_secret, secret_purpose
+from conclave.runtime.keys.broker import (SecretRefused, SecretsBroker, open_signed_secret, secret_purpose,
+                                          sign_secret)
 from conclave.runtime.keys.hpke import SealError, seal
+from conclave.runtime.keys.sender_auth import ReleaseNotAuthenticated, sign_release
 from conclave.runtime.keys.secret import SecretValue
 from conclave.runtime.metrics import ConclaveMetrics, MetricsServer, serve_metrics
 
@@ -75,7 +77,7 @@ class NodeAgent:
         self.broker = SecretsBroker(cfg.secrets, cfg.allowed_roles) if cfg.secrets else None
         self.received_secrets: dict[str, tuple[SecretValue, str]] = {}
         self.secret_errors: dict[str, str] = {}
-        self.peers: dict[tuple[str, bytes, bytes], PeerRecord] = {}   # (node, wg, hpke)
+        self.peers: dict[tuple[str, bytes, bytes, bytes], PeerRecord] = {}   # announcement_key: node, wg, hpke, statement
         self.state = AgentState.BOOT
         self.metrics = ConclaveMetrics()   # this agent's own registry, served on the overlay address
         self._metrics_server: MetricsServer | None = None
@@ -466,7 +468,8 @@ class NodeAgent:
             try:
                 now = time.monotonic()
                 if now - self._last_announce >= t.announce_interval:
-                    if self._rendezvous.announce(self.me) and self.first_announce_wall is None:
+                    if self._rendezvous.announce(self.me, self.identity.statement_private) \
+                            and self.first_announce_wall is None:
                         self.first_announce_wall = time.time()
                     self._last_announce = now
                 before = len(self.peers)
@@ -483,7 +486,7 @@ class NodeAgent:
             for ann in announcements:
                 if ann.wg_public_key == self.identity.wg_public or ann.node_id == self.me.node_id:
                     continue
-                key = (ann.node_id, ann.wg_public_key.raw, ann.hpke_public_key.raw)
+                key = announcement_key(ann)   # a forgery beside the real announcement is a record of its own
                 rec = self.peers.get(key)
                 if rec is None:
                     if len(self.peers) >= MAX_RECORDS:
@@ -500,7 +503,7 @@ class NodeAgent:
         stale = sorted((r for r in self.peers.values() if r.state not in (PeerState.ADMITTED, PeerState.MESHED)),
                        key=lambda r: r.last_seen_mono)
         for rec in stale[: max(1, len(stale) // 4)]:
-            self.peers.pop((rec.node_id, rec.key.raw, rec.announcement.hpke_public_key.raw), None)
+            self.peers.pop(announcement_key(rec.announcement), None)
 
     def _submit(self, rec: PeerRecord, fn, *args) -> None:
         rec.in_flight = True
@@ -681,8 +684,16 @@ class NodeAgent:
             self._retry_soon(rec)  # typically NOT_ADMITTED: the leader has not admitted us yet
             return
         try:
-            psk = PresharedKey(self.identity.hpke_private.open(reply.sealed_psk,
-                                                               info=keyrelease.psk_info(leader, me)))
+            psk = keyrelease.open_signed_psk(self.identity.hpke_private, bytes(reply.sealed_psk),
+                                             bytes(reply.sender_signature), leader=leader, follower=me,
+                                             leader_statement_key=self._admitted_statement_key(rec))
+        except ReleaseNotAuthenticated:
+            with self._lock:
+                rec.event("key_release_failed", str(OverlayReason.PSK_NOT_AUTHENTICATED))
+            log.warning("peer %s: sealed PSK not signed by its attested statement key; refused", rec.node_id,
+                        extra={"reason": str(OverlayReason.PSK_NOT_AUTHENTICATED), "peer": rec.node_id})
+            self._retry_soon(rec)
+            return
         except (SealError, ValueError):
             with self._lock:
                 rec.event("key_release_failed", "unseal_failed")
@@ -738,11 +749,27 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ secrets (consumer side)
     def _wants_secrets_from(self, rec: PeerRecord) -> bool:
-        return (rec.announcement.role == Role.HEAD and not rec.secrets_fetched
+        return (self._is_secret_source(rec) and not rec.secrets_fetched
                 and any(n not in self.received_secrets for n in self.cfg.want_secrets))
+
+    def _is_secret_source(self, rec: PeerRecord) -> bool:
+        """Secrets come only from the head: the manifest's head stage (by node id, admitted with
+        role head) when the node booted from a manifest, else (bare test agents) any head."""
+        if rec.announcement.role != Role.HEAD:
+            return False
+        manifest = self.cfg.manifest
+        return manifest is None or rec.node_id == manifest.head.node
+
+    def _admitted_statement_key(self, rec: PeerRecord) -> bytes:
+        """The statement key bound into the peer's ADMITTED evidence (empty: none, or not admitted):
+        the only key whose signature makes a sealed PSK or secret from this peer acceptable."""
+        with self._lock:
+            admitted = rec.admitted
+            return admitted.announcement.statement_key if admitted is not None else b""
 
     def _fetch_secrets(self, rec: PeerRecord) -> None:
         me = self.identity.wg_public
+        complete = True   # False: a forged reply was refused; ask again soon instead of giving up
         for name in self.cfg.want_secrets:
             if name in self.received_secrets:
                 continue
@@ -760,14 +787,25 @@ class NodeAgent:
                 self.secret_errors[name] = reply.reason or pb.Status.Name(reply.status).lower()
                 continue
             try:
-                value = open_secret(self.identity.hpke_private, reply.sealed_secret, name=name,
-                                    broker_wg=rec.key.raw, requester_wg=me.raw)
+                value = open_signed_secret(self.identity.hpke_private, bytes(reply.sealed_secret),
+                                           bytes(reply.sender_signature), name=name, broker_wg=rec.key.raw,
+                                           requester_wg=me.raw, sender_key=self._admitted_statement_key(rec))
+            except ReleaseNotAuthenticated:
+                self.secret_errors[name] = str(OverlayReason.SECRET_NOT_AUTHENTICATED)
+                log.warning("secret %s from %s not signed by its attested statement key; refused", name,
+                            rec.node_id, extra={"reason": str(OverlayReason.SECRET_NOT_AUTHENTICATED),
+                                                "peer": rec.node_id})
+                complete = False
+                continue
             except (SealError, ValueError):
                 self.secret_errors[name] = "unseal_failed"
                 continue
             self.received_secrets[name] = (value, rec.node_id)
             self.secret_errors.pop(name, None)
             log.info("secret %s received from %s", name, rec.node_id)
+        if not complete:
+            self._retry_soon(rec)
+            return
         with self._lock:
             if rec.state == PeerState.MESHED:
                 rec.secrets_fetched = True
@@ -842,6 +880,17 @@ class NodeAgent:
         except ValueError:
             log.warning("secret name %r is not a metric label; release not counted", name)
         return pb.OK, sealed, ""
+
+    def sign_psk_release(self, requester: WgPublicKey, sealed: bytes) -> bytes:
+        """Our statement-key signature over a PSK we sealed for `requester` (we lead the pair): the
+        follower opens only a PSK its admitted leader signed (keyrelease.open_signed_psk)."""
+        return sign_release(self.identity.statement_private,
+                            info=keyrelease.psk_info(self.identity.wg_public, requester), sealed=sealed)
+
+    def sign_secret_release(self, requester: WgPublicKey, name: str, sealed: bytes) -> bytes:
+        """Our statement-key signature over secret `name` sealed for `requester` (broker.sign_secret)."""
+        return sign_secret(self.identity.statement_private, sealed, name=name,
+                           broker_wg=self.identity.wg_public.raw, requester_wg=requester.raw)
 
     # ------------------------------------------------------------------ device
     def desired(self):
