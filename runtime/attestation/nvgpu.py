@@ -23,9 +23,15 @@ Verification steps (numbered; cryptographic checks stop at the first failure):
                           and VBIOS RIM for each GPU's versions (rim_missing), every active
                           index equal to a golden value (rim_mismatch); claims then carry
                           rim_validated=True and the RIMs' digests
-With several devices each per-device step name carries "[i]". Revocation (NVIDIA OCSP) needs
-NVIDIA's online service and is not done here: the result says revocation_checked=False with a
-note, never pretends (a production policy refuses that: revocation_unchecked).
+  nvgpu.07.revocation     only with OCSP responses (nvgpu_collateral.NvgpuCollateral.ocsp, fetched
+                          by ocsp_fetch from NVIDIA's responder): every certificate of each device
+                          path except its per-boot leaf and the root, and of each selected RIM's
+                          signing path except the root, judged by ocsp.check_path; a revoked one
+                          fails (cert_revoked)
+With several devices each per-device step name carries "[i]". Without OCSP responses, or when a
+certificate's response is missing, unsigned, stale or "unknown", the result says
+revocation_checked=False and claims["revocation_unchecked"] names each such certificate and why;
+it never pretends (a production policy refuses that: revocation_unchecked).
 """
 from __future__ import annotations
 
@@ -50,7 +56,8 @@ from conclave.runtime.attestation.core import MalformedEvidence, Reason, StepLog
 from conclave.runtime.attestation.nvgpu_chain import (ChainError, arch_from_cert, device_id, leaf_fwid,
                                                       pinned_roots, select_leaf, dedupe, subject_serial,
                                                       verify_chain)
-from conclave.runtime.attestation import nvgpu_rim
+from conclave.runtime.attestation import nvgpu_rim, ocsp
+from conclave.runtime.attestation.nvgpu_collateral import NvgpuCollateral
 from conclave.runtime.attestation.nvgpu_spdm import (NONCE_LEN, SIGNATURE_LEN, SpdmEvidence, looks_like_spdm,
                                                      parse_spdm)
 
@@ -60,8 +67,8 @@ MAX_DEVICES = 64
 SWITCH_ARCHS = frozenset({"LS10"})
 # NUL-padded ASCII opaque fields (decoded as trustee/nvtrust do); the rest stay bytes in "opaque".
 _TEXT_OPAQUE = ("chip_sku", "chip_sku_mod", "project", "project_sku")
-REVOCATION_NOTE = ("revocation not checked: NVIDIA device certificates are checked for revocation "
-                   "only by NVIDIA's online OCSP service, which offline verification does not contact")
+REVOCATION_NOTE = ("revocation not checked: NVIDIA device and RIM certificates are checked for revocation "
+                   "only by NVIDIA's OCSP service, and no OCSP responses were given")
 RIM_NOTE = ("measurements not compared with NVIDIA RIM golden values (RIM service is online); "
             "compare them with the deployment policy")
 
@@ -309,10 +316,11 @@ def claims(parsed: ParsedNvgpu) -> dict[str, Any]:
 
 # --- collateral ----------------------------------------------------------------------------
 
-def load_collateral(path: Path) -> nvgpu_rim.RimSet:
-    """NVIDIA RIMs: one swidtag file, a directory of them, or a JSON bundle {"rims": [xml, ...]}
-    (the shape RIMs travel in next to the evidence). NVIDIA-signed, so untrusted transport is
-    fine; their signatures are checked in verify()."""
+def load_collateral(path: Path) -> nvgpu_rim.RimSet | NvgpuCollateral:
+    """NVIDIA RIMs: one swidtag file, a directory of them, or a JSON bundle
+    {"rims": [xml, ...], "ocsp": [base64 DER OCSP response, ...]} (either key; the shape this
+    collateral travels in next to the evidence). Vendor-signed, so untrusted transport is fine;
+    RIM signatures and OCSP responses are checked in verify()."""
     path = Path(path)
     if path.is_file():
         data = path.read_bytes()
@@ -321,21 +329,39 @@ def load_collateral(path: Path) -> nvgpu_rim.RimSet:
     return nvgpu_rim.load_rims([path])
 
 
-def rim_bundle_json(rims: Sequence[bytes]) -> bytes:
-    """The JSON bundle load_collateral reads: RIM XML documents as UTF-8 strings."""
-    return json.dumps({"rims": [bytes(r).decode("utf-8") for r in rims]}).encode()
+def rim_bundle_json(rims: Sequence[bytes], ocsp_responses: Sequence[bytes] = ()) -> bytes:
+    """The JSON bundle load_collateral reads: RIM XML documents as UTF-8 strings, OCSP
+    responses as base64 DER."""
+    doc: dict[str, list[str]] = {}
+    if rims:
+        doc["rims"] = [bytes(r).decode("utf-8") for r in rims]
+    if ocsp_responses:
+        doc["ocsp"] = [base64.b64encode(bytes(r)).decode("ascii") for r in ocsp_responses]
+    return json.dumps(doc).encode()
 
 
-def rim_bundle_from_json(data: bytes) -> nvgpu_rim.RimSet:
+def rim_bundle_from_json(data: bytes) -> nvgpu_rim.RimSet | NvgpuCollateral:
+    """A RimSet for a bundle of RIMs only; NvgpuCollateral when it carries OCSP responses."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise MalformedEvidence("RIM bundle is not JSON") from None
-    rims = doc.get("rims") if isinstance(doc, dict) else None
-    if not isinstance(rims, list) or not rims or not all(isinstance(r, str) for r in rims):
-        raise MalformedEvidence("RIM bundle must be {\"rims\": [XML strings]}")
-    return nvgpu_rim.RimSet(tuple(nvgpu_rim.parse_rim(r.encode("utf-8"), f"bundle[{i}]")
-                                  for i, r in enumerate(rims)))
+    if not isinstance(doc, dict) or not ({"rims", "ocsp"} & set(doc)) or set(doc) - {"rims", "ocsp"}:
+        raise MalformedEvidence("RIM bundle must be {\"rims\": [XML strings], \"ocsp\": [base64 DER]}")
+    rims = doc.get("rims")
+    rim_set = None
+    if rims is not None:
+        if not isinstance(rims, list) or not rims or not all(isinstance(r, str) for r in rims):
+            raise MalformedEvidence("RIM bundle must be {\"rims\": [XML strings]}")
+        rim_set = nvgpu_rim.RimSet(tuple(nvgpu_rim.parse_rim(r.encode("utf-8"), f"bundle[{i}]")
+                                         for i, r in enumerate(rims)))
+    if "ocsp" not in doc:
+        return rim_set
+    responses = doc["ocsp"]
+    if not isinstance(responses, list) or not responses or len(responses) > 64:
+        raise MalformedEvidence("RIM bundle 'ocsp' must be a list of 1..64 base64 DER responses")
+    ders = [_b64(r, f"bundle ocsp[{i}]") for i, r in enumerate(responses)]
+    return NvgpuCollateral(rims=rim_set, ocsp=ocsp.OcspResponses.of(ders))
 
 
 # --- verification --------------------------------------------------------------------------
@@ -367,8 +393,12 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
         raise TypeError("verify() takes the result of nvgpu.parse()")
     if at.tzinfo is None:
         raise ValueError("verification time must be timezone-aware (UTC)")
-    if collateral is not None and not isinstance(collateral, nvgpu_rim.RimSet):
-        raise VerificationFailed(Reason.UNSUPPORTED, "nvgpu collateral must be NVIDIA RIMs (nvgpu_rim.RimSet)")
+    try:
+        gathered = NvgpuCollateral.of(collateral)
+    except TypeError:
+        raise VerificationFailed(Reason.UNSUPPORTED,
+                                 "nvgpu collateral must be NVIDIA RIMs and/or OCSP responses") from None
+    rims = gathered.rims
     roots = tuple(trusted_roots) if trusted_roots is not None else pinned_roots()
     # --certs come from outside the evidence but are just as untrusted: same decoding,
     # same MalformedEvidence(malformed) as a corrupt certificate inside the evidence.
@@ -377,8 +407,9 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
     log.ok("nvgpu.01.parse")
     many = len(parsed.devices) > 1
     per_device: list[dict[str, Any]] = []
-    notes = [REVOCATION_NOTE] + ([] if collateral is not None else [RIM_NOTE])
+    notes = ([REVOCATION_NOTE] if gathered.ocsp is None else []) + ([] if rims is not None else [RIM_NOTE])
     leaves: list[x509.Certificate] = []
+    paths: list[list[x509.Certificate]] = []
     for i, device in enumerate(parsed.devices):
         tag = f"[{i}]" if many else ""
         step = f"nvgpu.02.cert_chain{tag}"
@@ -388,6 +419,7 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
             raise log.fail(step, exc.reason, f"device {i}: {exc.message}" if many else exc.message) from None
         log.ok(step)
         leaf = path[0]
+        paths.append(path)
 
         step = f"nvgpu.03.signature{tag}"
         problem = _verify_signature(device.spdm, leaf)
@@ -421,26 +453,57 @@ def verify(parsed: ParsedNvgpu, *, at: datetime, certs: Sequence[x509.Certificat
         log.ok("nvgpu.05.nonce")
     else:
         notes.append("nonce not compared (none expected was given): bind report_data with check_binding")
-    if collateral is not None:
-        _check_rims(log, parsed, leaves, per_device, collateral, at=at, rim_roots=rim_roots, many=many)
+    rim_paths: list[tuple[x509.Certificate, ...]] = []
+    if rims is not None:
+        rim_paths = _check_rims(log, parsed, leaves, per_device, rims, at=at, rim_roots=rim_roots, many=many)
+    revocation = _check_revocation(log, paths, rim_paths, gathered.ocsp, at=at)
+    unchecked = [f"{s.subject}: {s.why}" for s in revocation.unchecked]
+    if gathered.ocsp is not None and unchecked:
+        notes.append("revocation not checked for " + "; ".join(unchecked))
+    checked = gathered.ocsp is not None and revocation.checked
+    oldest = revocation.oldest_this_update if checked else None
     trailing = sum(d.spdm.trailing for d in parsed.devices)
     if trailing:
         notes.append(f"{trailing} unsigned byte(s) after the signature ignored")
+    bundle = _bundle_claims(per_device)
+    bundle["revocation_unchecked"] = unchecked
     return core.VerifiedEvidence(
-        tee=TEE, report_data=parsed.nonce, claims=_bundle_claims(per_device), verified_at=at,
-        simulated=False, steps=tuple(log.steps), tcb_status=None, revocation_checked=False,
-        notes=tuple(notes), _issuer=core._ISSUER)
+        tee=TEE, report_data=parsed.nonce, claims=bundle, verified_at=at,
+        simulated=False, steps=tuple(log.steps), tcb_status=None, revocation_checked=checked,
+        notes=tuple(notes), collateral_age_s=None if oldest is None else max(0.0, (at - oldest).total_seconds()),
+        _issuer=core._ISSUER)
+
+
+def _check_revocation(log: StepLog, paths: Sequence[Sequence[x509.Certificate]],
+                      rim_paths: Sequence[Sequence[x509.Certificate]], responses: ocsp.OcspResponses | None,
+                      *, at: datetime) -> ocsp.RevocationResult:
+    """Step nvgpu.07.revocation: OCSP status of the device paths (per-boot leaf skipped, as
+    NVIDIA's responder never knows it) and the selected RIMs' signing paths."""
+    given = responses if responses is not None else ocsp.OcspResponses()
+    result = ocsp.RevocationResult(())
+    for path in paths:
+        result += ocsp.check_path(path, given, at, skip_leaf=True)
+    for path in rim_paths:
+        result += ocsp.check_path(path, given, at, skip_leaf=False)
+    if result.revoked:
+        raise log.fail("nvgpu.07.revocation", Reason.CERT_REVOKED,
+                       "; ".join(f"{s.subject} is {s.why}" for s in result.revoked))
+    if responses is not None and result.checked:
+        log.ok("nvgpu.07.revocation")
+    return result
 
 
 def _check_rims(log: StepLog, parsed: ParsedNvgpu, leaves: list[x509.Certificate], per_device: list[dict],
-                rims: nvgpu_rim.RimSet, *, at: datetime, rim_roots, many: bool) -> None:
-    """Step nvgpu.06.rim: verify every RIM, select each GPU's driver and VBIOS RIM, compare."""
+                rims: nvgpu_rim.RimSet, *, at: datetime, rim_roots, many: bool) -> list[tuple[x509.Certificate, ...]]:
+    """Step nvgpu.06.rim: verify every RIM, select each GPU's driver and VBIOS RIM, compare.
+    Returns the signing paths of the selected RIMs (for the revocation step)."""
     step = "nvgpu.06.rim"
     try:
         verified = [nvgpu_rim.verify_rim(r, at=at, roots=rim_roots) for r in rims.rims]
     except VerificationFailed as exc:
         raise log.fail(step, Reason(exc.reason), exc.message) from None
     mismatches: list[nvgpu_rim.Mismatch] = []
+    used: dict[bytes, tuple[x509.Certificate, ...]] = {}
     for i, (device, leaf, claims_i) in enumerate(zip(parsed.devices, leaves, per_device)):
         spdm = device.spdm
         try:
@@ -451,6 +514,8 @@ def _check_rims(log: StepLog, parsed: ParsedNvgpu, leaves: list[x509.Certificate
         except VerificationFailed as exc:
             raise log.fail(step, Reason(exc.reason), f"device {i}: {exc.message}" if many else exc.message) from None
         mismatches.extend(found)
+        for rim in (chosen.driver, chosen.vbios):
+            used.setdefault(rim.raw, rim.signing_path)
         claims_i["rim_validated"] = not found
         claims_i["rim_driver_sha256"] = nvgpu_rim.rim_digest(chosen.driver)
         claims_i["rim_vbios_sha256"] = nvgpu_rim.rim_digest(chosen.vbios)
@@ -460,3 +525,4 @@ def _check_rims(log: StepLog, parsed: ParsedNvgpu, leaves: list[x509.Certificate
         raise nvgpu_rim.RimMismatch(mismatches, f"GPU measurement(s) {indices} differ from NVIDIA's RIM golden values",
                                     steps=log.steps)
     log.ok(step)
+    return list(used.values())

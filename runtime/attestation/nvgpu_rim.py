@@ -84,6 +84,8 @@ class Rim:
     measurements: tuple[RimMeasurement, ...]
     keyinfo_certs: tuple[x509.Certificate, ...]
     verified: bool = False
+    # the checked signing path (signer first, RIM root last); set by verify_rim, for OCSP
+    signing_path: tuple[x509.Certificate, ...] = ()
 
     @property
     def active(self) -> Mapping[int, RimMeasurement]:
@@ -285,7 +287,7 @@ def verify_rim(rim: Rim, *, at: datetime, roots: Sequence[x509.Certificate] | No
         raise VerificationFailed(Reason.RIM_INVALID, f"RIM {rim.label}: signed identity differs from the document")
     return Rim(raw=rim.raw, label=rim.label, kind=_kind(version, rim.label), version=version, product=product,
                tag_id=tag_id, measurements=_measurements(signed, rim.label), keyinfo_certs=rim.keyinfo_certs,
-               verified=True)
+               verified=True, signing_path=tuple(path))
 
 
 # --- selection and comparison --------------------------------------------------------------

@@ -9,7 +9,7 @@ caller passes it explicitly as `rim_roots`; nothing here is used by production v
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Mapping
 
@@ -52,6 +52,8 @@ class TestRimAuthority:
     root: x509.Certificate
     chain: tuple[x509.Certificate, ...]  # L4 signer first, root last (as NVIDIA's KeyInfo)
     signer_key: ec.EllipticCurvePrivateKey
+    # keys of chain[1:] (L3, CA, root): what an emulated OCSP responder signs with for this chain
+    ca_keys: tuple[ec.EllipticCurvePrivateKey, ...] = field(default=(), repr=False)
 
     @classmethod
     def generate(cls, *, now: datetime | None = None, signer_days: int = 730) -> "TestRimAuthority":
@@ -66,7 +68,7 @@ class TestRimAuthority:
         l3 = _cert(names[2], keys[2], names[1], keys[1], ca=True, not_before=start, not_after=far)
         l4 = _cert(names[3], keys[3], names[2], keys[2], ca=False, not_before=start,
                    not_after=start + timedelta(days=signer_days))
-        return cls(root=root, chain=(l4, l3, ca, root), signer_key=keys[3])
+        return cls(root=root, chain=(l4, l3, ca, root), signer_key=keys[3], ca_keys=(keys[2], keys[1], keys[0]))
 
     def sign_rim(self, *, version: str, golden: Mapping[int, tuple[bytes, ...] | bytes],
                  product: str = "GH100", inactive: Mapping[int, bytes] | None = None) -> bytes:

@@ -76,7 +76,10 @@ IDENTITY_FIELDS = {TeeType.TDX: TDX_IDENTITY_FIELDS, TeeType.SNP: SNP_IDENTITY_F
                    TeeType.SIM: SIM_IDENTITY_FIELDS, TeeType.NVGPU: NVGPU_IDENTITY_FIELDS}
 DEFAULT_SNP_VMPLS = (0,)
 # TEEs whose evidence carries vendor revocation and dated collateral (CRLs, TCB info).
-TEES_WITH_REVOCATION = frozenset({TeeType.TDX, TeeType.SNP})
+TEES_WITH_REVOCATION = frozenset({TeeType.TDX, TeeType.SNP, TeeType.NVGPU})
+# TEEs whose verification always uses dated collateral; for the others (nvgpu: OCSP responses,
+# each bounded by its nextUpdate) the age limit applies to the collateral when some was used.
+TEES_WITH_DATED_COLLATERAL = frozenset({TeeType.TDX, TeeType.SNP})
 DEFAULT_MAX_COLLATERAL_AGE_S = 30 * 24 * 3600   # Intel's TCB info window
 GRACE_STATUSES = ("OutOfDate", "OutOfDateConfigurationNeeded")
 NO_SERVICE_TD = "00" * 48
@@ -128,8 +131,9 @@ POLICY_JSON_SCHEMA: dict = {
                                  "description": "Default [UpToDate]. Revoked is never accepted."},
         "require_revocation_check": {
             "type": "boolean",
-            "description": "Refuse TDX/SNP evidence whose certificate revocation was not checked "
-                           "(revocation_unchecked). Always on in production; opt-in elsewhere."},
+            "description": "Refuse TDX/SNP/NVIDIA GPU evidence whose certificate revocation was not "
+                           "checked (CRLs; NVIDIA OCSP for GPUs) (revocation_unchecked). Always on in "
+                           "production; opt-in elsewhere."},
         "max_collateral_age": {
             "type": "integer", "minimum": 1,
             "description": "Seconds: refuse TDX/SNP evidence verified with collateral (TCB info, QE "
@@ -563,10 +567,12 @@ def _check_revocation_and_age(out: _Collector, verified: VerifiedEvidence, polic
     if tee not in TEES_WITH_REVOCATION:
         return
     if policy.require_revocation_check and not verified.revocation_checked:
+        unchecked = verified.claims.get("revocation_unchecked")  # nvgpu: each certificate and why
+        detail = f": {'; '.join(unchecked)}" if unchecked else " (collateral without CRLs, or none)"
         out.add(Reason.REVOCATION_UNCHECKED, "require_revocation_check",
-                "certificate revocation was not checked (collateral without CRLs, or none)", True, False)
+                f"certificate revocation was not checked{detail}", True, False)
     limit = policy.max_collateral_age
-    if limit is None:
+    if limit is None or (tee not in TEES_WITH_DATED_COLLATERAL and verified.collateral_age_s is None):
         return
     age = verified.collateral_age_s
     if age is None:

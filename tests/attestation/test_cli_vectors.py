@@ -149,14 +149,25 @@ CASES = [
     # --- NVIDIA GPU
     Case("nvgpu-h100", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE), tee="nvgpu"),
+    # Offline, NVIDIA's OCSP responder cannot be asked about the sample's chain: a non-production
+    # policy accepts it, a production policy refuses it (revocation_unchecked, as for CPU TEEs).
     Case("nvgpu-h100-policy", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE),
+         policy={"production": False, "allowed_tee": ["nvgpu"],
+                 "nvgpu": {"measurements": {"2": ["@measurements.2"], "3": ["@measurements.3"]},
+                           "driver_versions": ["550.90.07"], "vbios_versions": ["@vbios_version"]}}),
+    Case("nvgpu-h100-production-revocation-unchecked", f"{H100}/evidence.bin",
+         ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE), code=4, reason="revocation_unchecked",
          policy={"production": True, "allowed_tee": ["nvgpu"],
                  "nvgpu": {"measurements": {"2": ["@measurements.2"], "3": ["@measurements.3"]},
                            "driver_versions": ["550.90.07"], "vbios_versions": ["@vbios_version"]}}),
+    Case("nvgpu-h100-opt-in-revocation-unchecked", f"{H100}/evidence.bin",
+         ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE), code=4, reason="revocation_unchecked",
+         policy={"production": False, "require_revocation_check": True, "allowed_tee": ["nvgpu"],
+                 "nvgpu": {"measurements": {"2": ["@measurements.2"]}}}),
     Case("nvgpu-h100-policy-old-driver", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--nonce", H100_NONCE), code=4, reason="measurement_mismatch",
-         policy={"production": True, "allowed_tee": ["nvgpu"],
+         policy={"production": False, "allowed_tee": ["nvgpu"],
                  "nvgpu": {"measurements": {"2": ["@measurements.2"]}, "driver_versions": ["535.86.10"]}}),
     Case("nvgpu-h100-report-data", f"{H100}/evidence.bin",
          ("--certs", f"{H100}/cert_chain.pem", "--report-data", H100_NONCE)),
@@ -306,3 +317,21 @@ def test_vcek_tampered_chain(capsys, vectors_dir: Path, tmp_path: Path):
                               "--certs", vcek, str(vectors_dir / "snp/virtee-sev-milan-v2/ask_ark_milan.pem"),
                               "--at", "2024-01-01T00:00:00Z"])
     assert code in (2, 5) and obj["ok"] is False
+
+
+def test_nvgpu_production_refusal_names_the_unchecked_certificates(capsys, vectors_dir: Path, tmp_path: Path):
+    """The refusal says which certificates of the GPU chain could not be checked: every one
+    between the per-boot leaf (never known to NVIDIA's responder) and the root."""
+    sample = vectors_dir / H100
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"production": True, "allowed_tee": ["nvgpu"],
+                                      "nvgpu": {"driver_versions": ["550.90.07"], "require_rim": True}}))
+    code, obj = _run(capsys, ["attest", "verify", str(sample / "evidence.bin"), "--certs",
+                              str(sample / "cert_chain.pem"), "--nonce", H100_NONCE, "--policy", str(policy)])
+    assert code == 4
+    reasons = [v["reason"] for v in obj["violations"]]
+    assert reasons == ["rim_missing", "revocation_unchecked"]
+    unchecked = obj["claims"]["revocation_unchecked"]
+    assert len(unchecked) == 3 and all("no OCSP response was available" in u for u in unchecked)
+    assert any("GSP BROM" in u for u in unchecked) and not any("FMC LF" in u for u in unchecked)
+    assert "GSP BROM" in obj["violations"][1]["message"]
