@@ -330,6 +330,7 @@ def _build_local(*args: str, env_extra: dict | None = None) -> subprocess.Comple
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.image  # runs images/cvm/build-local.sh (root, loop devices, mkosi)
 def test_build_local_refuses_bad_owner_and_repo_outdir(tmp_path, require_root):
     bad = _build_local(str(tmp_path / "o"), "NOT-HEX")
     assert bad.returncode == 1 and "OWNER_FINGERPRINT" in bad.stderr
@@ -338,6 +339,7 @@ def test_build_local_refuses_bad_owner_and_repo_outdir(tmp_path, require_root):
     assert not (ROOT / "images" / "cvm" / "mkosi.output").exists()
 
 
+@pytest.mark.image  # runs images/cvm/build-local.sh (root, loop devices, mkosi)
 def test_build_local_production_refuses_unpinned_lock(tmp_path, require_root):
     result = _build_local(str(tmp_path / "o"), OWNER,
                           env_extra={"CONCLAVE_IMAGE_VARIANT": "production"})
@@ -381,6 +383,7 @@ def _build_bounded(out: Path) -> None:
     assert proc.returncode == 0, stderr[-4000:]
 
 
+@pytest.mark.image  # runs images/cvm/build-local.sh (root, loop devices, mkosi)
 def test_mkosi_builds_the_recipe_check_image(require_root):
     """The whole recipe, built for real: GPT with squashfs root + verity, UKI carrying the
     image's roothash= and conclave.owner=, the agent as the only service; then the SEV-SNP

@@ -100,6 +100,7 @@ def test_prometheus_scrapes_conclave_and_vllm_metrics(metrics_process):
                       model_name="smollm2") == 5
 
 
+@pytest.mark.netns
 def test_prometheus_inside_a_network_namespace(require_root):
     """The harness' netns mode (used by tests/confidential in the head's namespace): Prometheus
     and the target both live on 127.0.0.1 of a namespace this test creates and deletes."""

@@ -14,6 +14,8 @@ import pytest
 
 from overlay_hosts import LocalHosts, meshed_with, peer
 
+pytestmark = pytest.mark.netns  # builds hosts in network namespaces with wireguard-go
+
 HOSTS = ("h0", "h1", "h2")
 LIVENESS_INTERVAL, LIVENESS_TIMEOUT = 1.0, 5.0
 RECONCILE = 1.0

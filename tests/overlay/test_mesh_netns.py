@@ -23,6 +23,8 @@ from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from overlay_hosts import ADMISSION_PORT, METRICS_PORT, RENDEZVOUS_PORT, LocalHosts, meshed_with, peer
 
+pytestmark = pytest.mark.netns  # builds hosts in network namespaces with wireguard-go
+
 GOOD = ("h0", "h1", "h2")
 REATTEST = 2.0
 RECONCILE = 1.0

@@ -16,6 +16,8 @@ from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from overlay_hosts import ADMISSION_PORT, METRICS_PORT, LocalHosts
 
+pytestmark = pytest.mark.netns  # builds hosts in network namespaces with wireguard-go
+
 HONEST = ("h0", "h1")
 ROGUES = {"rk": "report_data_mismatch", "rr": "nonce_replayed", "rm": "measurement_mismatch"}
 
