@@ -34,6 +34,7 @@ challenge and keep the mesh. Expected: 0 crashes, 0 hangs, 0 oracle violations; 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
 from conclave.overlay import keyrelease, rpc
@@ -60,7 +62,7 @@ from conclave.overlay.liveness import PROOF_LEN, TOKEN_LEN, new_token, ping_proo
 from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.reasons import OverlayReason
-from conclave.overlay.rendezvous import RendezvousService
+from conclave.overlay.rendezvous import RendezvousService, signed_announcement
 from conclave.runtime.agent.agent import NodeAgent
 from conclave.runtime.agent.config import NodeConfig, Timing
 from conclave.runtime.agent.service import NodeService
@@ -338,9 +340,12 @@ class AdmissionFuzzer:
             return pb.SecretRequest(requester_wg_public_key=m.worker.identity.wg_public.raw,
                                     name=rng.choice(("ray_token", "model_key")))
         if target == "announce":
-            ann = m.worker.me.to_proto()
-            ann.node_id = f"fz-{rng.randrange(10**6)}"
-            return pb.AnnounceRequest(announcement=ann)
+            # the relay keys entries by statement key and takes only signed announcements: a fresh
+            # key per request, signed as an agent signs its own
+            signer = ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+            ann = dataclasses.replace(m.worker.me, node_id=f"fz-{rng.randrange(10**6)}",
+                                      statement_key=signer.public_key().public_bytes_raw())
+            return signed_announcement(ann, 1, signer)
         if target == "admit":
             nonce = self.nonces.issue(m.worker.me.node_id)
             return m.worker.handle_attest(nonce)

@@ -27,9 +27,11 @@ FUZZ = settings(max_examples=2500, deadline=timedelta(seconds=5), database=None,
 
 
 @FUZZ
-@given(target=st.sampled_from(TARGETS), rnd=st.randoms(use_true_random=False))
-def test_mutated_requests_end_in_designed_outcomes(fuzz_mesh, target, rnd):
-    fuzz_mesh.rng = rnd
+@given(target=st.sampled_from(TARGETS), rng_seed=st.integers(min_value=0, max_value=2**64 - 1))
+def test_mutated_requests_end_in_designed_outcomes(fuzz_mesh, target, rng_seed):
+    # one drawn seed, not st.randoms(): how many values a case draws depends on the live mesh (a PSK
+    # release may or may not succeed), which Hypothesis reports as FlakyStrategyDefinition
+    fuzz_mesh.rng = random.Random(rng_seed)
     outcome = fuzz_mesh.run_case(target)
     assert outcome
 
