@@ -382,7 +382,8 @@ def _stage_runner(args, cfg, agent, api_key: str | None):
     cores = os.cpu_count() or 1
     spec = StageSpec(
         name=me.node, index=index, stages=len(stages), role=me.role, layers=(me.layer_start, me.layer_end),
-        layer_counts=tuple(s.layer_end - s.layer_start for s in ordered), model_path=args.model or args.shard_mount,
+        layer_counts=tuple(s.layer_end - s.layer_start for s in ordered), stage_order=tuple(s.node for s in ordered),
+        model_path=args.model or args.shard_mount,
         model_manifest=model_manifest, served_name=args.served_name, dtype=dtype, max_model_len=args.max_model_len,
         kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
         run_dir=args.run_dir or (env_config.state_dir() / f"node-{cfg.node_name}"),

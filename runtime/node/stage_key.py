@@ -16,8 +16,10 @@ class StageKeyRefused(ConclaveError):
     exit_code = ExitCode.POLICY_VIOLATED
 
 
-def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes) -> SecretValue:
-    """Stage `me.node_id`'s shard key from the broker at `target` (HOST:PORT); raises
+def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes,
+                    enrolment: bytes = b"") -> SecretValue:
+    """Stage `me.node_id`'s shard key from the broker at `target` (HOST:PORT), presenting our
+    owner's enrolment (the broker refuses without one: owner_not_enrolled); raises
     StageKeyRefused with the broker's reason, or ConclaveError(broker_unreachable)."""
     channel = rpc.channel(target)
     try:
@@ -27,7 +29,7 @@ def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes
             if challenge.status != pb.OK:
                 raise StageKeyRefused(challenge.reason or "broker_refused", f"the key broker refused the challenge")
             reply = answer_challenge(me=me, source=source, manifest_digest=manifest_digest,
-                                     nonce=bytes(challenge.nonce))
+                                     nonce=bytes(challenge.nonce), enrolment=enrolment)
             answer = stub.ReleaseStageKey(pb.StageKeyRequest(attestation=reply), timeout=TIMEOUT)
         except Exception as exc:
             import grpc

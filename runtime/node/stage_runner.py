@@ -30,6 +30,7 @@ from pathlib import Path
 from conclave.runtime import log as clog
 from conclave.runtime.errors import ConclaveError
 from conclave.runtime.node.lifecycle import LifecycleReason, NodeState, StageView, stage_problems
+from conclave.runtime.node.vllm_stage_order import ENV as STAGE_ORDER_ENV
 from conclave.runtime.node import engine as engine_mod
 from conclave.runtime.node import process
 from conclave.runtime.node import ray_cluster
@@ -56,7 +57,8 @@ class StageSpec:
     stages: int
     role: str
     layers: tuple[int, int]
-    layer_counts: tuple[int, ...]          # per stage, in manifest order (VLLM_PP_LAYER_PARTITION)
+    layer_counts: tuple[int, ...]          # per stage, in pipeline order (VLLM_PP_LAYER_PARTITION)
+    stage_order: tuple[str, ...] = ()      # stage (node) names in pipeline order
     model_path: Path
     model_manifest: dict = field(repr=False)
     served_name: str = "smollm2"
@@ -204,7 +206,8 @@ class StageRunner:
         agent = self.agent
         try:
             secret = fetch_stage_key(s.model_source["broker"], me=agent.me, identity=agent.identity,
-                                     source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest)
+                                     source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest,
+                                     enrolment=agent.enrolment)
             clog.progress(f"model: the broker released the shard key of stage {s.name}")
             if s.mount_shard_tmpfs:
                 _mount_private_tmpfs(s.shard_mount)
@@ -386,6 +389,11 @@ class StageRunner:
         clog.progress(f"engine: launching vLLM OpenAI server, pipeline_parallel_size={spec.stages}, {mode}")
         env = engine_mod.engine_env(spec, self.address, self.spec.api_key)
         env["RAY_AUTH_TOKEN"] = token.hex()
+        ips = self._stage_ips()
+        if ips is None:
+            clog.progress("engine: a stage's overlay address is unknown; not launching")
+            return
+        env[STAGE_ORDER_ENV] = ",".join(ips)   # pipeline rank k on stage k's node (vllm_stage_order)
         argv = engine_mod.engine_argv(spec, self.address, bind_host="127.0.0.1")
         started = process.spawn("engine", argv, env=env, log_path=self.logs / "engine.log", netns_name=None)
         del env
@@ -396,6 +404,17 @@ class StageRunner:
             self._engine_log_offset = (self.logs / "engine.log").stat().st_size
         except OSError:
             self._engine_log_offset = 0
+
+    def _stage_ips(self) -> list[str] | None:
+        """Overlay addresses of the stages in pipeline order: ours and the meshed peers' (admitted:
+        the address is bound into each peer's evidence)."""
+        peers = {p["node_id"]: p["overlay_address"] for p in self.agent.status().get("peers", [])
+                 if p.get("state") == "meshed"}
+        peers[self.spec.name] = self.address.ip
+        order = self.spec.stage_order or (self.spec.name,)
+        if any(name not in peers for name in order):
+            return None
+        return [peers[name] for name in order]
 
     def _stop_engine(self, why: str) -> None:
         if self.engine_pid is None:

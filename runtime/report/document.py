@@ -72,17 +72,27 @@ class StageRecord:
     tee: str
     evidence_sha256: str   # SHA-256 of the evidence bytes the node was admitted with
     shard_sha256: str      # digest of the model shard the stage loaded (from the model manifest)
+    # the stage's own signed statement of its shard ({"body", "signature"}, b64), by the statement key
+    # its evidence binds (overlay/stage_statement.py); None where the head has none (yet)
+    shard_statement: dict | None = None
 
     def to_json(self) -> dict:
-        return {"node": self.node, "owner": self.owner, "role": self.role,
-                "layers": [self.layer_start, self.layer_end], "tee": self.tee,
-                "evidence_sha256": self.evidence_sha256, "shard_sha256": self.shard_sha256}
+        out = {"node": self.node, "owner": self.owner, "role": self.role,
+               "layers": [self.layer_start, self.layer_end], "tee": self.tee,
+               "evidence_sha256": self.evidence_sha256, "shard_sha256": self.shard_sha256}
+        if self.shard_statement is not None:
+            out["shard_statement"] = dict(self.shard_statement)
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, i: int) -> "StageRecord":
         want = {"node", "owner", "role", "layers", "tee", "evidence_sha256", "shard_sha256"}
-        if not isinstance(obj, dict) or set(obj) != want:
-            raise _bad(f"stages[{i}] must have exactly {', '.join(sorted(want))}")
+        if not isinstance(obj, dict) or set(obj) - {"shard_statement"} != want:
+            raise _bad(f"stages[{i}] must have exactly {', '.join(sorted(want))} (and optionally shard_statement)")
+        statement = obj.get("shard_statement")
+        if statement is not None and (not isinstance(statement, dict) or set(statement) != {"body", "signature"}
+                                      or not all(isinstance(v, str) for v in statement.values())):
+            raise _bad(f"stages[{i}].shard_statement must be {{body, signature}} (base64)")
         layers = obj["layers"]
         if (not isinstance(layers, list) or len(layers) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
@@ -95,7 +105,31 @@ class StageRecord:
             raise _bad(f"stages[{i}].role must be head or worker")
         return cls(obj["node"], obj["owner"], obj["role"], layers[0], layers[1], obj["tee"],
                    _hex64(obj["evidence_sha256"], f"stages[{i}].evidence_sha256"),
-                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"))
+                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"), statement)
+
+
+def check_stage_statements(report: "RunReport", statement_keys: Mapping[str, bytes]) -> list[str]:
+    """Each stage's shard statement against the statement key its evidence binds (statement_keys:
+    node -> 32-byte key, e.g. from the attestation bundle's binding extras): signed by that key,
+    naming that stage and the report's shard digest. Returns the stages whose statement is missing
+    or wrong (empty: every stage signed the shard the report lists)."""
+    from conclave.overlay import stage_statement
+    bad = []
+    for s in report.stages:
+        key = statement_keys.get(s.node)
+        if s.shard_statement is None or not key:
+            bad.append(s.node)
+            continue
+        try:
+            value = stage_statement.verify(key, keys.unb64(s.shard_statement["body"], "body"),
+                                           keys.unb64(s.shard_statement["signature"], "signature", length=64))
+        except (stage_statement.StatementInvalid, ValueError):
+            bad.append(s.node)
+            continue
+        shard = value.get("shard") or {}
+        if value.get("stage") != s.node or shard.get("digest") != s.shard_sha256 or shard.get("verified") is not True:
+            bad.append(s.node)
+    return bad
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,16 @@ class AgentAdmissionHook:
                                     ann.hpke_public_key.raw, bytes(nonce), ann.binding_extra(),
                                     collected_at=datetime.now(timezone.utc))
 
+    def on_statement(self, node_id: str, body: bytes, signature: bytes) -> None:
+        """A stage's signed statement (verified by the agent under the key its evidence binds, or the
+        head's own): the run report carries it and lists the shard digest that stage signed."""
+        if self.front.report.manifest.stage_for(node_id) is None:
+            return
+        try:
+            self.front.report.set_shard_statement(node_id, body, signature)
+        except (ValueError, KeyError) as exc:
+            log.warning("front: stage statement of %s not usable: %s", node_id, exc)
+
     def on_evicted(self, node_id: str, reason: str | None = None) -> None:
         stage = self.front.report.manifest.stage_for(node_id)
         if stage is None or stage.role == "head":

@@ -12,6 +12,7 @@ model.manifest.verify_layer_range), so anyone holding the model manifest can rec
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -61,6 +62,7 @@ class RunReportState:
         self._started_at = rfc3339(started_at or datetime.now(timezone.utc))
         self._evidence: dict[str, tuple[str, str]] = {}   # node -> (tee, evidence sha256 hex)
         self._shards: dict[str, str] = {}
+        self._statements: dict[str, dict] = {}   # node -> its signed shard statement (b64 body, signature)
         self._events: deque[ReattestationEvent] = deque(maxlen=MAX_EVENTS)
         self._dropped_events = 0
         self._lock = threading.Lock()
@@ -103,6 +105,19 @@ class RunReportState:
             raise ValueError("shard digest must be 64 lowercase hex characters")
         with self._lock:
             self._shards[node] = shard_sha256
+
+    def set_shard_statement(self, node: str, body: bytes, signature: bytes) -> None:
+        """The stage's own signed statement (verified by the agent against the statement key bound in
+        that stage's evidence): the report carries it and takes the shard digest from it."""
+        self._stage(node)
+        value = json.loads(body)
+        shard = value.get("shard") or {}
+        if value.get("stage") != node or not shard.get("verified") or not _is_hex64(shard.get("digest") or ""):
+            return
+        with self._lock:
+            self._shards[node] = shard["digest"]
+            self._statements[node] = {"body": base64.b64encode(body).decode(),
+                                      "signature": base64.b64encode(signature).decode()}
 
     def set_shards_from_model_manifest(self, model_manifest: Mapping) -> None:
         """Every stage's shard digest from the model manifest the stages verified their layers
@@ -156,7 +171,7 @@ class RunReportState:
         with self._lock:
             records = tuple(StageRecord(s.node, s.owner, s.role, s.layer_start, s.layer_end,
                                         self._evidence[s.node][0], self._evidence[s.node][1],
-                                        self._shards[s.node])
+                                        self._shards[s.node], self._statements.get(s.node))
                             for s in self._manifest.stages)
             events = tuple(self._events)
         return RunReport(self._manifest.digest.hex(), self._manifest.engine_digest,

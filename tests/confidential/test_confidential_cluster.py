@@ -56,8 +56,17 @@ def test_status_describes_the_confidential_cluster(ccluster):
         assert node["overlay_ip"].startswith("100.64.") and node["admission_port"] == ADMISSION
         assert node["cluster_ip"] == node["overlay_ip"]      # Ray, gloo and vLLM run on the overlay
         assert node["shard_verified"] is True
+        shard = node["shard"]   # sealed per stage, unsealed and verified by the node itself
+        assert shard["sealed"] is True and shard["verified"] is True and shard["layers"] == node["layers"]
+        assert len(shard["key_id"]) == 32 and len(shard["digest"]) == 64
+        assert node["state"] == ("serving" if node["role"] == "head" else "ray_joined"), node.get("lifecycle")
         addrs = in_netns(node["netns"], ["ip", "-4", "-o", "addr", "show", node["wg_ifname"]]).stdout
         assert node["overlay_ip"] in addrs
+    keys = [n["shard"]["key_id"] for n in status["nodes"]]
+    assert len(set(keys)) == len(keys), "one key per stage"
+    layout = json.loads((Path(status["model"]["sealed"]["shards"]) / "stages.json").read_text())
+    assert [s["digest"] for s in layout["stages"]] == [n["shard"]["digest"] for n in status["nodes"]]
+    assert [s["key_id"] for s in layout["stages"]] == keys
     engine = Path(f"/proc/{status['engine_pid']}/cmdline").read_bytes().split(b"\0")
     assert engine[engine.index(b"--host") + 1] == b"127.0.0.1"   # vLLM only behind the head's TLS front
     owner_key = Path(status["network"]["trust_dir"]) / "owner.key"
@@ -307,3 +316,62 @@ def test_front_requires_the_api_key_beyond_health(ccluster):
         assert get(path, None) == 401 and get(path, "wrong") == 401 and get(path, ccluster.api_key) == 200, path
     assert get("/health", None) == 200
     assert get("/invocations", ccluster.api_key) == 404 and get("/tokenize", None) == 401
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_each_host_runs_its_own_ray_and_the_head_its_engine(ccluster):
+    """Every host is a bare `conclave node`: its Ray node (and on the head, vLLM) is that node's child,
+    not the local orchestrator's; the orchestrator only started the node processes."""
+    status = json.loads(harness.cli(["status", "--json"], ccluster.env).stdout)
+    groups = {g["name"]: int(g["pid"]) for g in state_of(ccluster)["groups"]}
+    for node in status["nodes"]:
+        node_pid = groups[f"agent-{node['name']}"]
+        cmdline = Path(f"/proc/{node_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"node" in cmdline and b"--allow-launch" not in cmdline   # nobody launches on its behalf
+        assert _parent(int(node["ray_pid"])) == node_pid, node
+        assert b"ray" in Path(f"/proc/{node['ray_pid']}/cmdline").read_bytes()
+    assert _parent(int(status["engine_pid"])) == groups[f"agent-{status['nodes'][0]['name']}"]
+    assert status["orchestrator_pid"] and status["orchestrator_pid"] not in {
+        _parent(int(n["ray_pid"])) for n in status["nodes"]}
+
+
+def test_stage_statements_are_signed_by_each_worker(ccluster):
+    """The head learns each worker's shard result from a statement the worker signed with the key its
+    evidence binds (Ping replies); what the head holds names that worker's stage and shard digest."""
+    status = json.loads(harness.cli(["status", "--json"], ccluster.env).stdout)
+    head = agent_status(status["nodes"][0]["agent_socket"])
+    for node in status["nodes"][1:]:
+        meshed = [p for p in head["peers"] if p["node_id"] == node["node_id"] and p["state"] == "meshed"]
+        assert meshed, node["node_id"]
+        statement = meshed[0]["stage_statement"]
+        assert statement and statement["stage"] == node["node_id"], meshed[0]
+        assert statement["shard"]["digest"] == node["shard"]["digest"] and statement["shard"]["verified"] is True
+        assert statement["wg_public_key"] == meshed[0]["wg_public_key"]
+
+
+def test_run_report_lists_each_stage_shard_as_that_stage_signed_it(ccluster):
+    """/v1/report carries every worker's shard statement, signed by the statement key that worker's
+    evidence binds (its entry in /v1/attestation); the head's own stage is covered by the report's
+    signature (the head's attested report key)."""
+    import httpx
+    from conclave.runtime.endpoint.bundle import parse_bundle
+    from conclave.runtime.report.document import check_stage_statements, verify_report
+    root = ccluster.base_url.rsplit("/v1", 1)[0]
+    bundle = parse_bundle(httpx.get(root + "/v1/attestation", params={"nonce": os.urandom(32).hex()},
+                                    timeout=60, verify=ccluster.verify).json())
+    report = verify_report(httpx.get(root + "/v1/report", timeout=30, verify=ccluster.verify).content).report
+    workers = [n for n in bundle.nodes if n.role == "worker"]
+    keys = {n.name: n.inputs.extra.get("statement_key") for n in workers}
+    assert workers and all(len(k or b"") == 32 for k in keys.values()), keys
+    worker_report = type(report)(report.manifest_digest, report.engine_digest, report.model_digest,
+                                 report.started_at, tuple(s for s in report.stages if s.role == "worker"))
+    assert check_stage_statements(worker_report, keys) == []
+    status = json.loads(harness.cli(["status", "--json"], ccluster.env).stdout)
+    digests = {n["node_id"]: n["shard"]["digest"] for n in status["nodes"]}
+    assert {s.node: s.shard_sha256 for s in report.stages} == digests
+    other = next(iter(keys))                   # a statement checked under another stage's key fails
+    swapped = {name: keys[other] for name in keys}
+    assert check_stage_statements(worker_report, swapped) == [n for n in keys if n != other]

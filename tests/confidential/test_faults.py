@@ -174,3 +174,60 @@ def test_worker_host_killed_mid_stream_errors_fast_then_serving_resumes(ccluster
                        "--sim-root", st["network"]["sim_root"], "--ca", st["ca_cert"], "--json"],
                       ccluster.env, check=False)
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+
+
+# -- a stage whose sealed shard was tampered with -------------------------------------------------------------------
+def _kill_host(node: dict) -> None:
+    from conclave.runtime.node import process
+    for pid in process.pids_in_netns(node["netns"]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_corrupted_shard_stops_that_node_and_the_engine_never_starts(ccluster):
+    """A host rebooting onto a tampered sealed shard refuses to go on (model_shard_mismatch), and the head
+    does not start the engine without that stage; once the shard is intact again it serves again."""
+    st = cluster_status(ccluster)
+    node = st["nodes"][2]
+    recoveries = st["health"]["recoveries"]
+    blobs = sorted((Path(st["model"]["sealed"]["shards"]) / "stage-2" / "blobs").glob("*.cse"),
+                   key=lambda p: p.stat().st_size)
+    blob = blobs[-1]                      # the stage's weights
+    original = blob.read_bytes()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0x01
+    blob.write_bytes(bytes(tampered))
+    try:
+        _kill_host(node)
+        bad = wait_until(lambda: (n := cluster_status(ccluster)["nodes"][2]).get("lifecycle")
+                         and n["lifecycle"].get("shard_error") and n, 180, "the host refuses its tampered shard",
+                         interval=2.0)
+        assert bad["state"] == "degraded" and "model_shard_mismatch" in bad["lifecycle"]["shard_error"], bad
+        assert bad["shard"]["verified"] is False
+        time.sleep(15)                    # long enough for the head to have started an engine if it would
+        head = cluster_status(ccluster)["nodes"][0]["lifecycle"]
+        assert head["state"] != "serving" and head["engine"]["pid"] is None, head
+        assert any(r["reason"] in ("stage_shard_unverified", "stage_not_meshed") for r in head["reasons"]), head
+        assert public_health(ccluster) == 503
+    finally:
+        blob.write_bytes(original)
+    _kill_host(cluster_status(ccluster)["nodes"][2])   # reboot onto the intact shard
+    wait_serving(ccluster, recoveries + 1)
+
+
+# -- the local orchestrator dies: the nodes keep serving and heal themselves (run last) ---------------------------
+def test_orchestrator_killed_nodes_keep_serving_and_restart_their_engine(ccluster):
+    st = cluster_status(ccluster)
+    orchestrator = int(st["orchestrator_pid"])
+    recoveries = st["health"]["recoveries"]
+    os.kill(orchestrator, signal.SIGKILL)
+    wait_until(lambda: not cluster_status(ccluster)["running"], 30, "the orchestrator is gone", interval=1.0)
+    assert "Paris" in harness.chat_answer(ccluster)          # the published port is its own process
+    engine = int(cluster_status(ccluster)["engine_pid"])
+    os.kill(engine, signal.SIGKILL)                          # the head brings its vLLM server back by itself
+    wait_until(lambda: (e := cluster_status(ccluster)["engine_pid"]) and int(e) != engine, 60,
+               "the head started a new engine", interval=2.0)
+    st = wait_serving(ccluster, recoveries + 1)
+    assert not st["running"] and st["health"]["status"] == "ok"
