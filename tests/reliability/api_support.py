@@ -135,6 +135,8 @@ class Stream(threading.Thread):
                     if "error" in event:
                         self.outcome, self.error = "error_event", event["error"]
                         return
+                    if not event.get("choices"):   # the head's receipt event (choices == []) before [DONE]
+                        continue
                     self.text += event["choices"][0]["text"]
                     self.chunks += 1
                     if self.chunks >= CHUNKS_BEFORE_FAULT:
