@@ -14,6 +14,8 @@ Order (bundle-level checks stop at the first failure; then every node is checked
                           nonce == client's; cached: age limit when the evidence dates itself
     <node>.04.binding     REPORT_DATA == H(manifest digest, keys, nonce, extra) -> report_data_mismatch
     <node>.05.gpuN        each GPU's evidence, for gpu_nonce_for(REPORT_DATA), then the policy
+    <node>.06.gpus        the stage's GPU requirement (manifest stages[i].gpus), the same check as
+                          admission's  -> gpu_missing / gpu_cc_off / gpu_model_not_allowed
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from cryptography import x509
 
 from conclave.runtime import attestation
 from conclave.runtime.attestation import binding as att_binding
-from conclave.runtime.attestation import collateral_merge
+from conclave.runtime.attestation import collateral_merge, nvgpu_requirement
 from conclave.runtime.attestation.policy import validate
 from conclave.runtime.attestation.core import (AttestationError, MalformedEvidence, PolicyViolated,
                                                Reason, TeeType, VerifiedEvidence, claims_to_json)
@@ -310,6 +312,7 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
     r.passed("04.binding")
     # 05: each GPU: verified for the nonce derived from this REPORT_DATA, then the policy
     gpu_nonce = att_binding.gpu_nonce_for(expected)
+    gpus: list[VerifiedEvidence] = []
     for i, blob in enumerate(entry.evidence.gpus):
         step = f"05.gpu{i}"
         try:
@@ -324,7 +327,16 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
         except AttestationError as exc:
             _record_steps(r, f"gpu{i}.", exc.steps)
             return r.fail(step, exc.reason, f"GPU {i}: {exc.message}", exit_code=int(exc.exit_code))
+        gpus.append(gpu)
         r.passed(step)
+    # 06: the GPUs this node's stage requires (as admission checks them)
+    stage = manifest.stage_for(entry.name)
+    unmet = nvgpu_requirement.check_gpus(stage.gpus if stage is not None else None, gpus)
+    if unmet:
+        r.violations = [v.to_json() for v in unmet]
+        return r.fail("06.gpus", unmet[0].reason, "; ".join(v.message for v in unmet),
+                      exit_code=int(ExitCode.POLICY_VIOLATED))
+    r.passed("06.gpus")
     r.ok, r.reason, r.message, r.exit_code = True, None, None, 0
     return r
 
