@@ -92,6 +92,7 @@ def test_usage_errors_exit_1(dirs):
 
 
 @pytest.mark.netns
+@pytest.mark.cluster  # runs `conclave up --local` (hosts, overlay, admission) until the shard check stops it
 @pytest.mark.timeout(600)
 def test_tampered_shard_stops_the_start_and_leaves_nothing(dirs, capsys, require_root):
     """A stage whose layers do not match the manifest stops `conclave up` (exit 2,
