@@ -5,6 +5,10 @@ Verifier side, in order, failing closed at the first problem:
  2. the attested identity is the one we challenged    -> identity_mismatch
  3. the echoed nonce is ours, fresh, unused, for them -> nonce_replayed / nonce_expired / nonce_unknown
  4. overlay address inside the deployment's CIDR      -> overlay_address_out_of_range
+ 4b. the claim to a stage (when the verifier has the manifest): the node id is a stage, the role
+    is that stage's, and the reply carries that stage owner's enrolment of exactly the announced
+    keys for this manifest (runtime/manifest/enrolment.py)
+                                                      -> stage_unknown / role_mismatch / owner_not_enrolled
  5. TEE type allowed, simulated only if allowed       -> tee_not_allowed / simulated_not_allowed
  6. parse + verify the evidence (vendor or sim roots) -> the attestation Reason (chain, signature, ...)
  7. binding: REPORT_DATA commits to manifest, both public keys, nonce, role, name, address
@@ -35,6 +39,7 @@ from conclave.runtime.attestation import binding, collateral_merge, nvgpu_requir
 from conclave.runtime.attestation.core import (AttestationError, PolicyViolated, Reason, TeeType,
                                                VerifiedEvidence)
 from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.manifest import enrolment as enrolment_mod
 
 log = logging.getLogger("conclave.overlay.admission")
 
@@ -63,6 +68,9 @@ class AdmittedPeer:
     simulated: bool
     verified_at: datetime
     claims_summary: dict = field(default_factory=dict)
+    # the proven stage claim (owner, validity); None only where the verifier has no manifest, or
+    # for our own self-check before the owner enrolled us
+    stage_proof: enrolment_mod.ProvenStage | None = None
 
 
 def report_data_for(manifest_digest: bytes, ann: Announcement, nonce: bytes) -> bytes:
@@ -72,16 +80,22 @@ def report_data_for(manifest_digest: bytes, ann: Announcement, nonce: bytes) -> 
                                    extra=ann.binding_extra())
 
 
+def node_keys_of(ann: Announcement) -> enrolment_mod.NodeKeys:
+    """The per-boot public keys of an announcement, as an enrolment covers them."""
+    return enrolment_mod.NodeKeys(ann.wg_public_key.raw, ann.hpke_public_key.raw, ann.statement_key)
+
+
 def answer_challenge(*, me: Announcement, source: EvidenceSource, manifest_digest: bytes,
-                     nonce: bytes) -> pb.AttestReply:
-    """The prover side: evidence over REPORT_DATA binding our keys and the verifier's nonce."""
+                     nonce: bytes, enrolment: bytes = b"") -> pb.AttestReply:
+    """The prover side: evidence over REPORT_DATA binding our keys and the verifier's nonce, with
+    our owner's enrolment of those keys (empty until the owner enrolled this boot)."""
     if len(nonce) != NONCE_LEN:
         raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "nonce must be 32 bytes")
     rd = report_data_for(manifest_digest, me, nonce)
     items = source.collect(rd)
     return pb.AttestReply(identity=me.to_proto(), nonce=nonce, evidence=[
         pb.EvidenceItem(tee=str(i.tee), data=i.data, certs=list(i.certs), collateral=i.collateral)
-        for i in items])
+        for i in items], enrolment=enrolment)
 
 
 def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
@@ -97,8 +111,12 @@ class Verifier:
                  trusted_roots: Mapping[TeeType, Sequence[x509.Certificate]] | None = None,
                  gpu_requirement_for: Callable[[str], nvgpu_requirement.GpuRequirement | None] | None = None,
                  gpu_roots: Sequence[x509.Certificate] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 manifest=None):
         self.policy = policy
+        # the VerifiedManifest whose stages and owners a node's claim is checked against (step 4b);
+        # every node, broker and client passes it; None only for tests of evidence alone
+        self.manifest = None
         self.manifest_digest = manifest_digest
         self.overlay = overlay
         self.trusted_sim_roots = tuple(trusted_sim_roots)
@@ -109,8 +127,21 @@ class Verifier:
         self.gpu_requirement_for = gpu_requirement_for
         self.gpu_roots = None if gpu_roots is None else tuple(gpu_roots)  # None: NVIDIA's pinned roots
         self.clock = clock
+        if manifest is not None:
+            self.bind_manifest(manifest)
 
-    def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache) -> AdmittedPeer:
+    def bind_manifest(self, manifest) -> "Verifier":
+        """Check every admitted node's stage claim against this VerifiedManifest from now on
+        (stage, role, the stage owner's enrolment); its digest must be the one bound in evidence."""
+        if bytes(manifest.digest) != bytes(self.manifest_digest):
+            raise ValueError("the manifest's digest differs from the digest this verifier binds")
+        self.manifest = manifest
+        return self
+
+    def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache,
+              enrolment_optional: bool = False) -> AdmittedPeer:
+        """enrolment_optional: only a node's check of its own evidence, before its owner enrolled
+        it (stage and role are still checked; an enrolment that is present must hold)."""
         # 1. structure
         try:
             ann = Announcement.from_proto(reply.identity)
@@ -136,6 +167,8 @@ class Verifier:
                 self.overlay.network_address, self.overlay.broadcast_address):
             raise AdmissionRejected(OverlayReason.ADDRESS_OUT_OF_RANGE,
                                     f"{ann.overlay_address} is outside {self.overlay}")
+        # 4b. the claim to a stage: a manifest stage, its role, its owner's enrolment of these keys
+        stage_proof = self._check_stage_claim(ann, bytes(reply.enrolment), enrolment_optional)
         # 5-8. evidence
         try:
             tees = [TeeType(i.tee) for i in items]
@@ -177,8 +210,26 @@ class Verifier:
         summary["collateral_age_s"] = verified.collateral_age_s
         if validated.tcb_grace_until is not None:   # an OutOfDate TCB kept under the policy's grace
             summary["tcb_grace_until"] = validated.tcb_grace_until.isoformat().replace("+00:00", "Z")
+        if stage_proof is not None:
+            summary["owner"] = stage_proof.owner
+            summary["owner_proven"] = True
         return AdmittedPeer(announcement=ann, tee=cpu_tee, simulated=verified.simulated,
-                            verified_at=verified.verified_at, claims_summary=summary)
+                            verified_at=verified.verified_at, claims_summary=summary,
+                            stage_proof=stage_proof)
+
+    def _check_stage_claim(self, ann: Announcement, enrolment: bytes,
+                           optional: bool) -> enrolment_mod.ProvenStage | None:
+        if self.manifest is None:
+            return None
+        try:
+            if optional and not enrolment:
+                enrolment_mod.check_stage_claim(self.manifest, node_id=ann.node_id, role=str(ann.role))
+                return None
+            return enrolment_mod.check_enrolment(enrolment, manifest=self.manifest, node_id=ann.node_id,
+                                                 role=str(ann.role), node_keys=node_keys_of(ann),
+                                                 at=self.clock())
+        except enrolment_mod.EnrolmentRejected as exc:
+            raise AdmissionRejected(exc.reason, exc.message) from None
 
     def _verify_item(self, item: pb.EvidenceItem, tee: TeeType, *, nonce: bytes | None) -> VerifiedEvidence:
         if tee == TeeType.SIM and not self.policy.unsafe_allow_simulated:

@@ -33,6 +33,10 @@ class OverlayReason(StrEnum):
     ANNOUNCEMENT_SIGNATURE_INVALID = "announcement_signature_invalid"   # rendezvous: not signed by its statement key
     ANNOUNCEMENT_STALE = "announcement_stale"              # rendezvous: sequence not above the entry's (a replay)
     SELF = "self"                              # our own announcement (ignored)
+    STAGE_UNKNOWN = "stage_unknown"            # the claimed node id is no stage of the manifest
+    ROLE_MISMATCH = "role_mismatch"            # the claimed role is not the manifest stage's role
+    OWNER_NOT_ENROLLED = "owner_not_enrolled"  # no valid enrolment by the stage's owner over these keys
+    ENROLMENT_NOT_NEWER = "enrolment_not_newer"   # a second node for a stage whose enrolment is not newer
 
 
 class DeviceReason(StrEnum):

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%conclave/overlay/proto/conclave.proto\x12\x0b\x63onclave.v1\"\xe7\x01\n\x10NodeAnnouncement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\runderlay_host\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x64mission_port\x18\x05 \x01(\r\x12\x16\n\x0ewireguard_port\x18\x06 \x01(\r\x12\x15\n\rwg_public_key\x18\x07 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x08 \x01(\x0c\x12\x17\n\x0foverlay_address\x18\t \x01(\t\x12\x15\n\rstatement_key\x18\n \x01(\x0c\"k\n\x0f\x41nnounceRequest\x12\x33\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"$\n\rAnnounceReply\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"\r\n\x0bListRequest\"A\n\tListReply\x12\x34\n\rannouncements\x18\x01 \x03(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\">\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1e\n\x16verifier_wg_public_key\x18\x02 \x01(\x0c\"L\n\x0c\x45videnceItem\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63\x65rts\x18\x03 \x03(\x0c\x12\x12\n\ncollateral\x18\x04 \x01(\x0c\"z\n\x0b\x41ttestReply\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12+\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x19.conclave.v1.EvidenceItem\"R\n\x11KeyReleaseRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\"t\n\x0fKeyReleaseReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_psk\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10sender_signature\x18\x04 \x01(\x0c\"h\n\x11KeyConfirmRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"F\n\x0fKeyConfirmReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\rSecretRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"s\n\x0bSecretReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10sender_signature\x18\x04 \x01(\x0c\"K\n\x0bPingRequest\x12\x1e\n\x16verifier_wg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\"w\n\tPingReply\x12\x15\n\rwg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06meshed\x18\x03 \x01(\x08\x12\x17\n\x0fstage_statement\x18\x04 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x05 \x01(\x0c\"I\n\x16\x42rokerChallengeRequest\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\"m\n\x14\x42rokerChallengeReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tbroker_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x0fStageKeyRequest\x12-\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x18.conclave.v1.AttestReply\"\x85\x01\n\rStageKeyReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tbroker_id\x18\x04 \x01(\x0c\x12\x18\n\x10\x62roker_signature\x18\x05 \x01(\x0c*V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x10\n\x0cNOT_ADMITTED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03\x12\r\n\tMALFORMED\x10\x04\x32\x8c\x01\n\nRendezvous\x12\x44\n\x08\x41nnounce\x12\x1c.conclave.v1.AnnounceRequest\x1a\x1a.conclave.v1.AnnounceReply\x12\x38\n\x04List\x12\x18.conclave.v1.ListRequest\x1a\x16.conclave.v1.ListReply2\xdb\x02\n\x04Node\x12>\n\x06\x41ttest\x12\x1a.conclave.v1.AttestRequest\x1a\x18.conclave.v1.AttestReply\x12J\n\nReleaseKey\x12\x1e.conclave.v1.KeyReleaseRequest\x1a\x1c.conclave.v1.KeyReleaseReply\x12J\n\nConfirmKey\x12\x1e.conclave.v1.KeyConfirmRequest\x1a\x1c.conclave.v1.KeyConfirmReply\x12\x41\n\tGetSecret\x12\x1a.conclave.v1.SecretRequest\x1a\x18.conclave.v1.SecretReply\x12\x38\n\x04Ping\x12\x18.conclave.v1.PingRequest\x1a\x16.conclave.v1.PingReply2\xad\x01\n\tKeyBroker\x12S\n\tChallenge\x12#.conclave.v1.BrokerChallengeRequest\x1a!.conclave.v1.BrokerChallengeReply\x12K\n\x0fReleaseStageKey\x12\x1c.conclave.v1.StageKeyRequest\x1a\x1a.conclave.v1.StageKeyReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%conclave/overlay/proto/conclave.proto\x12\x0b\x63onclave.v1\"\xe7\x01\n\x10NodeAnnouncement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\runderlay_host\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x64mission_port\x18\x05 \x01(\r\x12\x16\n\x0ewireguard_port\x18\x06 \x01(\r\x12\x15\n\rwg_public_key\x18\x07 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x08 \x01(\x0c\x12\x17\n\x0foverlay_address\x18\t \x01(\t\x12\x15\n\rstatement_key\x18\n \x01(\x0c\"k\n\x0f\x41nnounceRequest\x12\x33\n\x0c\x61nnouncement\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"$\n\rAnnounceReply\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"\r\n\x0bListRequest\"A\n\tListReply\x12\x34\n\rannouncements\x18\x01 \x03(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\">\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1e\n\x16verifier_wg_public_key\x18\x02 \x01(\x0c\"L\n\x0c\x45videnceItem\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63\x65rts\x18\x03 \x03(\x0c\x12\x12\n\ncollateral\x18\x04 \x01(\x0c\"\x8d\x01\n\x0b\x41ttestReply\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12+\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x19.conclave.v1.EvidenceItem\x12\x11\n\tenrolment\x18\x04 \x01(\x0c\"R\n\x11KeyReleaseRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\"t\n\x0fKeyReleaseReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_psk\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10sender_signature\x18\x04 \x01(\x0c\"h\n\x11KeyConfirmRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x1c\n\x14leader_wg_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63onfirmation\x18\x03 \x01(\x0c\"F\n\x0fKeyConfirmReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\rSecretRequest\x12\x1f\n\x17requester_wg_public_key\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\"s\n\x0bSecretReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10sender_signature\x18\x04 \x01(\x0c\"K\n\x0bPingRequest\x12\x1e\n\x16verifier_wg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\"w\n\tPingReply\x12\x15\n\rwg_public_key\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0e\n\x06meshed\x18\x03 \x01(\x08\x12\x17\n\x0fstage_statement\x18\x04 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x05 \x01(\x0c\"I\n\x16\x42rokerChallengeRequest\x12/\n\x08identity\x18\x01 \x01(\x0b\x32\x1d.conclave.v1.NodeAnnouncement\"m\n\x14\x42rokerChallengeReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tbroker_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x0fStageKeyRequest\x12-\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x18.conclave.v1.AttestReply\"\x85\x01\n\rStageKeyReply\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.conclave.v1.Status\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tbroker_id\x18\x04 \x01(\x0c\x12\x18\n\x10\x62roker_signature\x18\x05 \x01(\x0c*V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x10\n\x0cNOT_ADMITTED\x10\x02\x12\x0b\n\x07REFUSED\x10\x03\x12\r\n\tMALFORMED\x10\x04\x32\x8c\x01\n\nRendezvous\x12\x44\n\x08\x41nnounce\x12\x1c.conclave.v1.AnnounceRequest\x1a\x1a.conclave.v1.AnnounceReply\x12\x38\n\x04List\x12\x18.conclave.v1.ListRequest\x1a\x16.conclave.v1.ListReply2\xdb\x02\n\x04Node\x12>\n\x06\x41ttest\x12\x1a.conclave.v1.AttestRequest\x1a\x18.conclave.v1.AttestReply\x12J\n\nReleaseKey\x12\x1e.conclave.v1.KeyReleaseRequest\x1a\x1c.conclave.v1.KeyReleaseReply\x12J\n\nConfirmKey\x12\x1e.conclave.v1.KeyConfirmRequest\x1a\x1c.conclave.v1.KeyConfirmReply\x12\x41\n\tGetSecret\x12\x1a.conclave.v1.SecretRequest\x1a\x18.conclave.v1.SecretReply\x12\x38\n\x04Ping\x12\x18.conclave.v1.PingRequest\x1a\x16.conclave.v1.PingReply2\xad\x01\n\tKeyBroker\x12S\n\tChallenge\x12#.conclave.v1.BrokerChallengeRequest\x1a!.conclave.v1.BrokerChallengeReply\x12K\n\x0fReleaseStageKey\x12\x1c.conclave.v1.StageKeyRequest\x1a\x1a.conclave.v1.StageKeyReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conclave.overlay.proto.conclave_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1930
-  _globals['_STATUS']._serialized_end=2016
+  _globals['_STATUS']._serialized_start=1950
+  _globals['_STATUS']._serialized_end=2036
   _globals['_NODEANNOUNCEMENT']._serialized_start=55
   _globals['_NODEANNOUNCEMENT']._serialized_end=286
   _globals['_ANNOUNCEREQUEST']._serialized_start=288
@@ -47,36 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTESTREQUEST']._serialized_end=579
   _globals['_EVIDENCEITEM']._serialized_start=581
   _globals['_EVIDENCEITEM']._serialized_end=657
-  _globals['_ATTESTREPLY']._serialized_start=659
-  _globals['_ATTESTREPLY']._serialized_end=781
-  _globals['_KEYRELEASEREQUEST']._serialized_start=783
-  _globals['_KEYRELEASEREQUEST']._serialized_end=865
-  _globals['_KEYRELEASEREPLY']._serialized_start=867
-  _globals['_KEYRELEASEREPLY']._serialized_end=983
-  _globals['_KEYCONFIRMREQUEST']._serialized_start=985
-  _globals['_KEYCONFIRMREQUEST']._serialized_end=1089
-  _globals['_KEYCONFIRMREPLY']._serialized_start=1091
-  _globals['_KEYCONFIRMREPLY']._serialized_end=1161
-  _globals['_SECRETREQUEST']._serialized_start=1163
-  _globals['_SECRETREQUEST']._serialized_end=1225
-  _globals['_SECRETREPLY']._serialized_start=1227
-  _globals['_SECRETREPLY']._serialized_end=1342
-  _globals['_PINGREQUEST']._serialized_start=1344
-  _globals['_PINGREQUEST']._serialized_end=1419
-  _globals['_PINGREPLY']._serialized_start=1421
-  _globals['_PINGREPLY']._serialized_end=1540
-  _globals['_BROKERCHALLENGEREQUEST']._serialized_start=1542
-  _globals['_BROKERCHALLENGEREQUEST']._serialized_end=1615
-  _globals['_BROKERCHALLENGEREPLY']._serialized_start=1617
-  _globals['_BROKERCHALLENGEREPLY']._serialized_end=1726
-  _globals['_STAGEKEYREQUEST']._serialized_start=1728
-  _globals['_STAGEKEYREQUEST']._serialized_end=1792
-  _globals['_STAGEKEYREPLY']._serialized_start=1795
-  _globals['_STAGEKEYREPLY']._serialized_end=1928
-  _globals['_RENDEZVOUS']._serialized_start=2019
-  _globals['_RENDEZVOUS']._serialized_end=2159
-  _globals['_NODE']._serialized_start=2162
-  _globals['_NODE']._serialized_end=2509
-  _globals['_KEYBROKER']._serialized_start=2512
-  _globals['_KEYBROKER']._serialized_end=2685
+  _globals['_ATTESTREPLY']._serialized_start=660
+  _globals['_ATTESTREPLY']._serialized_end=801
+  _globals['_KEYRELEASEREQUEST']._serialized_start=803
+  _globals['_KEYRELEASEREQUEST']._serialized_end=885
+  _globals['_KEYRELEASEREPLY']._serialized_start=887
+  _globals['_KEYRELEASEREPLY']._serialized_end=1003
+  _globals['_KEYCONFIRMREQUEST']._serialized_start=1005
+  _globals['_KEYCONFIRMREQUEST']._serialized_end=1109
+  _globals['_KEYCONFIRMREPLY']._serialized_start=1111
+  _globals['_KEYCONFIRMREPLY']._serialized_end=1181
+  _globals['_SECRETREQUEST']._serialized_start=1183
+  _globals['_SECRETREQUEST']._serialized_end=1245
+  _globals['_SECRETREPLY']._serialized_start=1247
+  _globals['_SECRETREPLY']._serialized_end=1362
+  _globals['_PINGREQUEST']._serialized_start=1364
+  _globals['_PINGREQUEST']._serialized_end=1439
+  _globals['_PINGREPLY']._serialized_start=1441
+  _globals['_PINGREPLY']._serialized_end=1560
+  _globals['_BROKERCHALLENGEREQUEST']._serialized_start=1562
+  _globals['_BROKERCHALLENGEREQUEST']._serialized_end=1635
+  _globals['_BROKERCHALLENGEREPLY']._serialized_start=1637
+  _globals['_BROKERCHALLENGEREPLY']._serialized_end=1746
+  _globals['_STAGEKEYREQUEST']._serialized_start=1748
+  _globals['_STAGEKEYREQUEST']._serialized_end=1812
+  _globals['_STAGEKEYREPLY']._serialized_start=1815
+  _globals['_STAGEKEYREPLY']._serialized_end=1948
+  _globals['_RENDEZVOUS']._serialized_start=2039
+  _globals['_RENDEZVOUS']._serialized_end=2179
+  _globals['_NODE']._serialized_start=2182
+  _globals['_NODE']._serialized_end=2529
+  _globals['_KEYBROKER']._serialized_start=2532
+  _globals['_KEYBROKER']._serialized_end=2705
 # @@protoc_insertion_point(module_scope)

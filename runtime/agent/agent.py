@@ -19,6 +19,7 @@ admission (join or re-attestation; a failed re-attestation is a rejection AND an
 """
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -73,6 +74,10 @@ class NodeAgent:
             wg_public_key=self.identity.wg_public, hpke_public_key=self.identity.hpke_public,
             overlay_address=cfg.overlay_address, statement_key=self.identity.statement_public)
         self.verifier = build_verifier(cfg)
+        if cfg.manifest is not None:   # every peer's stage claim: a stage, its role, its owner's enrolment
+            self.verifier.bind_manifest(cfg.manifest)
+        self.enrolment = b""      # our owner's enrolment of this boot's keys (status command `enroll`)
+        self.stage_proof = None   # what that enrolment proves (enrolment.ProvenStage)
         self.nonces = NonceCache(ttl=cfg.timing.nonce_ttl)
         self.broker = SecretsBroker(cfg.secrets, cfg.allowed_roles) if cfg.secrets else None
         self.received_secrets: dict[str, tuple[SecretValue, str]] = {}
@@ -127,8 +132,9 @@ class NodeAgent:
         nonce = self.nonces.issue(self.me.node_id)
         try:
             reply = answer_challenge(me=self.me, source=self.cfg.evidence_source,
-                                     manifest_digest=self.cfg.manifest_digest, nonce=nonce)
-            self.verifier.admit(challenged=self.me, reply=reply, nonces=self.nonces)
+                                     manifest_digest=self.cfg.manifest_digest, nonce=nonce,
+                                     enrolment=self.enrolment)
+            self.verifier.admit(challenged=self.me, reply=reply, nonces=self.nonces, enrolment_optional=True)
         except AdmissionRejected as exc:
             raise ConclaveError("self_attestation_failed", f"own evidence is not admissible: [{exc.reason}]",
                                 exit_code=ExitCode.VERIFICATION_FAILED) from None
@@ -584,10 +590,15 @@ class NodeAgent:
                 self.metrics.record_admission("rejected", str(OverlayReason.ADDRESS_CONFLICT))
                 self._reject(rec, OverlayReason.ADDRESS_CONFLICT, [str(OverlayReason.ADDRESS_CONFLICT)])
                 return
-            for other in list(self.peers.values()):
-                if other is not rec and other.node_id == rec.node_id and \
-                        other.state in (PeerState.ADMITTED, PeerState.MESHED):
-                    self._evict(other, OverlayReason.REPLACED, "replaced")
+            holders = [other for other in self.peers.values() if other is not rec and other.node_id == rec.node_id
+                       and other.state in (PeerState.ADMITTED, PeerState.MESHED)]
+            if any(not enrolment_is_newer(admitted, other.admitted) for other in holders):
+                # `replaced` only for a newer enrolment by the stage's owner: the current holder stays
+                self.metrics.record_admission("rejected", str(OverlayReason.ENROLMENT_NOT_NEWER))
+                self._reject(rec, OverlayReason.ENROLMENT_NOT_NEWER, [str(OverlayReason.ENROLMENT_NOT_NEWER)])
+                return
+            for other in holders:
+                self._evict(other, OverlayReason.REPLACED, "replaced")
             rec.admitted = admitted
             rec.last_admission_s = time.monotonic() - started
             rec.last_verified_mono = time.monotonic()
@@ -813,7 +824,8 @@ class NodeAgent:
     # ------------------------------------------------------------------ served RPCs (they ask us)
     def handle_attest(self, nonce: bytes) -> pb.AttestReply:
         return answer_challenge(me=self.me, source=self.cfg.evidence_source,
-                                manifest_digest=self.cfg.manifest_digest, nonce=nonce)
+                                manifest_digest=self.cfg.manifest_digest, nonce=nonce,
+                                enrolment=self.enrolment)
 
     def _admitted_by_key(self, key: WgPublicKey) -> PeerRecord | None:
         for rec in self.peers.values():
@@ -961,6 +973,7 @@ class NodeAgent:
                 peers.append(entry)
         return {
             "ok": True, "node": self.cfg.node_name, "role": str(self.cfg.role), "owner": self.cfg.owner,
+            "enrolment": self.stage_proof.to_json() if self.stage_proof is not None else None,
             "state": str(self.state), "wg_public_key": self.identity.wg_public.to_base64(),
             "overlay_address": str(self.cfg.overlay_address), "overlay_cidr": str(self.cfg.overlay_cidr),
             "interface": self.cfg.interface,
@@ -989,10 +1002,42 @@ class NodeAgent:
             "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         }
 
+    def enroll(self, enrolment: bytes) -> dict:
+        """Take our owner's enrolment of this boot's keys, after checking it the way every peer
+        will (stage, role, signed by the stage's owner over exactly our keys, unexpired)."""
+        from conclave.overlay.admission import node_keys_of
+        from conclave.runtime.manifest import enrolment as enrolment_mod
+        if self.cfg.manifest is None:
+            return {"ok": False, "reason": "manifest_required"}
+        try:
+            proof = enrolment_mod.check_enrolment(enrolment, manifest=self.cfg.manifest, node_id=self.me.node_id,
+                                                  role=str(self.me.role), node_keys=node_keys_of(self.me),
+                                                  at=datetime.now(timezone.utc))
+        except enrolment_mod.EnrolmentRejected as exc:
+            return {"ok": False, "reason": exc.reason, "error": exc.message}
+        with self._lock:
+            self.enrolment, self.stage_proof = bytes(enrolment), proof
+        log.info("enrolled for stage %s by owner %s until %s", proof.stage, proof.owner, proof.expires)
+        self.reattest_now()   # peers that refused us (owner_not_enrolled) retry on their own schedule
+        return {"ok": True, **proof.to_json()}
+
     def handle_status_command(self, request: dict) -> dict:
         cmd = request.get("cmd")
         if cmd == "status":
             return self.status()
+        if cmd == "identity":
+            return {"ok": True, "node": self.me.node_id, "role": str(self.me.role),
+                    "manifest_digest": self.cfg.manifest_digest.hex(),
+                    "admission_target": self.me.admission_target,
+                    "wg_public_key": base64.b64encode(self.me.wg_public_key.raw).decode(),
+                    "hpke_public_key": base64.b64encode(self.me.hpke_public_key.raw).decode(),
+                    "statement_key": base64.b64encode(self.me.statement_key).decode()}
+        if cmd == "enroll":
+            try:
+                blob = base64.b64decode(request.get("enrolment") or "", validate=True)
+            except (ValueError, TypeError):
+                return {"ok": False, "reason": "malformed_request"}
+            return self.enroll(blob)
         if cmd == "reattest":
             self.reattest_now()
             return {"ok": True}
@@ -1003,6 +1048,19 @@ class NodeAgent:
             pid = request.get("pid")
             return {"ok": True, "exit_code": self.launcher.exit_code(pid) if isinstance(pid, int) else None}
         return {"ok": False, "reason": "unknown_command"}
+
+
+def enrolment_is_newer(new, old) -> bool:
+    """Whether admission `new` may replace `old` for the same stage: both proven stage claims
+    (hence both signed by the stage's one owner) and `new`'s enrolment issued later. Without a
+    manifest (no stage claims checked) the newer admission replaces, as before."""
+    new_proof = getattr(new, "stage_proof", None)
+    old_proof = getattr(old, "stage_proof", None)
+    if new_proof is None and old_proof is None:
+        return True
+    if new_proof is None or old_proof is None:
+        return False
+    return new_proof.owner == old_proof.owner and new_proof.issued > old_proof.issued
 
 
 def claimed_tee(reply: pb.AttestReply) -> str:

@@ -77,6 +77,9 @@ class PeerRecord:
             "admission_ms": None if self.last_admission_s is None else round(self.last_admission_s * 1000, 1),
             "tee": str(self.admitted.tee) if self.admitted else None,
             "simulated": self.admitted.simulated if self.admitted else None,
+            # the owner its enrolment proves (None: not admitted, or admitted without a manifest)
+            "owner_proven": (self.admitted.stage_proof.owner if self.admitted and self.admitted.stage_proof
+                             else None),
             "events": [{"at": round(t, 3), "event": e, "reason": r} for t, e, r in self.events],
             "on_device": observed is not None,
             "latest_handshake": None, "rx_bytes": None, "tx_bytes": None,

@@ -95,8 +95,14 @@ def load_collateral_bytes(tee: TeeType | str, blob: bytes | None) -> object | No
 def verify_evidence(data: bytes, *, tee: TeeType | str | None = None, at: datetime,
                     certs: Sequence[x509.Certificate] = (), collateral: object | None = None,
                     nonce: bytes | None = None,
-                    trusted_roots: Sequence[x509.Certificate] | None = None) -> VerifiedEvidence:
-    """parse + verify in one call (verification time and collateral come from the caller)."""
+                    trusted_roots: Sequence[x509.Certificate] | None = None,
+                    rim_roots: Sequence[x509.Certificate] | None = None) -> VerifiedEvidence:
+    """parse + verify in one call (verification time and collateral come from the caller).
+
+    rim_roots: nvgpu only, the RIM signing roots (None: NVIDIA's pinned RIM root; emulated GPUs
+    pass their test root). GPU collateral (RIMs, OCSP responses) is fetched beforehand, e.g. by
+    nvgpu_collateral_source.GpuCollateralSource.collateral_for, and passed as `collateral`."""
     tee, parsed = parse(data, tee)
+    extra = {"rim_roots": rim_roots} if tee == TeeType.NVGPU and rim_roots is not None else {}
     return format_module(tee).verify(parsed, at=at, certs=tuple(certs), collateral=collateral,
-                                     nonce=nonce, trusted_roots=trusted_roots)
+                                     nonce=nonce, trusted_roots=trusted_roots, **extra)

@@ -5,7 +5,8 @@ manifest), one-sided: a node asks for a challenge naming itself, answers with ev
 broker's nonce that binds its WireGuard, HPKE and statement keys, and gets back stage K's key
 HPKE-sealed to its attested HPKE key, with a context that names the key, the broker and the
 node. A node id that is no stage of the manifest (stage_unknown), a role other than its stage's
-(role_mismatch), evidence that fails admission (its reason), or a request for another stage's key
+(role_mismatch), no enrolment by the stage's owner over the node's keys (owner_not_enrolled),
+evidence that fails admission (its reason), or a request for another stage's key
 (stage_not_allowed, from SecretsBroker) gets nothing.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ class KeyBrokerService(pb_grpc.KeyBrokerServicer):
                  nonce_ttl: float = 30.0, challenge_rate: float = 20.0, challenge_burst: int = 40):
         self.manifest = manifest
         self.secrets = secrets_broker
-        self.verifier = verifier
+        self.verifier = verifier.bind_manifest(manifest)   # stage, role and owner enrolment checked too
         self.nonces = NonceCache(ttl=nonce_ttl)
         self.broker_id = secrets.token_bytes(32)
         self._pending: dict[str, Announcement] = {}

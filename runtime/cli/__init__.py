@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "conclave.runtime.cli.node",
     "conclave.runtime.cli.mesh",
     "conclave.runtime.cli.manifest",
+    "conclave.runtime.cli.owner",
     "conclave.runtime.cli.verify",
     "conclave.runtime.cli.report",
     "conclave.runtime.cli.bench",

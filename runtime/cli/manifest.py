@@ -39,8 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--policy", type=Path, help="attestation policy file (YAML or JSON)")
     n.add_argument("--model-digest", help="model manifest digest (hex SHA-256)")
     n.add_argument("--engine-digest", help="engine/image digest (hex SHA-256, sha256: prefix ok)")
+    n.add_argument("--owner", action="append", dest="owners", metavar="NAME=PUBKEY_FILE",
+                   help="a node owner (GPU provider) and its Ed25519 public key (PEM or base64 file, e.g. "
+                        "`conclave owner keygen --pubkey-out`); it signs the enrolments of its stages (repeat)")
     n.add_argument("--stage", action="append", dest="stages", metavar="NODE:OWNER:ROLE:START-END",
-                   help="one pipeline stage (repeat in pipeline order; END exclusive)")
+                   help="one pipeline stage (repeat in pipeline order; END exclusive; OWNER one of --owner)")
     n.add_argument("--overlay-cidr", help=f"overlay network (default {doc.DEFAULT_OVERLAY_CIDR})")
     n.add_argument("--rendezvous", action="append", metavar="ENDPOINT",
                    help="rendezvous endpoint (repeatable)")
@@ -150,6 +153,8 @@ def _cmd_new(args) -> int:
         fields["engine_digest"] = args.engine_digest
     if args.stages:
         fields["stages"] = [doc.Stage.parse_spec(s).to_json() for s in args.stages]
+    if args.owners:
+        fields["owners"] = _owner_specs(args.owners)
     if args.overlay_cidr:
         fields["overlay_cidr"] = args.overlay_cidr
     if args.rendezvous:
@@ -158,7 +163,7 @@ def _cmd_new(args) -> int:
         raise UsageError("--model-shards and --model-broker go together", reason="model_source_invalid")
     if args.model_shards:
         fields["model_source"] = {"shards": args.model_shards, "broker": args.model_broker}
-    for required in ("policy", "model_digest", "engine_digest", "stages"):
+    for required in ("policy", "model_digest", "engine_digest", "owners", "stages"):
         if required not in fields:
             raise UsageError(f"--{required.replace('_', '-')} (or the template field {required}) is required")
     _check_policy(fields["policy"])
@@ -166,15 +171,38 @@ def _cmd_new(args) -> int:
         stages = [doc.Stage.from_json(s, i) for i, s in enumerate(fields["stages"])]
     except TypeError:
         raise ConclaveError("malformed", "stages must be a list", exit_code=ExitCode.MALFORMED) from None
+    owners = _owners_from_json(fields["owners"])
     key = _owner_key(args.owner_key, create=True)
     content = doc.build_content(
         owner_public_key=keys.public_key_bytes(key), policy=fields["policy"],
         model_digest=str(fields["model_digest"]), engine_digest=str(fields["engine_digest"]),
-        stages=stages, overlay_cidr=fields.get("overlay_cidr", doc.DEFAULT_OVERLAY_CIDR),
+        owners=owners, stages=stages, overlay_cidr=fields.get("overlay_cidr", doc.DEFAULT_OVERLAY_CIDR),
         rendezvous=fields.get("rendezvous", []), model_source=fields.get("model_source"))
     data = doc.sign_content(content, key)
     _write_atomic(args.output, data)
     return _report_written(args, data)
+
+
+def _owner_specs(specs: list[str]) -> list[dict]:
+    """--owner NAME=PUBKEY_FILE entries as the manifest's owners list."""
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--owner {spec!r} must look like NAME=PUBKEY_FILE", reason="owner_invalid")
+        out.append({"name": name, "key": keys.b64(keys.load_public_key_file(Path(path)))})
+    return out
+
+
+def _owners_from_json(raw: Any) -> dict[str, bytes]:
+    """The owners list (template or --owner) as name -> raw public key; malformed when it is not one."""
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and set(o) == {"name", "key"} for o in raw):
+        raise ConclaveError("malformed", "owners must be a list of {name, key}", exit_code=ExitCode.MALFORMED)
+    try:
+        return {str(o["name"]): keys.unb64(o["key"], f"owner {o['name']} key", length=keys.PUBLIC_KEY_LEN)
+                for o in raw}
+    except ValueError as exc:
+        raise ConclaveError("malformed", str(exc), exit_code=ExitCode.MALFORMED) from None
 
 
 def _report_written(args, data: bytes) -> int:
@@ -234,6 +262,9 @@ def _human(verified: doc.VerifiedManifest) -> str:
              "stages:"]
     for s in verified.stages:
         lines.append(f"  {s.node:<20} {s.role:<7} owner={s.owner} layers=[{s.layer_start}, {s.layer_end})")
+    lines.append("owners:")
+    for name, key in verified.owners.items():
+        lines.append(f"  {name:<20} fingerprint {keys.fingerprint(key)}")
     return "\n".join(lines)
 
 

@@ -8,8 +8,13 @@ Digest:         SHA-256(canonical_json(content))               (bound into every
 Content (version 1; unknown fields are refused, so nothing unsigned-in-spirit slips in):
     version (1), created (RFC 3339 UTC), owner_key (b64, equals the outer owner_key),
     policy (dict for attestation.policy.Policy.from_dict), model_digest (64 hex),
-    engine_digest (64 hex), stages [{node, owner, role: head|worker, layers: [start, end)}],
+    engine_digest (64 hex), owners [{name, key: b64 Ed25519 public key}],
+    stages [{node, owner (an owners[].name), role: head|worker, layers: [start, end)}],
     overlay_cidr (IPv4 CIDR), rendezvous [endpoint strings]
+
+Owners are the node owners (GPU providers). A stage names the one owner allowed to run it; a
+node's claim to that stage counts only with an enrolment signed by that owner's key
+(runtime/manifest/enrolment.py), so the owner a stage lists is what admission proves.
 
 Checks run parse -> verify (signature, then the pinned owner). Only verification constructs a
 VerifiedManifest. The trust anchor is the owner key the caller pins (a key or its fingerprint):
@@ -39,10 +44,12 @@ DEFAULT_OVERLAY_CIDR = "100.64.0.0/16"
 ROLES = ("head", "worker")
 MAX_FILE_LEN = 1024 * 1024
 _CONTENT_KEYS = {"version", "created", "owner_key", "policy", "model_digest", "engine_digest",
-                 "stages", "overlay_cidr", "rendezvous"}
+                 "owners", "stages", "overlay_cidr", "rendezvous"}
 _OPTIONAL_KEYS = {"model_source"}   # {"shards": path or URL root (stage K at ROOT/stage-K), "broker": HOST:PORT}
 _NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_OWNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+MAX_OWNERS = 256
 
 
 class ManifestReason:
@@ -93,8 +100,8 @@ class Stage:
         node, owner, role, layers = obj["node"], obj["owner"], obj["role"], obj["layers"]
         if not isinstance(node, str) or not _NODE_NAME.match(node):
             raise _malformed(f"{where}.node must be a DNS-label-like name (a-z, 0-9, '.', '-')")
-        if not isinstance(owner, str) or not owner.strip() or len(owner) > 128:
-            raise _malformed(f"{where}.owner must be a non-empty label of at most 128 characters")
+        if not isinstance(owner, str) or not _OWNER_NAME.match(owner):
+            raise _malformed(f"{where}.owner must be an owner name (1-128 of A-Z a-z 0-9 . _ @ -)")
         if role not in ROLES:
             raise _malformed(f"{where}.role must be one of {', '.join(ROLES)}")
         if (not isinstance(layers, list) or len(layers) != 2
@@ -125,10 +132,35 @@ class Stage:
                               "layers": layers})
 
 
-def _check_stages(raw: Any) -> tuple[Stage, ...]:
+def _check_owners(raw: Any) -> dict[str, bytes]:
+    """owners: [{"name", "key"}], non-empty, names unique; returns name -> raw Ed25519 public key."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_OWNERS:
+        raise _malformed(f"owners must be a list of 1 to {MAX_OWNERS} owners")
+    owners: dict[str, bytes] = {}
+    for i, entry in enumerate(raw):
+        where = f"owners[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "key"}:
+            raise _malformed(f"{where} must have exactly name, key")
+        name = entry["name"]
+        if not isinstance(name, str) or not _OWNER_NAME.match(name):
+            raise _malformed(f"{where}.name must be 1-128 of A-Z a-z 0-9 . _ @ -")
+        if name in owners:
+            raise _malformed(f"owner names must be unique ({name!r} repeats)")
+        try:
+            owners[name] = keys.unb64(entry["key"], f"{where}.key", length=keys.PUBLIC_KEY_LEN)
+            keys.load_public_key_raw(owners[name])
+        except ValueError as exc:
+            raise _malformed(str(exc)) from None
+    return owners
+
+
+def _check_stages(raw: Any, owners: Mapping[str, bytes]) -> tuple[Stage, ...]:
     if not isinstance(raw, list) or not raw:
         raise _malformed("stages must be a non-empty list")
     stages = tuple(Stage.from_json(s, i) for i, s in enumerate(raw))
+    for i, s in enumerate(stages):
+        if s.owner not in owners:
+            raise _malformed(f"stages[{i}].owner {s.owner!r} is not one of the manifest's owners")
     names = [s.node for s in stages]
     if len(set(names)) != len(names):
         raise _malformed("stage node names must be unique")
@@ -201,7 +233,7 @@ def check_content(content: Any) -> dict:
         raise _malformed("policy must be a non-empty object")
     _check_hex_digest(content["model_digest"], "model_digest")
     _check_hex_digest(content["engine_digest"], "engine_digest")
-    _check_stages(content["stages"])
+    _check_stages(content["stages"], _check_owners(content["owners"]))
     _check_cidr(content["overlay_cidr"])
     if "model_source" in content:
         _check_model_source(content["model_source"])
@@ -227,11 +259,17 @@ def _check_model_source(value: Any) -> dict:
     return value
 
 
+def owners_json(owners: Mapping[str, bytes]) -> list[dict]:
+    """The manifest's owners list from name -> raw Ed25519 public key (in the given order)."""
+    return [{"name": name, "key": keys.b64(bytes(key))} for name, key in owners.items()]
+
+
 def build_content(*, owner_public_key: bytes, policy: Mapping[str, Any], model_digest: str,
-                  engine_digest: str, stages: Sequence[Stage],
+                  engine_digest: str, owners: Mapping[str, bytes], stages: Sequence[Stage],
                   overlay_cidr: str = DEFAULT_OVERLAY_CIDR, rendezvous: Sequence[str] = (),
                   created: datetime | None = None, model_source: Mapping[str, str] | None = None) -> dict:
-    """Assemble and check manifest content (unsigned)."""
+    """Assemble and check manifest content (unsigned). owners: node owner name -> raw Ed25519
+    public key; every stage's owner must be one of them."""
     content = {
         "version": MANIFEST_VERSION,
         "created": rfc3339(created or datetime.now(timezone.utc)),
@@ -239,6 +277,7 @@ def build_content(*, owner_public_key: bytes, policy: Mapping[str, Any], model_d
         "policy": dict(policy),
         "model_digest": normalize_digest(model_digest),
         "engine_digest": normalize_digest(engine_digest),
+        "owners": owners_json(owners),
         "stages": [s.to_json() for s in stages],
         "overlay_cidr": _check_cidr(overlay_cidr),
         "rendezvous": list(rendezvous),
@@ -334,8 +373,18 @@ class VerifiedManifest:
         return self.content["engine_digest"]
 
     @cached_property
+    def owners(self) -> dict[str, bytes]:
+        """Node owner name -> raw Ed25519 public key (the key that signs its stage enrolments)."""
+        return _check_owners(self.content["owners"])
+
+    @cached_property
     def stages(self) -> tuple[Stage, ...]:
-        return _check_stages(self.content["stages"])
+        return _check_stages(self.content["stages"], self.owners)
+
+    def owner_key_for(self, node: str) -> bytes | None:
+        """The public key of the owner allowed to run stage `node` (None: no such stage)."""
+        stage = self.stage_for(node)
+        return None if stage is None else self.owners[stage.owner]
 
     @property
     def head(self) -> Stage:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from conclave.runtime.attestation.sim import SimulatedRoot
 from conclave.runtime.endpoint.bundle import BundleBuilder, nonce_from_query
@@ -37,13 +38,16 @@ def sim_policy(measurement: bytes = GOOD_MEASUREMENT) -> dict:
 
 
 STAGES = (Stage("node-0", "alice", "head", 0, 15), Stage("node-1", "bob", "worker", 15, 30))
+# the node owners of STAGES (each signs its stage's enrolments); in memory only
+NODE_OWNER_KEYS = {name: ed25519.Ed25519PrivateKey.generate() for name in ("alice", "bob", "carol")}
+NODE_OWNERS = {name: keys.public_key_bytes(k) for name, k in NODE_OWNER_KEYS.items()}
 
 
 def make_manifest_bytes(owner_key, *, model_digest: str = MODEL_DIGEST,
                         stages=STAGES, policy: dict | None = None) -> bytes:
     content = build_content(owner_public_key=keys.public_key_bytes(owner_key),
                             policy=policy or sim_policy(), model_digest=model_digest,
-                            engine_digest=ENGINE_DIGEST, stages=stages,
+                            engine_digest=ENGINE_DIGEST, owners=NODE_OWNERS, stages=stages,
                             rendezvous=["198.18.0.1:7000"])
     return sign_content(content, owner_key)
 

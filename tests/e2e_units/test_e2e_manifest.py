@@ -18,7 +18,7 @@ from conclave.runtime.manifest import (DeploymentManifest, ManifestError, Stage,
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest.canonical import canonical_json, strict_loads
 
-from e2e_support import ENGINE_DIGEST, MODEL_DIGEST, STAGES, make_manifest_bytes, sim_policy
+from e2e_support import ENGINE_DIGEST, MODEL_DIGEST, NODE_OWNERS, STAGES, make_manifest_bytes, sim_policy
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_reformatting_the_file_keeps_it_valid(owner):
 
 
 @pytest.mark.parametrize("edit", [
-    lambda c: c["stages"][1].update(owner="mallory"),
+    lambda c: c["stages"][1].update(owner="alice"),   # another listed owner takes bob's stage
     lambda c: c.update(model_digest="00" * 32),
     lambda c: c["policy"]["sim"].update(measurement=["33" * 48]),
     lambda c: c.update(overlay_cidr="100.65.0.0/16"),
@@ -117,18 +117,19 @@ def test_malformed_files(text, owner):
 def test_bad_stage_layouts_are_malformed(owner, stages):
     with pytest.raises(ManifestError) as exc:
         build_content(owner_public_key=keys.public_key_bytes(owner), policy=sim_policy(),
-                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=stages)
+                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=stages,
+                      owners={"o": NODE_OWNERS["alice"]})
     assert exc.value.reason == "malformed"
 
 
 def test_overlay_cidr_is_configurable_and_checked(owner):
     c = build_content(owner_public_key=keys.public_key_bytes(owner), policy=sim_policy(),
-                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=STAGES,
+                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=STAGES, owners=NODE_OWNERS,
                       overlay_cidr="100.96.0.0/12")
     assert c["overlay_cidr"] == "100.96.0.0/12"
     with pytest.raises(ManifestError) as exc:
         build_content(owner_public_key=keys.public_key_bytes(owner), policy=sim_policy(),
-                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=STAGES,
+                      model_digest=MODEL_DIGEST, engine_digest=ENGINE_DIGEST, stages=STAGES, owners=NODE_OWNERS,
                       overlay_cidr="100.64.0.1/16")
     assert exc.value.reason == "malformed"
 
@@ -165,17 +166,23 @@ def test_cli_new_sign_show_verify(tmp_path, capsys):
     key, policy, out = tmp_path / "owner.pem", tmp_path / "policy.json", tmp_path / "m.json"
     policy.write_text(json.dumps(sim_policy()))
     pub = tmp_path / "owner.pub.pem"
+    alice_pub, bob_pub = tmp_path / "alice.pub", tmp_path / "bob.pub"
+    alice_pub.write_text(keys.b64(NODE_OWNERS["alice"]))
+    bob_pub.write_bytes(keys.public_key_pem(NODE_OWNERS["bob"]))
     assert main(["manifest", "keygen", str(key), "--pubkey-out", str(pub), "--json"]) == 0
     keygen = json.loads(capsys.readouterr().out)
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert "PRIVATE" not in json.dumps(keygen)
     rc = main(["manifest", "new", "--owner-key", str(key), "--policy", str(policy),
                "--model-digest", MODEL_DIGEST, "--engine-digest", "sha256:" + ENGINE_DIGEST.upper(),
+               "--owner", f"alice={alice_pub}", "--owner", f"bob={bob_pub}",
                "--stage", "node-0:alice:head:0-15", "--stage", "node-1:bob:worker:15-30",
                "--overlay-cidr", "100.70.0.0/16", "--rendezvous", "198.18.0.1:7000", "-o", str(out),
                "--json"])
     assert rc == 0
     created = json.loads(capsys.readouterr().out)
+    shown_owners = {o["name"]: o["key"] for o in json.loads(out.read_text())["manifest"]["owners"]}
+    assert shown_owners == {"alice": keys.b64(NODE_OWNERS["alice"]), "bob": keys.b64(NODE_OWNERS["bob"])}
     assert created["owner_fingerprint"] == keygen["fingerprint"]
     assert main(["manifest", "verify", str(out), "--owner-fingerprint", keygen["fingerprint"], "--json"]) == 0
     verified = json.loads(capsys.readouterr().out)
@@ -211,6 +218,7 @@ def test_cli_new_from_template_and_policy_checked(tmp_path, capsys):
     tpl = tmp_path / "tpl.json"
     tpl.write_text(json.dumps({"policy": sim_policy(), "model_digest": MODEL_DIGEST,
                                "engine_digest": ENGINE_DIGEST,
+                               "owners": [{"name": n, "key": keys.b64(k)} for n, k in NODE_OWNERS.items()],
                                "stages": [s.to_json() for s in STAGES]}))
     out = tmp_path / "m.json"
     assert main(["manifest", "new", "--owner-key", str(key), "--from", str(tpl), "-o", str(out)]) == 0
@@ -246,3 +254,20 @@ def test_canonical_json_roundtrips_and_is_stable(value):
     encoded = canonical_json(value)
     assert strict_loads(encoded) == value
     assert canonical_json(strict_loads(encoded)) == encoded
+
+
+def test_cli_new_refuses_a_stage_whose_owner_is_not_listed(tmp_path, capsys):
+    """Every stage names one of the manifest's owners (the key that enrols its nodes)."""
+    policy, alice_pub = tmp_path / "policy.json", tmp_path / "alice.pub"
+    policy.write_text(json.dumps(sim_policy()))
+    alice_pub.write_text(keys.b64(NODE_OWNERS["alice"]))
+    rc = main(["manifest", "new", "--owner-key", str(tmp_path / "owner.pem"), "--policy", str(policy),
+               "--model-digest", MODEL_DIGEST, "--engine-digest", ENGINE_DIGEST, "--owner", f"alice={alice_pub}",
+               "--stage", "node-0:alice:head:0-15", "--stage", "node-1:bob:worker:15-30",
+               "-o", str(tmp_path / "m.json"), "--json"])
+    assert rc == 5 and json.loads(capsys.readouterr().out)["reason"] == "malformed"
+    assert not (tmp_path / "m.json").exists()
+    rc = main(["manifest", "new", "--owner-key", str(tmp_path / "owner.pem"), "--policy", str(policy),
+               "--model-digest", MODEL_DIGEST, "--engine-digest", ENGINE_DIGEST,
+               "--stage", "node-0:alice:head:0-15", "-o", str(tmp_path / "m.json")])
+    assert rc != 0 and not (tmp_path / "m.json").exists()    # no owners at all: refused

@@ -36,6 +36,9 @@ OTHER_MEASUREMENT = bytes.fromhex("22" * 48)
 ENGINE_DIGEST = "cd" * 32
 API_KEY = "sk-front-test"
 STAGES = (Stage("node-0", "alice", "head", 0, 3), Stage("node-1", "bob", "worker", 3, 6))
+# the node owners of STAGES (each signs its stage's enrolments); in memory only
+NODE_OWNER_KEYS = {"alice": ed25519.Ed25519PrivateKey.generate(), "bob": ed25519.Ed25519PrivateKey.generate()}
+NODE_OWNERS = {name: keys.public_key_bytes(k) for name, k in NODE_OWNER_KEYS.items()}
 CONCLAVE = Path(sys.executable).with_name("conclave")
 
 
@@ -117,7 +120,8 @@ class Deployment:
 
 def make_manifest_bytes(owner_key, *, model_digest: str) -> bytes:
     content = build_content(owner_public_key=keys.public_key_bytes(owner_key), policy=sim_policy(),
-                            model_digest=model_digest, engine_digest=ENGINE_DIGEST, stages=STAGES,
+                            model_digest=model_digest, engine_digest=ENGINE_DIGEST, owners=NODE_OWNERS,
+                            stages=STAGES,
                             rendezvous=["198.18.0.1:7000"])
     return sign_content(content, owner_key)
 

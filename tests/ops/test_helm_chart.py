@@ -40,7 +40,9 @@ def signed_manifest(stages=MANIFEST_STAGES) -> tuple[str, str]:
                             policy={"production": False, "allowed_tee": ["sim"],
                                     "unsafe_allow_simulated": True,
                                     "sim": {"measurement": ["11" * 48]}},
-                            model_digest="ab" * 32, engine_digest="cd" * 32, stages=stages)
+                            model_digest="ab" * 32, engine_digest="cd" * 32, stages=stages,
+                            owners={s.owner: keys.public_key_bytes(ed25519.Ed25519PrivateKey.generate())
+                                    for s in stages})
     return sign_content(content, OWNER_KEY).decode(), content_digest(content).hex()
 
 

@@ -3,12 +3,14 @@
 Why: the node's only boot path is the owner-signed manifest (--manifest + --owner-fingerprint):
 its policy admits peers and its digest is bound into evidence. Tests build one the way
 runtime/local/trust.py does (owner key, stages, sim policy), except that the owner key
-lives only in memory: nothing private is written to disk.
+lives only in memory: nothing private is written to disk. One node owner (OWNER_LABEL) runs every
+stage; its key is kept in memory too, so a test enrols each node it starts (enroll) the way
+`conclave owner enroll` does: attest the node, sign its per-boot keys, hand them over its socket.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,6 +33,15 @@ class SignedManifest:
     path: Path
     owner_fingerprint: str
     digest: bytes
+    node_owner_key: ed25519.Ed25519PrivateKey = field(repr=False, default=None)
+
+    def enroll(self, status_socket: Path, stage: str, sim_roots=()) -> dict:
+        """Play the stage's node owner: attest the node behind `status_socket`, sign its keys,
+        hand the enrolment over; returns the node's answer (raises when it refuses)."""
+        from conclave.runtime.cli.owner import enroll_node
+        manifest = doc.DeploymentManifest.load(self.path, trusted_owner=self.owner_fingerprint)
+        return enroll_node(owner_key=self.node_owner_key, manifest=manifest, stage=stage,
+                           status_socket=status_socket, trusted_sim_roots=sim_roots)[1]
 
     def node_args(self) -> list[str]:
         """The `conclave node` arguments that boot from this manifest."""
@@ -42,13 +53,15 @@ def write_signed_manifest(path: Path, *, stages: Sequence[tuple[str, str]], poli
                           rendezvous: Sequence[str] = ()) -> SignedManifest:
     """stages: (node name, role) in pipeline order, exactly one head; each stage gets one layer."""
     owner = ed25519.Ed25519PrivateKey.generate()
+    node_owner = ed25519.Ed25519PrivateKey.generate()
     content = doc.build_content(
         owner_public_key=keys.public_key_bytes(owner), policy=dict(policy),
         model_digest=hashlib.sha256(b"conclave/test-model").hexdigest(),
         engine_digest=hashlib.sha256(b"conclave/test-engine").hexdigest(),
+        owners={OWNER_LABEL: keys.public_key_bytes(node_owner)},
         stages=[doc.Stage(node, OWNER_LABEL, role, i, i + 1) for i, (node, role) in enumerate(stages)],
         overlay_cidr=overlay_cidr, rendezvous=list(rendezvous))
     path.write_bytes(doc.sign_content(content, owner))
     fingerprint = keys.fingerprint(owner.public_key())
     loaded = doc.DeploymentManifest.load(path, trusted_owner=fingerprint)   # what the node will see
-    return SignedManifest(path, fingerprint, loaded.digest)
+    return SignedManifest(path, fingerprint, loaded.digest, node_owner)

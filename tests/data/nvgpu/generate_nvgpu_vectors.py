@@ -163,7 +163,9 @@ def measurement_values(count: int = 8) -> dict[int, bytes]:
 
 
 def build_evidence(sign_key: ec.EllipticCurvePrivateKey, *, nonce: bytes = NONCE, fwid: bytes | None = FWID,
-                   record_len_delta: int = 0, trailing: bytes = b"") -> bytes:
+                   record_len_delta: int = 0, trailing: bytes = b"", project_sku: bytes | None = None) -> bytes:
+    """SPDM evidence signed by `sign_key`. project_sku (opaque type 18, e.g. b"0200") completes the
+    board identity that names the VBIOS RIM (nvgpu_rim.vbios_rim_id); absent by default."""
     request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\x00"
     record = b""
     for index, value in measurement_values().items():
@@ -172,6 +174,8 @@ def build_evidence(sign_key: ec.EllipticCurvePrivateKey, *, nonce: bytes = NONCE
     opaque = (_tlv(3, b"550.90.07\x00") + _tlv(6, bytes.fromhex("009f009601000000"))
               + _tlv(15, b"882\x00\x00\x00\x00\x00\x00") + _tlv(17, b"1010\x00")
               + _tlv(12, b"".join(i.to_bytes(4, "little") for i in (1, 1, 4, 1, 1, 1, 1, 1))))
+    if project_sku is not None:
+        opaque += _tlv(18, project_sku + b"\x00")
     if fwid is not None:
         opaque += _tlv(20, fwid)
     response = (bytes([0x11, 0x60, 0x00, 0x00, len(measurement_values())])
