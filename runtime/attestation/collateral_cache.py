@@ -29,7 +29,7 @@ class CollateralCache:
 
     def __init__(self, cache_dir: Path, *, pcs_base: str = cf.INTEL_PCS_BASE,
                  root_crl_url: str = cf.INTEL_ROOT_CA_CRL_URL, kds_base: str = cf.AMD_KDS_BASE,
-                 refresh_after_s: float = 3600.0, timeout: float = 5.0):
+                 refresh_after_s: float = 3600.0, timeout: float = 5.0, gpu_source=None):
         self.cache_dir = Path(cache_dir)
         self.pcs_base = pcs_base
         self.root_crl_url = root_crl_url
@@ -38,6 +38,8 @@ class CollateralCache:
         self.timeout = timeout
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        # NVIDIA GPU collateral (RIMs, OCSP): nvgpu_collateral_source.GpuCollateralSource; None: none
+        self.gpu_source = gpu_source
 
     def __repr__(self) -> str:
         return f"CollateralCache({self.cache_dir}, pcs={self.pcs_base}, kds={self.kds_base})"
@@ -46,6 +48,8 @@ class CollateralCache:
         """Parsed collateral for this evidence, or None when none could be had (fetch failed
         and nothing cached; unparsable evidence is left for verification to refuse)."""
         tee = TeeType(tee)
+        if tee == TeeType.NVGPU:
+            return self.gpu_source.collateral_for(tee, evidence) if self.gpu_source is not None else None
         try:
             with self._lock:
                 if tee == TeeType.TDX:

@@ -8,6 +8,11 @@ node. A node id that is no stage of the manifest (stage_unknown), a role other t
 (role_mismatch), no enrolment by the stage's owner over the node's keys (owner_not_enrolled),
 evidence that fails admission (its reason), or a request for another stage's key
 (stage_not_allowed, from SecretsBroker) gets nothing.
+
+The broker is not a CVM, so nodes cannot authenticate it by evidence: it signs every released
+key (its context and sealed bytes, runtime/keys/sender_auth.py) with its Ed25519 signing key,
+whose public half the signed deployment manifest names (model_source.broker_key); a node opens
+only a key that verifies under it (runtime/node/stage_key.py, secret_not_authenticated).
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.runtime.agent.service import RateLimit
-from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, stage_key_name
+from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, sign_secret, stage_key_name
+from conclave.runtime.manifest.ed25519_keys import public_key_bytes
 
 log = logging.getLogger("conclave.broker")
 MAX_PENDING = 256
@@ -39,7 +46,15 @@ class BrokerReason:
 
 class KeyBrokerService(pb_grpc.KeyBrokerServicer):
     def __init__(self, *, manifest, secrets_broker: SecretsBroker, verifier: Verifier,
-                 nonce_ttl: float = 30.0, challenge_rate: float = 20.0, challenge_burst: int = 40):
+                 nonce_ttl: float = 30.0, challenge_rate: float = 20.0, challenge_burst: int = 40,
+                 signing_key=None):
+        """signing_key: the broker's Ed25519 private key; required (and must match) when the
+        manifest names model_source.broker_key (broker_key_mismatch otherwise)."""
+        named = getattr(manifest, "broker_key", None)
+        if named is not None and (signing_key is None or public_key_bytes(signing_key) != named):
+            raise ConclaveError("broker_key_mismatch", "the manifest names a broker key and this broker does "
+                                "not hold it (--signing-key)", exit_code=ExitCode.USAGE)
+        self.signing_key = signing_key
         self.manifest = manifest
         self.secrets = secrets_broker
         self.verifier = verifier.bind_manifest(manifest)   # stage, role and owner enrolment checked too
@@ -102,7 +117,11 @@ class KeyBrokerService(pb_grpc.KeyBrokerServicer):
             self.released[ann.node_id] = self.released.get(ann.node_id, 0) + 1
             self._pending.pop(node_id, None)
         log.info("broker: released the shard key of stage %s to its admitted node", ann.node_id)
-        return pb.StageKeyReply(status=pb.OK, sealed_key=sealed, broker_id=self.broker_id)
+        signature = b"" if self.signing_key is None else sign_secret(
+            self.signing_key, sealed, name=stage_key_name(ann.node_id), broker_wg=self.broker_id,
+            requester_wg=ann.wg_public_key.raw)
+        return pb.StageKeyReply(status=pb.OK, sealed_key=sealed, broker_id=self.broker_id,
+                                broker_signature=signature)
 
 
 def overlay_network(manifest) -> ipaddress.IPv4Network:

@@ -249,13 +249,20 @@ def check_content(content: Any) -> dict:
 
 def _check_model_source(value: Any) -> dict:
     """{"shards": where the sealed stage shards are (a path or an http(s) URL root),
-    "broker": the model owner's key broker, HOST:PORT}: both non-empty strings."""
-    if not isinstance(value, dict) or set(value) != {"shards", "broker"}:
-        raise _malformed("model_source must have exactly shards and broker")
+    "broker": the model owner's key broker, HOST:PORT}: both non-empty strings; optionally
+    "broker_key": the broker's Ed25519 public key (b64), which must sign every released stage key."""
+    if not isinstance(value, dict) or not {"shards", "broker"} <= set(value) <= {"shards", "broker", "broker_key"}:
+        raise _malformed("model_source must have shards and broker (and optionally broker_key)")
     for key in ("shards", "broker"):
         if not isinstance(value[key], str) or not value[key] or len(value[key]) > 2048 \
                 or any(c.isspace() for c in value[key]):
             raise _malformed(f"model_source.{key} must be a non-empty string without whitespace")
+    if "broker_key" in value:
+        try:
+            keys.load_public_key_raw(keys.unb64(value["broker_key"], "model_source.broker_key",
+                                                length=keys.PUBLIC_KEY_LEN))
+        except ValueError as exc:
+            raise _malformed(str(exc)) from None
     return value
 
 
@@ -402,6 +409,13 @@ class VerifiedManifest:
         """Where sealed stage shards come from and which broker releases their keys (None: plain)."""
         value = self.content.get("model_source")
         return dict(value) if value else None
+
+    @property
+    def broker_key(self) -> bytes | None:
+        """The raw Ed25519 key that must sign every stage key the model owner's broker releases
+        (model_source.broker_key); None: the manifest names none (replies are not authenticated)."""
+        source = self.content.get("model_source") or {}
+        return keys.unb64(source["broker_key"], "model_source.broker_key") if "broker_key" in source else None
 
     @property
     def rendezvous(self) -> tuple[str, ...]:

@@ -206,3 +206,12 @@ def test_fetched_rims_are_nvidia_rims_not_trusted_on_arrival(pki, device, author
         _verify(pki, authority, data, collateral)
     assert err.value.reason == Reason.RIM_INVALID
     assert isinstance(collateral.rims, nvgpu_rim.RimSet)
+
+
+def test_the_verifiers_collateral_cache_hands_gpu_evidence_to_the_gpu_source(pki, device, service, tmp_path):
+    from conclave.runtime.attestation.collateral_cache import CollateralCache
+    data = _evidence(pki, device)
+    assert CollateralCache(tmp_path).collateral_for(TeeType.NVGPU, data) is None
+    cache = CollateralCache(tmp_path, gpu_source=GpuCollateralSource(rim_service=RimService(service.base_url)))
+    got = cache.collateral_for(TeeType.NVGPU, data)
+    assert isinstance(got, NvgpuCollateral) and {r.label for r in got.rims.rims} == {DRIVER_ID, VBIOS_ID}
