@@ -106,9 +106,12 @@ def attest_node(target: str, *, manifest: VerifiedManifest, stage: str,
 def enroll_node(*, owner_key: ed25519.Ed25519PrivateKey, manifest: VerifiedManifest, stage: str,
                 status_socket: Path | None = None, target: str | None = None,
                 trusted_sim_roots: Sequence[x509.Certificate] = (),
-                validity: timedelta = enrolment_mod.DEFAULT_VALIDITY) -> tuple[bytes, dict]:
+                validity: timedelta = enrolment_mod.DEFAULT_VALIDITY, attest: bool = True) -> tuple[bytes, dict]:
     """Attest the node (found by its status socket or its admission address), sign its attested
     keys for `stage`, and hand the enrolment over the status socket when there is one.
+    attest=False: sign the keys the status socket names without attesting first; only for an
+    owner that runs the node itself on the same machine (local mode plays every owner; the node's
+    peers still verify its evidence binds those keys).
     Returns (enrolment bytes, the node's answer or {"ok": True} without a socket)."""
     from conclave.overlay.admission import node_keys_of
     from conclave.runtime.agent import status as agent_status
@@ -124,13 +127,20 @@ def enroll_node(*, owner_key: ed25519.Ed25519PrivateKey, manifest: VerifiedManif
         target = ident["admission_target"]
     if target is None:
         raise UsageError("a status socket or the node's admission address is needed")
-    attested = attest_node(target, manifest=manifest, stage=stage, trusted_sim_roots=trusted_sim_roots)
-    if status_socket is not None and base64.b64decode(ident["wg_public_key"]) != attested.wg_public_key.raw:
-        raise ConclaveError(str(OverlayReason.IDENTITY_MISMATCH),
-                            "the node's status socket and its evidence name different keys",
-                            exit_code=ExitCode.VERIFICATION_FAILED)
+    if attest:
+        attested = attest_node(target, manifest=manifest, stage=stage, trusted_sim_roots=trusted_sim_roots)
+        if status_socket is not None and base64.b64decode(ident["wg_public_key"]) != attested.wg_public_key.raw:
+            raise ConclaveError(str(OverlayReason.IDENTITY_MISMATCH),
+                                "the node's status socket and its evidence name different keys",
+                                exit_code=ExitCode.VERIFICATION_FAILED)
+        node_keys = node_keys_of(attested)
+    elif status_socket is not None:
+        node_keys = enrolment_mod.NodeKeys(*(base64.b64decode(ident[k]) for k in (
+            "wg_public_key", "hpke_public_key", "statement_key")))
+    else:
+        raise UsageError("signing without attesting needs the node's status socket")
     blob = enrolment_mod.sign_enrolment(owner_key, manifest=manifest, stage=stage,
-                                        node_keys=node_keys_of(attested), validity=validity)
+                                        node_keys=node_keys, validity=validity)
     if status_socket is None:
         return blob, {"ok": True}
     answer = agent_status.request(Path(status_socket), {"cmd": "enroll",

@@ -285,6 +285,18 @@ class AttestedOverlayNetwork:
         except ConclaveError:
             return None
 
+    def _enroll(self, host_name: str) -> bool:
+        """Play the host's node owner (runtime/local/enrol.py): sign its per-boot keys for its stage."""
+        from conclave.runtime.local.enrol import enroll_local_node
+        agent = self._agents[host_name]
+        try:
+            answer = enroll_local_node(self.trust, agent["socket"], agent["name"])
+        except ConclaveError as exc:
+            log.progress(f"overlay: enrolling {agent['name']} failed [{exc.reason}]: {exc.message}")
+            return False
+        log.progress(f"overlay: {agent['name']} enrolled for its stage by owner {answer.get('owner')}")
+        return True
+
     def _wait_meshed(self, count: int, timeout: float = MESH_TIMEOUT, check_stop=None) -> None:
         """Until every agent meshed with every other one and every worker holds the Ray token.
         check_stop: called every round; raises to abandon the wait (the supervisor was told to stop)."""
@@ -302,6 +314,9 @@ class AttestedOverlayNetwork:
                 st = self._status(host_name)
                 if st is None:
                     pending.append(f"{host_name}: starting")
+                    continue
+                if st.get("enrolment") is None and not self._enroll(host_name):
+                    pending.append(f"{host_name}: not enrolled by its owner yet")
                     continue
                 # distinct names: a restarted peer's old record may still be listed beside the new one
                 meshed = {p.get("node_id") for p in st.get("peers", []) if p.get("state") == "meshed"}

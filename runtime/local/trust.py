@@ -35,7 +35,8 @@ from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.measure.engine import engine_digest
 
-OWNER_LABEL = "local"
+OWNER_LABEL = "local"            # the one node owner local mode plays (it enrols every stage)
+NODE_OWNER_KEY = "node-owner.key"   # that owner's Ed25519 key (0600), beside the deployment owner's
 TEE_MODES = ("mixed", "tdx", "snp", "sim")
 DEFAULT_TEE_MODE = "mixed"
 SNP_PRODUCT = "genoa"
@@ -113,6 +114,11 @@ class LocalTrust:
     def __repr__(self) -> str:
         return f"LocalTrust(folder={self.folder}, manifest={self.manifest_path}, tee={self.tee_mode}, keys=<redacted>)"
 
+    @property
+    def node_owner_key_path(self) -> Path:
+        """The key of the node owner local mode plays: it signs every node's stage enrolment."""
+        return self.folder / NODE_OWNER_KEY
+
     def attester(self, node: str) -> SimulatedAttester:
         return self.root.issue_attester(node, measurement=self.measurement)
 
@@ -148,6 +154,7 @@ def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], 
     owner_key_path = folder / "owner.key"
     owner = keys.generate_key_file(owner_key_path)
     os.chmod(owner_key_path, 0o600)
+    node_owner = keys.generate_key_file(folder / NODE_OWNER_KEY)   # local mode plays the node owner too
     tdx = snp = None
     test_roots_pem = None
     policy = sim_policy(measurement)
@@ -167,7 +174,7 @@ def create(folder: Path, *, stages: Sequence[tuple[str, str, tuple[int, int]]], 
         policy = emulated_policy(measurement, list(tees.values()), roots)
     content = doc.build_content(
         owner_public_key=keys.public_key_bytes(owner), policy=policy, model_digest=model_digest,
-        engine_digest=engine_digest(),
+        engine_digest=engine_digest(), owners={OWNER_LABEL: keys.public_key_bytes(node_owner)},
         stages=[doc.Stage(node, OWNER_LABEL, role, start, end) for node, role, (start, end) in stages],
         overlay_cidr=overlay_cidr, rendezvous=list(rendezvous), model_source=model_source)
     manifest_path = folder / "manifest.json"
