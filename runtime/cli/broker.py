@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--host", required=True, metavar="ADDR", help="bind address (a specific IP)")
     p.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT)
     p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
+    p.add_argument("--signing-key", type=Path, default=None,
+                   help="0600 PEM Ed25519 key that signs every released stage key; required when the manifest "
+                        "names model_source.broker_key (its public half)")
     p.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL (default Intel's)")
     p.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
     p.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL (default AMD's)")
@@ -66,7 +69,10 @@ def build_service(args):
                              overlay=overlay_network(manifest), trusted_sim_roots=roots,
                              services=vendor_services(args),
                              collateral_dir=args.collateral_dir or (config.state_dir() / "collateral" / "broker"))
-    return KeyBrokerService(manifest=manifest, secrets_broker=SecretsBroker(secrets_map), verifier=verifier)
+    from conclave.runtime.manifest.ed25519_keys import load_private_key
+    signing_key = load_private_key(args.signing_key) if args.signing_key is not None else None
+    return KeyBrokerService(manifest=manifest, secrets_broker=SecretsBroker(secrets_map), verifier=verifier,
+                            signing_key=signing_key)
 
 
 def run_broker(args) -> int:

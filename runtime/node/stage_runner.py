@@ -207,7 +207,7 @@ class StageRunner:
         try:
             secret = fetch_stage_key(s.model_source["broker"], me=agent.me, identity=agent.identity,
                                      source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest,
-                                     enrolment=agent.enrolment)
+                                     enrolment=agent.enrolment, broker_key=_broker_key(s.model_source))
             clog.progress(f"model: the broker released the shard key of stage {s.name}")
             if s.mount_shard_tmpfs:
                 _mount_private_tmpfs(s.shard_mount)
@@ -490,6 +490,14 @@ class StageRunner:
 def _fingerprint(token: bytes) -> str:
     import hashlib
     return hashlib.sha256(b"conclave/ray-token-fp\x00" + token).hexdigest()[:16]
+
+
+def _broker_key(model_source: dict) -> bytes | None:
+    """The broker's Ed25519 key the manifest names (model_source.broker_key, checked when the
+    manifest was verified), or None when it names none."""
+    from conclave.runtime.manifest.ed25519_keys import unb64
+    value = model_source.get("broker_key")
+    return None if value is None else unb64(value, "model_source.broker_key", length=32)
 
 
 def _mount_private_tmpfs(path: Path) -> None:

@@ -188,3 +188,26 @@ def test_client_reports_the_rendezvous_reason(two_rendezvous):
     assert client.announce(real, NodeIdentity.generate().statement_private) == 0
     assert client.errors[targets[0]] == "announcement_signature_invalid"
     assert client.list() == []
+
+
+def test_agent_keeps_a_forgery_beside_the_real_peer(tmp_path):
+    """The listing carries the real entry and the forgery (same triple, the forger's statement key):
+    the agent gives each its own record, so the forgery never replaces the real one's announcement."""
+    import dataclasses
+    from conclave.overlay.evidence import SimEvidenceSource
+    from conclave.runtime.agent.agent import NodeAgent
+    from conclave.runtime.agent.config import NodeConfig
+    from conclave.runtime.attestation.policy import Policy
+    from conclave.runtime.attestation.sim import SimulatedRoot
+    from inprocess_support import GOOD, POLICY
+    root = SimulatedRoot.generate()
+    agent = NodeAgent(NodeConfig(
+        node_name="rdv-me", role="worker", owner="o", policy=Policy.from_dict(POLICY), manifest_digest=b"\x11" * 32,
+        evidence_source=SimEvidenceSource(root.issue_attester("rdv-me", measurement=GOOD)),
+        underlay_host="127.0.0.1", status_socket=tmp_path / "me.sock"))
+    real = ann("peer", 1)
+    forged = dataclasses.replace(real, underlay_host="6.6.6.6", statement_key=NodeIdentity.generate().statement_public)
+    agent._merge([real, forged])
+    agent._merge([forged])
+    by_statement = {rec.announcement.statement_key: rec.announcement for rec in agent.peers.values()}
+    assert by_statement == {real.statement_key: real, forged.statement_key: forged}
