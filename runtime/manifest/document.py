@@ -418,13 +418,6 @@ class VerifiedManifest:
         return keys.unb64(source["broker_key"], "model_source.broker_key") if "broker_key" in source else None
 
     @property
-    def broker_key(self) -> bytes | None:
-        """The raw Ed25519 key that must sign every stage key the model owner's broker releases
-        (model_source.broker_key); None: the manifest names none (replies are not authenticated)."""
-        source = self.content.get("model_source") or {}
-        return keys.unb64(source["broker_key"], "model_source.broker_key") if "broker_key" in source else None
-
-    @property
     def rendezvous(self) -> tuple[str, ...]:
         return tuple(self.content["rendezvous"])
 
