@@ -90,6 +90,8 @@ API for the head's agent (`conclave node` builds it in runtime/cli/node.py)
               max_body=4 MiB, require_all_stages=True, api_key=None)
     await front.start() -> (host, port); await front.stop(); front.serve_forever(stop_event)
     front.url -> "https://host:port" once started; front.missing_stages() -> [stage names]
+    front.node_facts = callable -> {node: {"tcb_status", "lifecycle"}} for /v1/status.json
+                                   (head_front_for_agent sets it from the agent: status_view.agent_facts)
 """
 from __future__ import annotations
 
