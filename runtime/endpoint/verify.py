@@ -213,7 +213,7 @@ def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes
         extra_certs = [x509.load_der_x509_certificate(c) for c in blob.certs]
     except ValueError:
         raise MalformedEvidence("a certificate shipped with the evidence is not DER") from None
-    if collateral is None and collateral_for is not None and tee in (TeeType.TDX, TeeType.SNP):
+    if collateral is None and collateral_for is not None and tee in (TeeType.TDX, TeeType.SNP, TeeType.NVGPU):
         collateral = collateral_for(tee, blob.data)
     carried = _load_collateral(tee, blob.collateral) if blob.collateral else None
     collateral = collateral_merge.merge(tee, collateral, carried, at=at, trusted_roots=roots)
@@ -317,7 +317,7 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
         step = f"05.gpu{i}"
         try:
             gpu = _verify_blob(blob, TeeType.NVGPU, at=at, nonce=gpu_nonce, certs=certs,
-                               roots=vendor_roots, collateral=None)
+                               roots=vendor_roots, collateral=None, collateral_for=collateral_for)
             _record_steps(r, f"gpu{i}.", gpu.steps)
             att_binding.check_binding(gpu, gpu_nonce)
             validate(gpu, policy)
