@@ -244,3 +244,40 @@ def test_enroll_command_refuses_an_enrolment_of_other_keys(cluster):
     assert worker.status()["enrolment"] is None
     ident = request(worker.cfg.status_socket, {"cmd": "identity"})
     assert ident["node"] == "en-w2" and ident["wg_public_key"] == base64.b64encode(worker.identity.wg_public.raw).decode()
+
+
+def test_owner_enroll_cli_attests_the_node_and_delivers_the_enrolment(cluster, tmp_path, capsys, root):
+    """`conclave owner enroll`: the owner key file never reaches output; a key that is not the
+    stage owner's is refused (owner_not_enrolled) and the node stays unenrolled."""
+    import json
+
+    from conclave.runtime.cli import main
+    worker = cluster("en-w2", "worker", index=6)
+    manifest_path, sim_root = tmp_path / "manifest.json", tmp_path / "sim-root.pem"
+    manifest_path.write_bytes(MANIFEST.raw)
+    sim_root.write_bytes(root.cert_pem)
+    alice_key, bob_key = tmp_path / "alice.pem", tmp_path / "bob.pem"
+    assert main(["owner", "keygen", str(alice_key), "--json"]) == 0
+    capsys.readouterr()
+    bob_key.write_bytes(_pem(OWNER_KEYS["bob"]))
+    bob_key.chmod(0o600)
+    base = ["owner", "enroll", "--manifest", str(manifest_path), "--owner-fingerprint",
+            keys.fingerprint(DEPLOYER.public_key()), "--stage", "en-w2", "--status-socket",
+            str(worker.cfg.status_socket), "--sim-root", str(sim_root), "--json"]
+    assert main(base + ["--owner-key", str(alice_key)]) == 2
+    assert json.loads(capsys.readouterr().out)["reason"] == "owner_not_enrolled"
+    assert worker.status()["enrolment"] is None
+    out = tmp_path / "enrolment.json"
+    assert main(base + ["--owner-key", str(bob_key), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed)
+    assert result["ok"] and result["owner"] == "bob" and result["delivered"] is True
+    assert "PRIVATE" not in printed and bob_key.read_text() not in printed
+    assert worker.status()["enrolment"]["owner"] == "bob"
+    assert json.loads(out.read_bytes())["enrolment"]["stage"] == "en-w2"
+
+
+def _pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
