@@ -281,3 +281,44 @@ def _pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def test_key_broker_releases_a_stage_key_only_to_the_enrolled_node(root):
+    """The model owner's broker checks the same claim: without the stage owner's enrolment a node
+    with genuine evidence gets nothing (owner_not_enrolled); with it, its stage's key."""
+    from conclave.overlay import rpc
+    from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
+    from conclave.runtime.broker.service import KeyBrokerService
+    from conclave.runtime.keys.broker import SecretsBroker, stage_key_name
+    from conclave.runtime.keys.secret import SecretValue
+    from conclave.runtime.node.stage_key import StageKeyRefused, fetch_stage_key
+
+    verifier = Verifier(policy=MANIFEST.policy, manifest_digest=MANIFEST.digest,
+                        overlay=ipaddress.IPv4Network(MANIFEST.overlay_cidr), trusted_sim_roots=[root.certificate])
+    service = KeyBrokerService(manifest=MANIFEST, verifier=verifier,
+                               secrets_broker=SecretsBroker({stage_key_name("en-w1"): SecretValue(b"k" * 32)}))
+    server = rpc.server(workers=2)
+    pb_grpc.add_KeyBrokerServicer_to_server(service, server)
+    port = rpc.bind(server, "127.0.0.1", 0)
+    server.start()
+    try:
+        ident = NodeIdentity.generate()
+        ann = Announcement(node_id="en-w1", owner="", role=Role.WORKER, underlay_host="127.0.0.1",
+                           admission_port=1, wireguard_port=2, wg_public_key=ident.wg_public,
+                           hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address("100.64.0.9"),
+                           statement_key=ident.statement_public)
+        args = dict(me=ann, identity=ident, source=SimEvidenceSource(root.issue_attester("en-w1", measurement=GOOD)),
+                    manifest_digest=MANIFEST.digest)
+        with pytest.raises(StageKeyRefused) as err:
+            fetch_stage_key(f"127.0.0.1:{port}", **args)
+        assert err.value.reason == "owner_not_enrolled" and service.released == {}
+        with pytest.raises(StageKeyRefused) as err:   # an enrolment by an owner who does not own the stage
+            fetch_stage_key(f"127.0.0.1:{port}", enrolment=enrol(ann, OWNER_KEYS["alice"],
+                                                                 manifest=make_manifest(owners={
+                                                                     "alice": OWNER_KEYS["alice"],
+                                                                     "bob": OWNER_KEYS["alice"]})), **args)
+        assert err.value.reason == "owner_not_enrolled" and service.released == {}
+        got = fetch_stage_key(f"127.0.0.1:{port}", enrolment=enrol(ann), **args)
+        assert got == SecretValue(b"k" * 32) and service.released == {"en-w1": 1}
+    finally:
+        server.stop(0)
