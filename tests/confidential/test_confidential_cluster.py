@@ -47,8 +47,14 @@ def test_status_describes_the_confidential_cluster(ccluster):
                             status["network"]["owner_fingerprint"], "--json"], ccluster.env)
     assert json.loads(verified.stdout)["ok"] is True
     content = json.loads(manifest.read_text())["manifest"]
-    assert content["policy"]["production"] is False and content["policy"]["allowed_tee"] == ["sim"]
-    assert content["policy"]["sim"]["measurement"] == [status["network"]["measurement"]]
+    # emulated hardware (the default): TDX, SNP, TDX; test roots only through unsafe_test_roots,
+    # otherwise as strict as production (revocation checked, collateral age, code identity)
+    policy = content["policy"]
+    assert policy["production"] is False and policy["allowed_tee"] == ["snp", "tdx"]
+    assert set(policy["unsafe_test_roots"]) == {"snp", "tdx"} and policy["require_revocation_check"] is True
+    assert policy["tdx"]["mr_td"] == [status["network"]["measurement"]]
+    assert policy["snp"]["measurement"] == [status["network"]["measurement"]]
+    assert [n["tee"] for n in status["nodes"]] == ["tdx", "snp", "tdx"]
     assert [s["role"] for s in content["stages"]] == ["head", "worker", "worker"]
     assert content["model_digest"] == status["model"]["digest"]
     for node in status["nodes"]:
@@ -236,9 +242,11 @@ def test_no_secret_in_argv_logs_or_readable_files(ccluster):
 # -- the head's public API: TLS bound into the head's evidence ---------------------------------------------
 def _verify_args(cluster, manifest: str, fingerprint: str) -> list[str]:
     st = cluster.status
+    emulators = st["network"]["emulators"]      # the client fetches its own collateral (emulated PCS/KDS)
     return ["verify", f"https://127.0.0.1:{st['endpoint'].split(':')[2].split('/')[0]}", "--manifest", manifest,
-            "--owner-fingerprint", fingerprint, "--sim-root", st["network"]["sim_root"], "--ca", st["ca_cert"],
-            "--json"]
+            "--owner-fingerprint", fingerprint, "--ca", st["ca_cert"], "--pcs-url", emulators["pcs"]["url"],
+            "--pcs-root-crl-url", emulators["pcs"]["url"] + "/IntelSGXRootCA.der", "--kds-url",
+            emulators["kds"]["url"], "--json"]
 
 
 def test_endpoint_is_tls_and_conclave_verify_accepts_it(ccluster):

@@ -45,7 +45,8 @@ def test_prometheus_in_the_head_scrapes_every_agent_over_the_overlay(ccluster):
         admitted = _by(wait_until('conclave_admissions_total{result="admitted",reason="ok"}', len(nodes)),
                        "instance")
         peers = _by(wait_until("conclave_peers_admitted", len(nodes)), "instance")
-        verifications = _by(wait_until('conclave_verification_seconds_count{tee="sim"}', len(nodes)),
+        verifications = _by(wait_until('sum by (instance) (conclave_verification_seconds_count{tee=~"tdx|snp"})',
+                                       len(nodes)),
                             "instance")
         pairs = len(nodes) * (len(nodes) - 1)
         ages = _by(wait_until("conclave_peer_evidence_age_seconds", pairs), "instance", "peer")
