@@ -1,6 +1,11 @@
 """The node agent: attest itself, announce, admit peers mutually, agree PSKs, keep the device
 in line with the admitted set, re-attest on a schedule, and evict whoever stops passing.
 
+This module holds the lifecycle, the main loop, discovery, the device and status; the rest
+lives in mixins of its own: admission_flow.py (challenge, verify, admit, reject, evict),
+key_exchange.py (PSKs and brokered secrets), liveness_flow.py (Pings) and statements.py (signed
+stage statements). Peer states and their transitions: peers.py.
+
 Threads: one main loop (discovery, scheduling, evidence-age checks, liveness, reconcile), a
 small pool for per-peer network work (challenge, key release, secrets), gRPC's server pool, the
 status socket. The peer table is guarded by one lock; no network call happens while holding it.
@@ -29,33 +34,32 @@ from datetime import datetime, timezone
 import grpc
 
 from conclave.overlay import keyrelease, rpc
-from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge
-from conclave.runtime.agent.verifier import build_verifier
+from conclave.overlay.admission import AdmissionRejected, answer_challenge
 from conclave.overlay.desired import AdmittedPeerConfig, desired_device
 from conclave.overlay.device import WgDevice
 from conclave.overlay.firewall import Firewall, ruleset
-from conclave.overlay.identity import Announcement, NodeIdentity, Role
-from conclave.overlay.keys import PresharedKey, WgPublicKey
-from conclave.overlay.liveness import (PeerLiveness, PingOutcome, judge_reply, new_token, ping_proof,
-                                       proof_matches)
+from conclave.overlay.identity import Announcement, NodeIdentity
+from conclave.overlay.keys import WgPublicKey
+from conclave.overlay.liveness import PeerLiveness
 from conclave.overlay.nonces import NonceCache
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import OverlayReason
-from conclave.overlay import stage_statement
 from conclave.overlay.reconcile import Reconciler, RemovePeer
 from conclave.overlay.rendezvous import RendezvousClient, RendezvousService, announcement_key
+from conclave.runtime.agent.admission_flow import AdmissionFlow
+from conclave.runtime.agent.admission_flow import claimed_tee, enrolment_is_newer  # noqa: F401  (callers import them here)
 from conclave.runtime.agent.config import NodeConfig
+from conclave.runtime.agent.key_exchange import KeyExchange
 from conclave.runtime.agent.launcher import Launcher
+from conclave.runtime.agent.liveness_flow import LivenessFlow
 from conclave.runtime.agent.peers import PeerRecord, PeerState
 from conclave.runtime.agent.state import AgentState, check_transition
+from conclave.runtime.agent.statements import StageStatements
 from conclave.runtime.agent.status import StatusServer
-from conclave.runtime.attestation.core import TeeType
+from conclave.runtime.agent.verifier import build_verifier
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.keys.broker import (SecretRefused, SecretsBroker, open_signed_secret, secret_purpose,
-                                          sign_secret)
-from conclave.runtime.keys.hpke import SealError, seal
-from conclave.runtime.keys.sender_auth import ReleaseNotAuthenticated, sign_release
+from conclave.runtime.keys.broker import SecretsBroker
 from conclave.runtime.keys.secret import SecretValue
 from conclave.runtime.metrics import ConclaveMetrics, MetricsServer, serve_metrics
 
@@ -64,7 +68,7 @@ MAX_RECORDS = 512
 STALE_AFTER = 120.0   # seconds without an announcement before a non-admitted peer is left alone
 
 
-class NodeAgent:
+class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
     def __init__(self, cfg: NodeConfig, *, identity: NodeIdentity | None = None):
         self.cfg = cfg
         self.identity = identity or NodeIdentity.generate()
@@ -351,120 +355,10 @@ class NodeAgent:
             self._send_ping(rec, lv)
 
     # ------------------------------------------------------------------ liveness (see overlay/liveness.py)
-    def _check_liveness(self, rec: PeerRecord, now: float, pings: list, stale_channels: list) -> bool:
-        """With the lock held: evict a silent or re-keyed peer (True), else queue a ping if one is due.
-        Liveness only ever evicts; admission and re-keying stay with attested evidence."""
-        t = self.cfg.timing
-        lv = rec.liveness
-        if lv is None:   # admitted before liveness existed for it (should not happen): start now
-            lv = rec.liveness = PeerLiveness(last_alive_mono=now)
-        if lv.identity_changed:
-            self._evict(rec, OverlayReason.IDENTITY_CHANGED, "identity_changed")
-            return True
-        if lv.overdue(now, t.liveness_timeout):
-            self._evict(rec, OverlayReason.PEER_UNREACHABLE, "unreachable")
-            return True
-        if lv.reset_channel:
-            lv.reset_channel = False
-            stale_channels.append(rec.announcement.admission_target)
-        if lv.due(now, t.liveness_interval):
-            lv.in_flight = True
-            lv.last_sent_mono = now
-            pings.append((rec, lv))
-        return False
 
-    def _pairing_lost(self, rec: PeerRecord, now: float) -> bool:
-        """Follower only: the leader keeps answering that it does not hold our pairing (it evicted
-        us and re-admitted us while we stayed meshed), so re-confirm the PSK with it, which re-keys.
-        The leader never acts on the hint: the follower drives every key agreement."""
-        lv = rec.liveness
-        return (lv is not None and rec.state == PeerState.MESHED and rec.psk is not None
-                and keyrelease.is_leader(rec.key, self.identity.wg_public)
-                and lv.pairing_lost(now, 2 * self.cfg.timing.liveness_interval))
-
-    def _send_ping(self, rec: PeerRecord, lv: PeerLiveness) -> None:
-        """Start one asynchronous Ping (no lock held, no thread used while it is in the air)."""
-        token = new_token()
-        sent = time.monotonic()
-        psk = rec.psk   # proves our pairing to the peer; without it the peer answers meshed=false
-        proof = ping_proof(psk.secret_bytes(), token, self.identity.wg_public, rec.key) if psk else b""
-        request = pb.PingRequest(verifier_wg_public_key=self.identity.wg_public.raw, token=token,
-                                 proof=proof)
-        try:
-            call = self._stub(rec.announcement.admission_target).Ping.future(
-                request, timeout=self.cfg.timing.ping_deadline())
-        except Exception:   # channel closed while stopping
-            with self._lock:
-                lv.record(PingOutcome.NO_REPLY, time.monotonic(), sent=sent, peer_meshed=None)
-            return
-        call.add_done_callback(lambda fut: self._on_ping_done(rec, lv, token, sent, fut))
-
-    def _on_ping_done(self, rec: PeerRecord, lv: PeerLiveness, token: bytes, sent: float, fut) -> None:
-        """gRPC callback thread: record the outcome only (no RPC, no eviction here; the main loop
-        acts on it at its next tick). A stage statement in the reply is kept only when it verifies
-        under the statement key bound into the peer's admitted evidence."""
-        timed_out, meshed = False, None
-        try:
-            reply = fut.result()
-            outcome = judge_reply(rec.key, token, bytes(reply.wg_public_key), bytes(reply.token))
-            meshed = bool(reply.meshed)
-            if outcome == PingOutcome.ALIVE and reply.stage_statement:
-                self._record_statement(rec, bytes(reply.stage_statement), bytes(reply.statement_signature))
-        except grpc.RpcError as exc:
-            outcome = PingOutcome.NO_REPLY
-            timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        except Exception:   # cancelled (channel closed) or anything unexpected: just no reply
-            outcome = PingOutcome.NO_REPLY
-        with self._lock:
-            lv.record(outcome, time.monotonic(), sent=sent, peer_meshed=meshed, timed_out=timed_out)
-        if outcome == PingOutcome.IDENTITY_CHANGED:
-            self._wake.set()
-
-    def handle_ping(self, caller: WgPublicKey, token: bytes = b"",
-                    proof: bytes = b"") -> tuple[WgPublicKey, bool]:
-        """Our key, and whether we hold a meshed pairing (agreed PSK) with the caller's key, told
-        only to a caller that proves that PSK (anyone else gets meshed=false, as for an unknown key)."""
-        with self._lock:
-            rec = self._admitted_by_key(caller)
-            psk = rec.psk if rec is not None and rec.state == PeerState.MESHED else None
-        meshed = proof_matches(psk.secret_bytes() if psk else None, token, caller,
-                               self.identity.wg_public, proof)
-        return self.identity.wg_public, meshed
 
     # ------------------------------------------------------------------ stage statements
-    def publish_statement(self, statement: dict) -> None:
-        """Sign our stage statement (shard verified, Ray state) with the key our evidence binds;
-        every Ping reply carries the latest one."""
-        signed = stage_statement.sign(self.identity.statement_private,
-                                      {**statement, "node_id": self.cfg.node_name,
-                                       "wg_public_key": self.identity.wg_public.to_base64()})
-        with self._lock:
-            self._statement = signed
 
-    def own_statement(self) -> tuple[bytes, bytes] | None:
-        with self._lock:
-            return self._statement
-
-    def _record_statement(self, rec: PeerRecord, body: bytes, signature: bytes) -> None:
-        try:
-            value = stage_statement.verify(rec.announcement.statement_key, body, signature)
-        except stage_statement.StatementInvalid as exc:
-            with self._lock:
-                rec.stage_statement, rec.stage_statement_error = None, str(exc)
-            return
-        if value.get("node_id") != rec.node_id or value.get("wg_public_key") != rec.key.to_base64():
-            with self._lock:
-                rec.stage_statement, rec.stage_statement_error = None, "statement names another node"
-            return
-        with self._lock:
-            rec.stage_statement, rec.stage_statement_error = value, None
-            rec.stage_statement_signed = (body, signature)
-
-    def peer_statements(self) -> dict[str, dict]:
-        """node id -> the latest verified stage statement of each MESHED peer."""
-        with self._lock:
-            return {rec.node_id: dict(rec.stage_statement) for rec in self.peers.values()
-                    if rec.state == PeerState.MESHED and rec.stage_statement is not None}
 
     def _discovery_loop(self) -> None:
         """Announce and list on its own thread: a slow or black-holed rendezvous must never delay
@@ -544,282 +438,13 @@ class NodeAgent:
             pass
 
     # ------------------------------------------------------------------ admission (we verify them)
-    def _attest_peer(self, rec: PeerRecord, reattest: bool) -> None:
-        ann = rec.announcement
-        nonce = self.nonces.issue(ann.node_id)
-        started = time.monotonic()
-        try:
-            try:
-                reply = self._stub(ann.admission_target).Attest(
-                    pb.AttestRequest(nonce=nonce, verifier_wg_public_key=self.identity.wg_public.raw),
-                    timeout=rpc.RPC_TIMEOUT)
-            except grpc.RpcError as exc:
-                self._note_rpc_failure(ann.admission_target, exc)
-                with self._lock:
-                    rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
-                    # re-attestation: the peer stays until its evidence is too old (evidence_expired)
-                    if not reattest:
-                        rec.reason = str(OverlayReason.PEER_UNREACHABLE)
-                        rec.reasons = [rec.reason]
-                log.info("peer %s unreachable for %s: %s", ann.node_id,
-                         "re-attestation" if reattest else "admission", exc.code().name)
-                return
-            verify_started = time.monotonic()
-            try:
-                admitted = self.verifier.admit(challenged=ann, reply=reply, nonces=self.nonces)
-            except AdmissionRejected as exc:
-                self.metrics.observe_verification(claimed_tee(reply), time.monotonic() - verify_started)
-                self.metrics.record_admission("rejected", str(exc.reason))
-                with self._lock:
-                    if reattest:
-                        if rec.state in (PeerState.ADMITTED, PeerState.MESHED):   # not evicted meanwhile
-                            self._evict(rec, exc.reason, "reattestation_failed", exc.reasons)
-                    else:
-                        self._reject(rec, exc.reason, exc.reasons)
-                return
-            self.metrics.observe_verification(str(admitted.tee), time.monotonic() - verify_started)
-        finally:
-            self.nonces.retire(nonce)
-        with self._lock:
-            if reattest and rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
-                # liveness evicted it while this re-attestation was in the air: the retry path
-                # re-admits it (with a fresh nonce) once it is reachable again
-                return
-            conflict = self._address_conflict(rec)
-            if conflict is not None:
-                self.metrics.record_admission("rejected", str(OverlayReason.ADDRESS_CONFLICT))
-                self._reject(rec, OverlayReason.ADDRESS_CONFLICT, [str(OverlayReason.ADDRESS_CONFLICT)])
-                return
-            holders = [other for other in self.peers.values() if other is not rec and other.node_id == rec.node_id
-                       and other.state in (PeerState.ADMITTED, PeerState.MESHED)]
-            if any(not enrolment_is_newer(admitted, other.admitted) for other in holders):
-                # `replaced` only for a newer enrolment by the stage's owner: the current holder stays
-                self.metrics.record_admission("rejected", str(OverlayReason.ENROLMENT_NOT_NEWER))
-                self._reject(rec, OverlayReason.ENROLMENT_NOT_NEWER, [str(OverlayReason.ENROLMENT_NOT_NEWER)])
-                return
-            for other in holders:
-                self._evict(other, OverlayReason.REPLACED, "replaced")
-            rec.admitted = admitted
-            rec.last_admission_s = time.monotonic() - started
-            rec.last_verified_mono = time.monotonic()
-            rec.last_verified_wall = time.time()
-            rec.reason, rec.reasons = None, []
-            if rec.state not in (PeerState.ADMITTED, PeerState.MESHED) or rec.liveness is None:
-                rec.liveness = PeerLiveness(last_alive_mono=rec.last_verified_mono)
-            else:
-                rec.liveness.last_alive_mono = rec.last_verified_mono   # it just answered a challenge
-            if rec.state != PeerState.MESHED:
-                rec.state = PeerState.ADMITTED
-            if reattest:
-                rec.reattestations += 1
-            else:
-                rec.event("admitted")
-            self.metrics.record_admission("admitted", "ok")
-            self.metrics.record_evidence_verified(rec.node_id)
-            self._refresh_peers_admitted()
-        for hook in list(self.admission_hooks):
-            try:
-                hook.on_admitted(ann, reply, nonce)
-            except Exception:  # a hook (the head's attestation bundle) must never break admission
-                log.exception("admission hook failed for %s", ann.node_id)
-        log.info("peer %s %s (tee=%s)", ann.node_id, "re-attested" if reattest else "admitted", admitted.tee)
-        # follower: pull (or re-confirm) the PSK right away; leader: wait for the follower
-        if not keyrelease.is_leader(self.identity.wg_public, rec.key):
-            if reattest and rec.psk is not None:
-                self._reconfirm_key(rec)
-            else:
-                self._request_key(rec)
 
-    def _address_conflict(self, rec: PeerRecord) -> PeerRecord | None:
-        addr = rec.announcement.overlay_address
-        if addr == self.me.overlay_address:
-            return rec
-        for other in self.peers.values():
-            if other is not rec and other.node_id != rec.node_id and other.announcement.overlay_address == addr \
-                    and other.state in (PeerState.ADMITTED, PeerState.MESHED):
-                return other
-        return None
-
-    def _reject(self, rec: PeerRecord, reason: str, reasons: list[str]) -> None:
-        # an evicted peer that fails again stays "evicted" (with the newest reason)
-        if rec.state != PeerState.EVICTED:
-            rec.state = PeerState.REJECTED
-        rec.admitted = None
-        rec.liveness = None
-        rec.forget_keys()
-        rec.reason, rec.reasons = str(reason), [str(r) for r in reasons]
-        rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
-        rec.event("rejected", str(reason))
-        self._refresh_peers_admitted()
-        log.warning("peer %s rejected: reason=%s", rec.node_id, reason, extra={"reason": str(reason), "peer": rec.node_id})
-
-    def _refresh_peers_admitted(self) -> None:
-        """Call with the lock held, after any peer state change that can admit or drop a peer."""
-        self.metrics.set_peers_admitted(sum(1 for r in self.peers.values()
-                                            if r.state in (PeerState.ADMITTED, PeerState.MESHED)))
-
-    def _evict(self, rec: PeerRecord, reason: str, event: str, reasons: list[str] | None = None) -> None:
-        rec.state = PeerState.EVICTED
-        rec.admitted = None
-        rec.liveness = None   # a reply still in the air lands on the detached object
-        rec.forget_keys()
-        rec.reason = str(reason)
-        rec.reasons = [str(r) for r in (reasons or [reason])]
-        rec.last_verified_mono = None
-        rec.next_attempt_mono = time.monotonic() + self.cfg.timing.retry_interval
-        rec.event(event, str(reason))
-        self.metrics.record_eviction(rec.node_id, str(reason))   # also drops its per-peer series
-        self._refresh_peers_admitted()
-        for hook in list(self.admission_hooks):
-            try:
-                hook.on_evicted(rec.node_id, reason=str(reason))
-            except Exception:
-                log.exception("eviction hook failed for %s", rec.node_id)
-        log.warning("peer %s evicted (%s): reason=%s", rec.node_id, event, reason,
-                    extra={"reason": str(reason), "peer": rec.node_id})
-        self._dirty.set()
-        self._wake.set()
 
     # ------------------------------------------------------------------ key release (follower side)
-    def _request_key(self, rec: PeerRecord) -> None:
-        leader = rec.key
-        me = self.identity.wg_public
-        stub = self._stub(rec.announcement.admission_target)
-        try:
-            reply = stub.ReleaseKey(pb.KeyReleaseRequest(requester_wg_public_key=me.raw,
-                                                         leader_wg_public_key=leader.raw), timeout=rpc.RPC_TIMEOUT)
-        except grpc.RpcError:
-            self._retry_soon(rec)
-            return
-        if reply.status != pb.OK:
-            self._retry_soon(rec)  # typically NOT_ADMITTED: the leader has not admitted us yet
-            return
-        try:
-            psk = keyrelease.open_signed_psk(self.identity.hpke_private, bytes(reply.sealed_psk),
-                                             bytes(reply.sender_signature), leader=leader, follower=me,
-                                             leader_statement_key=self._admitted_statement_key(rec))
-        except ReleaseNotAuthenticated:
-            with self._lock:
-                rec.event("key_release_failed", str(OverlayReason.PSK_NOT_AUTHENTICATED))
-            log.warning("peer %s: sealed PSK not signed by its attested statement key; refused", rec.node_id,
-                        extra={"reason": str(OverlayReason.PSK_NOT_AUTHENTICATED), "peer": rec.node_id})
-            self._retry_soon(rec)
-            return
-        except (SealError, ValueError):
-            with self._lock:
-                rec.event("key_release_failed", "unseal_failed")
-            self._retry_soon(rec)
-            return
-        try:
-            conf = stub.ConfirmKey(pb.KeyConfirmRequest(
-                requester_wg_public_key=me.raw, leader_wg_public_key=leader.raw,
-                confirmation=keyrelease.confirmation(psk, leader, me)), timeout=rpc.RPC_TIMEOUT)
-        except grpc.RpcError:
-            self._retry_soon(rec)
-            return
-        if conf.status != pb.OK:
-            self._retry_soon(rec)
-            return
-        with self._lock:
-            if rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
-                return  # evicted meanwhile
-            rec.psk = psk
-            rec.admitted_me = True
-            rec.state = PeerState.MESHED
-            rec.event("meshed")
-        self._dirty.set()
-        self._wake.set()
 
-    def _reconfirm_key(self, rec: PeerRecord) -> None:
-        """After a re-attestation, or when the leader's pings say it lost our pairing: check the
-        leader still holds our PSK; if not, agree a new one."""
-        leader, me = rec.key, self.identity.wg_public
-        with self._lock:
-            psk = rec.psk
-            if psk is None or rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
-                return
-        try:
-            conf = self._stub(rec.announcement.admission_target).ConfirmKey(pb.KeyConfirmRequest(
-                requester_wg_public_key=me.raw, leader_wg_public_key=leader.raw,
-                confirmation=keyrelease.confirmation(psk, leader, me)), timeout=rpc.RPC_TIMEOUT)
-        except grpc.RpcError:
-            return
-        if conf.status != pb.OK:
-            with self._lock:
-                if rec.state not in (PeerState.ADMITTED, PeerState.MESHED):
-                    return   # evicted meanwhile
-                rec.forget_keys()
-                if rec.state == PeerState.MESHED:
-                    rec.state = PeerState.ADMITTED
-                rec.event("rekey", conf.reason)
-            self._request_key(rec)
-
-    def _retry_soon(self, rec: PeerRecord) -> None:
-        with self._lock:
-            rec.next_attempt_mono = time.monotonic() + min(self.cfg.timing.tick * 2, 1.0)
 
     # ------------------------------------------------------------------ secrets (consumer side)
-    def _wants_secrets_from(self, rec: PeerRecord) -> bool:
-        return (self._is_secret_source(rec) and not rec.secrets_fetched
-                and any(n not in self.received_secrets for n in self.cfg.want_secrets))
 
-    def _is_secret_source(self, rec: PeerRecord) -> bool:
-        """Secrets come only from the head: the manifest's head stage (by node id, admitted with
-        role head) when the node booted from a manifest, else (bare test agents) any head."""
-        if rec.announcement.role != Role.HEAD:
-            return False
-        manifest = self.cfg.manifest
-        return manifest is None or rec.node_id == manifest.head.node
-
-    def _admitted_statement_key(self, rec: PeerRecord) -> bytes:
-        """The statement key bound into the peer's ADMITTED evidence (empty: none, or not admitted):
-        the only key whose signature makes a sealed PSK or secret from this peer acceptable."""
-        with self._lock:
-            admitted = rec.admitted
-            return admitted.announcement.statement_key if admitted is not None else b""
-
-    def _fetch_secrets(self, rec: PeerRecord) -> None:
-        me = self.identity.wg_public
-        complete = True   # False: a forged reply was refused; ask again soon instead of giving up
-        for name in self.cfg.want_secrets:
-            if name in self.received_secrets:
-                continue
-            try:
-                reply = self._stub(rec.announcement.admission_target).GetSecret(
-                    pb.SecretRequest(requester_wg_public_key=me.raw, name=name), timeout=rpc.RPC_TIMEOUT)
-            except grpc.RpcError:
-                return
-            if reply.status == pb.NOT_ADMITTED:
-                # the head may not have finished its side of the key exchange yet: try later
-                self.secret_errors[name] = reply.reason or "not_admitted"
-                self._retry_soon(rec)
-                return
-            if reply.status != pb.OK:
-                self.secret_errors[name] = reply.reason or pb.Status.Name(reply.status).lower()
-                continue
-            try:
-                value = open_signed_secret(self.identity.hpke_private, bytes(reply.sealed_secret),
-                                           bytes(reply.sender_signature), name=name, broker_wg=rec.key.raw,
-                                           requester_wg=me.raw, sender_key=self._admitted_statement_key(rec))
-            except ReleaseNotAuthenticated:
-                self.secret_errors[name] = str(OverlayReason.SECRET_NOT_AUTHENTICATED)
-                log.warning("secret %s from %s not signed by its attested statement key; refused", name,
-                            rec.node_id, extra={"reason": str(OverlayReason.SECRET_NOT_AUTHENTICATED),
-                                                "peer": rec.node_id})
-                complete = False
-                continue
-            except (SealError, ValueError):
-                self.secret_errors[name] = "unseal_failed"
-                continue
-            self.received_secrets[name] = (value, rec.node_id)
-            self.secret_errors.pop(name, None)
-            log.info("secret %s received from %s", name, rec.node_id)
-        if not complete:
-            self._retry_soon(rec)
-            return
-        with self._lock:
-            if rec.state == PeerState.MESHED:
-                rec.secrets_fetched = True
 
     # ------------------------------------------------------------------ served RPCs (they ask us)
     def handle_attest(self, nonce: bytes) -> pb.AttestReply:
@@ -833,76 +458,6 @@ class NodeAgent:
                 return rec
         return None
 
-    def handle_release_key(self, requester: WgPublicKey, leader: WgPublicKey) -> tuple[int, bytes, str]:
-        me = self.identity.wg_public
-        if leader != me or not keyrelease.is_leader(me, requester):
-            return pb.REFUSED, b"", "wrong_leader"
-        with self._lock:
-            rec = self._admitted_by_key(requester)
-            if rec is None:
-                return pb.NOT_ADMITTED, b"", str(OverlayReason.NOT_ADMITTED)
-            if rec.pending_psk is None:
-                rec.pending_psk = PresharedKey.generate()
-            psk = rec.pending_psk
-            hpke = rec.announcement.hpke_public_key   # the attested key (same_identity checked)
-        sealed = seal(hpke, psk.secret_bytes(), info=keyrelease.psk_info(me, requester))
-        return pb.OK, sealed, ""
-
-    def handle_confirm_key(self, requester: WgPublicKey, leader: WgPublicKey, proof: bytes) -> tuple[int, str]:
-        me = self.identity.wg_public
-        if leader != me:
-            return pb.REFUSED, "wrong_leader"
-        with self._lock:
-            rec = self._admitted_by_key(requester)
-            if rec is None:
-                return pb.NOT_ADMITTED, str(OverlayReason.NOT_ADMITTED)
-            if rec.pending_psk is not None and keyrelease.check_confirmation(rec.pending_psk, me, requester, proof):
-                rec.psk, rec.pending_psk = rec.pending_psk, None
-            elif not (rec.psk is not None and keyrelease.check_confirmation(rec.psk, me, requester, proof)):
-                return pb.REFUSED, str(OverlayReason.KEY_CONFIRMATION_FAILED)
-            changed = rec.state != PeerState.MESHED
-            rec.admitted_me = True
-            rec.state = PeerState.MESHED
-            if changed:
-                rec.event("meshed")
-        if changed:
-            # Configure our side BEFORE answering: the follower adds us when it gets OK, and its
-            # first handshake then finds us ready (otherwise WireGuard waits a 5 s rekey timeout).
-            self.reconcile()
-            self._wake.set()
-        return pb.OK, ""
-
-    def handle_get_secret(self, requester: WgPublicKey, name: str) -> tuple[int, bytes, str]:
-        if self.broker is None:
-            return pb.REFUSED, b"", str(OverlayReason.UNKNOWN_SECRET)
-        with self._lock:
-            rec = self._admitted_by_key(requester)
-            if rec is None or rec.state != PeerState.MESHED:
-                return pb.NOT_ADMITTED, b"", str(OverlayReason.NOT_ADMITTED)
-            role, hpke = str(rec.announcement.role), rec.announcement.hpke_public_key
-        try:
-            sealed = self.broker.release(name, requester_role=role, requester_hpke=hpke,
-                                         requester_wg=requester.raw, broker_wg=self.identity.wg_public.raw,
-                                         requester_node_id=rec.node_id)
-        except SecretRefused as exc:
-            return pb.REFUSED, b"", exc.reason
-        log.info("secret %s released to %s", name, rec.node_id)
-        try:
-            self.metrics.record_secret_released(secret_purpose(name))   # the purpose, never the value
-        except ValueError:
-            log.warning("secret name %r is not a metric label; release not counted", name)
-        return pb.OK, sealed, ""
-
-    def sign_psk_release(self, requester: WgPublicKey, sealed: bytes) -> bytes:
-        """Our statement-key signature over a PSK we sealed for `requester` (we lead the pair): the
-        follower opens only a PSK its admitted leader signed (keyrelease.open_signed_psk)."""
-        return sign_release(self.identity.statement_private,
-                            info=keyrelease.psk_info(self.identity.wg_public, requester), sealed=sealed)
-
-    def sign_secret_release(self, requester: WgPublicKey, name: str, sealed: bytes) -> bytes:
-        """Our statement-key signature over secret `name` sealed for `requester` (broker.sign_secret)."""
-        return sign_secret(self.identity.statement_private, sealed, name=name,
-                           broker_wg=self.identity.wg_public.raw, requester_wg=requester.raw)
 
     # ------------------------------------------------------------------ device
     def desired(self):
@@ -1050,27 +605,3 @@ class NodeAgent:
         return {"ok": False, "reason": "unknown_command"}
 
 
-def enrolment_is_newer(new, old) -> bool:
-    """Whether admission `new` may replace `old` for the same stage: both proven stage claims
-    (hence both signed by the stage's one owner) and `new`'s enrolment issued later. Without a
-    manifest (no stage claims checked) the newer admission replaces, as before."""
-    new_proof = getattr(new, "stage_proof", None)
-    old_proof = getattr(old, "stage_proof", None)
-    if new_proof is None and old_proof is None:
-        return True
-    if new_proof is None or old_proof is None:
-        return False
-    return new_proof.owner == old_proof.owner and new_proof.issued > old_proof.issued
-
-
-def claimed_tee(reply: pb.AttestReply) -> str:
-    """The CPU TEE a rejected reply claimed, as a bounded label value ("unknown" if none parses):
-    a peer's free-form string must never become a metric label."""
-    for item in reply.evidence:
-        try:
-            tee = TeeType(item.tee)
-        except ValueError:
-            continue
-        if tee != TeeType.NVGPU:
-            return str(tee)
-    return "unknown"

@@ -21,6 +21,27 @@ class PeerState(StrEnum):
     EVICTED = "evicted"         # was admitted, then re-attestation failed / expired / policy
 
 
+# Which peer-state changes the agent makes (a pure table; PeerRecord.move enforces it). Admission can
+# start again from any state (a retry, a re-attestation, a re-admission after eviction); a pairing is
+# MESHED only once admitted; a re-key drops MESHED back to ADMITTED; only an admitted peer is evicted.
+PEER_TRANSITIONS: dict[PeerState, frozenset[PeerState]] = {
+    PeerState.DISCOVERED: frozenset({PeerState.ADMITTED, PeerState.REJECTED}),
+    PeerState.ADMITTED: frozenset({PeerState.ADMITTED, PeerState.MESHED, PeerState.REJECTED, PeerState.EVICTED}),
+    PeerState.MESHED: frozenset({PeerState.MESHED, PeerState.ADMITTED, PeerState.REJECTED, PeerState.EVICTED}),
+    PeerState.REJECTED: frozenset({PeerState.ADMITTED, PeerState.REJECTED}),
+    PeerState.EVICTED: frozenset({PeerState.ADMITTED, PeerState.REJECTED, PeerState.EVICTED}),
+}
+
+
+class InvalidPeerTransition(RuntimeError):
+    pass
+
+
+def check_peer_transition(old: PeerState, new: PeerState) -> None:
+    if new not in PEER_TRANSITIONS[old]:
+        raise InvalidPeerTransition(f"peer {old} -> {new} is not a valid transition")
+
+
 @dataclass
 class PeerRecord:
     announcement: Announcement
@@ -52,6 +73,11 @@ class PeerRecord:
     @property
     def node_id(self) -> str:
         return self.announcement.node_id
+
+    def move(self, new: PeerState) -> None:
+        """Change state along PEER_TRANSITIONS only (raises InvalidPeerTransition otherwise)."""
+        check_peer_transition(self.state, new)
+        self.state = new
 
     def event(self, what: str, reason: str = "") -> None:
         self.events.append((time.time(), what, reason))
