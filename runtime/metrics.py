@@ -102,6 +102,8 @@ class _AgeCollector(Collector):
         return []  # names are fixed above; describing would call collect at registration
 
 
+NODE_STATES = ("booting", "attested", "meshed", "shard_verified", "ray_joined", "serving", "degraded")
+
 class ConclaveMetrics:
     """The metric objects and the small recording helpers the agent and head call.
 
@@ -131,6 +133,12 @@ class ConclaveMetrics:
         self.device_restarts = Counter("conclave_wireguard_device_restarts_total",
                                        "WireGuard devices recreated after their daemon or interface died, by reason",
                                        ["reason"], registry=self.registry)
+        self.node_state = Gauge("conclave_node_state",
+                                "This node's stage lifecycle state (1 for the current one): booting, attested, meshed, "
+                                "shard_verified, ray_joined, serving, degraded", ["state"], registry=self.registry)
+        self.node_degraded = Gauge("conclave_node_degraded_reasons",
+                                   "Reasons this node (the head: the pipeline) does not serve now (1 each)",
+                                   ["reason"], registry=self.registry)
         self._ages = _AgeCollector(clock)
         self.registry.register(self._ages)
 
@@ -162,6 +170,15 @@ class ConclaveMetrics:
         with self._ages._lock:
             self._ages.evidence_verified_at.pop(peer, None)
             self._ages.wireguard.pop(peer, None)
+
+    # -- node lifecycle ---------------------------------------------------------------------
+    def set_node_state(self, state: str, reasons: Iterable[str] = ()) -> None:
+        """One series per known state (1 for the current one) and one per current reason."""
+        for known in NODE_STATES:
+            self.node_state.labels(state=known).set(1.0 if known == state else 0.0)
+        self.node_degraded.clear()
+        for reason in sorted(set(reasons)):
+            self.node_degraded.labels(reason=str(reason)).set(1.0)
 
     # -- verification latency ---------------------------------------------------------------
     def observe_verification(self, tee: str, seconds: float) -> None:

@@ -465,6 +465,9 @@ class StageRunner:
         self.state = state
         self.reasons = [(str(r), d) for r, d in reasons]
         self.agent.stage_extra = self.describe()
+        metrics = getattr(self.agent, "metrics", None)
+        if metrics is not None:
+            metrics.set_node_state(str(state), [r for r, _ in self.reasons])
 
     def describe(self) -> dict:
         """Public facts for status, metrics and /v1/attestation (no secrets)."""
