@@ -58,7 +58,6 @@ class StageSpec:
     role: str
     layers: tuple[int, int]
     layer_counts: tuple[int, ...]          # per stage, in pipeline order (VLLM_PP_LAYER_PARTITION)
-    stage_order: tuple[str, ...] = ()      # stage (node) names in pipeline order
     model_path: Path
     model_manifest: dict = field(repr=False)
     served_name: str = "smollm2"
@@ -74,6 +73,7 @@ class StageSpec:
     shard_index: int = 0                   # this stage's shard (manifest order: ROOT/stage-K)
     shard_mount: Path = Path("/run/conclave/shard")   # private tmpfs; the same path on every node
     mount_shard_tmpfs: bool = True         # False: shard_mount already is this node's own memory fs
+    stage_order: tuple[str, ...] = ()      # stage (node) names in pipeline order
 
     @property
     def sealed(self) -> bool:

@@ -39,3 +39,28 @@ def test_node_state_is_exported_one_series_per_state():
     text = generate_latest(m.registry).decode()
     assert 'conclave_node_state{state="serving"} 1.0' in text and 'conclave_node_state{state="degraded"} 0.0' in text
     assert "conclave_node_degraded_reasons{" not in text     # cleared once serving
+
+
+def test_the_node_cli_builds_a_stage_runner_from_the_signed_manifest(tmp_path):
+    """`conclave node` with a model: the runner knows its stage, the pipeline order and the layer split
+    from the manifest (what the head gives vLLM), never from its own command line."""
+    import argparse
+    from types import SimpleNamespace
+    from conclave.runtime.cli.node import _stage_runner
+    from conclave.runtime.manifest.document import Stage
+    manifest = SimpleNamespace(
+        model_digest="ab" * 32, model_source=None,
+        stages=(Stage("node-1", "o", "worker", 10, 30), Stage("node-0", "o", "head", 0, 10)),
+        stage_for=lambda n: {"node-0": Stage("node-0", "o", "head", 0, 10),
+                             "node-1": Stage("node-1", "o", "worker", 10, 30)}.get(n))
+    model_manifest = tmp_path / "model.json"
+    model_manifest.write_text('{"digest": "' + "ab" * 32 + '", "dtype": "float32"}')
+    cfg = SimpleNamespace(manifest=manifest, node_name="node-0", role="head", overlay_address="100.64.0.1",
+                          interface="cnc0")
+    args = argparse.Namespace(model=tmp_path, model_manifest=model_manifest, dtype=None, served_name="m",
+                              max_model_len=64, kv_cache_mb=16, run_dir=tmp_path / "run", omp_bind=None,
+                              shard_mount=tmp_path / "shard", shard_mount_mode="mount")
+    runner = _stage_runner(args, cfg, agent=None, api_key=None)
+    spec = runner.spec
+    assert (spec.index, spec.stages, spec.layers, spec.layer_counts) == (0, 2, (0, 10), (10, 20))
+    assert spec.stage_order == ("node-0", "node-1") and runner.worker_names == ["node-1"]
