@@ -1,14 +1,20 @@
 """A cluster assembled only from `conclave node` processes, started the way README and the Helm chart do.
 
 Four hosts in network namespaces stand for the model owner's machine (OWNER) and three CVMs (HEAD, W1,
-W2). Phase 1 runs README's "Run on your own machines" bash blocks exactly as written, each on its host
-(one substitution, because this machine has no TEE: every `conclave node` also gets
-`--evidence sim --bundle-file attester.json --sim-root sim-root.pem`, the broker and `conclave verify`
-get `--sim-root`, and policy.yaml is the simulated policy). Phase 2 renders helm/conclave with real Helm
-from the same signed manifest, takes every pod's args and environment and runs them in the same
-namespaces as a kubelet would (each pod in its own mount namespace: the manifest Secret at
-/etc/conclave, memory volumes at /run and /tmp, the cache at /var/cache/conclave; service names in
-/etc/hosts). Both phases must serve the sealed default model and give the golden answer.
+W2), run by three node owners (owner-a: node-0 on HEAD, owner-b: node-1 on W1, owner-c: node-2 on W2).
+Phase 1 runs README's "Run on your own machines" bash blocks exactly as written, each on its host: every
+node owner makes its key there and hands its public key to the deployment owner, who lists them in the
+signed manifest; once each node runs, its owner attests and enrols it over its status socket (the
+blocks written for HEAD run on W1 and W2 with their stage and owner names). One substitution, because
+this machine has no TEE: every `conclave node` also gets `--evidence sim --bundle-file attester.json
+--sim-root sim-root.pem`, the broker, `conclave owner enroll` and `conclave verify` get `--sim-root`,
+and policy.yaml is the simulated policy. Phase 2 renders helm/conclave with real Helm from the same
+signed manifest, takes every pod's args and environment and runs them in the same namespaces as a
+kubelet would (each pod in its own mount namespace: the manifest Secret at /etc/conclave, memory
+volumes at /run and /tmp, the cache at /var/cache/conclave; service names in /etc/hosts); acting as
+each pool's owner, it then runs helm/README.md's `conclave owner enroll` inside each pod's mount
+namespace (as `kubectl exec -i` would), the owner key on stdin. Both phases must serve the sealed
+default model and give the golden answer.
 """
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SERVE_TIMEOUT = 900.0
 ANSWER = "The capital of France is Paris."
+# host -> the stage it runs and that stage's node owner, as the README's manifest lists them
+STAGES = {"HEAD": ("node-0", "owner-a"), "W1": ("node-1", "owner-b"), "W2": ("node-2", "owner-c")}
+POD_STATUS_SOCKET = "/run/conclave/status.sock"   # the chart's --status-socket, on the pod's memory volume
 
 
 def readme_blocks() -> list[str]:
@@ -54,7 +63,14 @@ def no_tee(script: str) -> str:
     script = script.replace("conclave node ", "conclave node --evidence sim --bundle-file attester.json "
                                               "--sim-root sim-root.pem ")
     script = script.replace("conclave broker ", "conclave broker --sim-root sim-root.pem ")
+    script = script.replace("conclave owner enroll ", "conclave owner enroll --sim-root sim-root.pem ")
     return script.replace("conclave verify ", "conclave verify --sim-root sim-root.pem ")
+
+
+def on_host(script: str, name: str) -> str:
+    """A block README writes for HEAD's stage and owner (node-0, owner-a), as that host's owner runs it."""
+    node, owner = STAGES[name]
+    return script.replace("node-0", node).replace("owner-a", owner)
 
 
 class Hosts:
@@ -160,13 +176,18 @@ def hosts(tmp_path_factory):
 def readme_cluster(hosts):
     """Phase 1: README's blocks, each on its host; returns what phase 2 and the checks need."""
     blocks = readme_blocks()
-    assert len(blocks) == 6, "README's own-machines section changed: update this test with it"
-    nodes = {"HEAD": "node-0", "W1": "node-1", "W2": "node-2"}
+    assert len(blocks) == 8, "README's own-machines section changed: update this test with it"
+    nodes = {name: node for name, (node, _) in STAGES.items()}
     pem, bundles, policy = sim_material(hosts.tmp, list(nodes.values()))
     env = hosts.env()
     hosts.run("OWNER", block(blocks, "# model owner, on OWNER: import"), env)
     owner_dir = hosts.tmp / "OWNER"
     (owner_dir / "policy.yaml").write_text(policy)
+    keygen = block(blocks, "# node owner owner-a, on HEAD (")
+    for name, (_, owner) in STAGES.items():           # each node owner's key; its public half to the deployment owner
+        hosts.run(name, on_host(keygen, name), env)
+        assert (hosts.tmp / name / f"{owner}.key").stat().st_mode & 0o077 == 0
+        shutil.copy(hosts.tmp / name / f"{owner}.pub", owner_dir / f"{owner}.pub")
     hosts.run("OWNER", block(blocks, "# deployment owner"), env)      # the deployment owner's laptop: OWNER here
     fp = subprocess.run([str(VENV_BIN / "conclave"), "manifest", "show", str(owner_dir / "manifest.json"),
                          "--owner-fingerprint"], capture_output=True, text=True, check=True).stdout.strip()
@@ -183,8 +204,11 @@ def readme_cluster(hosts):
     worker = block(blocks, "# on W1")
     hosts.run("W1", no_tee(worker), env)
     hosts.run("W2", no_tee(worker.replace("node-1", "node-2").replace('"$W1"', '"$W2"')), env)
+    enrol = block(blocks, "# node owner owner-a, on HEAD once")
+    enrolled = {name: hosts.run(name, no_tee(on_host(enrol, name)), env).stdout for name in STAGES}
     answer = wait_answer(hosts.ip("HEAD"), hosts.tmp / "HEAD" / "head-tls.pem", "README nodes")
-    return {"blocks": blocks, "env": env, "fp": fp, "answer": answer, "bundles": bundles, "nodes": nodes}
+    return {"blocks": blocks, "env": env, "fp": fp, "answer": answer, "bundles": bundles, "nodes": nodes,
+            "enrolled": enrolled}
 
 
 def test_readme_commands_serve_the_sealed_model(hosts, readme_cluster):
@@ -193,9 +217,14 @@ def test_readme_commands_serve_the_sealed_model(hosts, readme_cluster):
     verified = json.loads(res.stdout.splitlines()[0])
     assert verified["ok"] is True, verified
     assert ANSWER in res.stdout
-    for name, node in readme_cluster["nodes"].items():   # every node verified its own sealed shard
-        status = json.loads(hosts.run(name, f"conclave mesh status --node {node} --json", readme_cluster["env"]).stdout)
-        life = status["nodes"][0]["lifecycle"]
+    for name, (node, owner) in STAGES.items():   # every node: enrolled by its stage's owner, its own shard verified
+        assert f"enrolled stage {node} for owner {owner} " in readme_cluster["enrolled"][name]
+        assert "(delivered to the node)" in readme_cluster["enrolled"][name]
+        status = json.loads(hosts.run(name, "conclave mesh status --socket node.sock --json",
+                                      readme_cluster["env"]).stdout)["nodes"][0]
+        assert status["node"] == node
+        assert status["enrolment"]["stage"] == node and status["enrolment"]["owner"] == owner, status["enrolment"]
+        life = status["lifecycle"]
         assert life["shard"]["sealed"] is True and life["shard"]["verified"] is True, life
         assert life["state"] == ("serving" if node == "node-0" else "ray_joined"), life
 
@@ -236,24 +265,46 @@ def kubelet_script(container: dict, pod_ip: str, pod_dir: Path, bundle: Path | N
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
             env[item["name"]] = pod_ip
     args = [a.replace("$(POD_IP)", pod_ip) for a in container["args"]]
-    mounts = []
+    # pod_dir lies under this machine's /tmp, which the pod's own /tmp hides: the log is opened and
+    # every host path is read before that memory volume goes over /tmp
+    binds, memory = [], {}
     for m in container.get("volumeMounts", []):
         path = m["mountPath"]
         if path == "/dev/net/tun":
             continue
         if m["name"] in ("run", "tmp"):
-            mounts.append(f"mount -t tmpfs -o mode=0755 tmpfs {path}")
+            memory[path] = f"mount -t tmpfs -o mode=0755 tmpfs {path}"
         else:
             src = pod_dir / m["name"]
             src.mkdir(exist_ok=True)
-            mounts.append(f"mount --bind {shlex.quote(str(src))} {path}")
+            binds.append(f"mount --bind {shlex.quote(str(src))} {path}")
+    steps = [f"exec > {shlex.quote(str(pod_dir / 'pod.log'))} 2>&1", "mount --make-rprivate /", *binds,
+             *(cmd for path, cmd in memory.items() if path != "/tmp")]
     extra = ""
     if bundle is not None and args[0] == "node":   # the dev-only evidence substitution (no TEE here)
-        mounts.append(f"install -m 0600 {shlex.quote(str(bundle))} /run/attester.json")
+        steps.append(f"install -m 0600 {shlex.quote(str(bundle))} /run/attester.json")
         extra = " --bundle-file /run/attester.json --sim-root /etc/conclave/sim-root.pem"
-    script = " && ".join(["mount --make-rprivate /", *mounts]) + \
-        f" && exec conclave {' '.join(shlex.quote(a) for a in args)}{extra} > {shlex.quote(str(pod_dir / 'pod.log'))} 2>&1"
+    if "/tmp" in memory:
+        steps.append(memory["/tmp"])
+    script = " && ".join(steps) + f" && exec conclave {' '.join(shlex.quote(a) for a in args)}{extra}"
     return script, env
+
+
+def enrol_pod(hosts: Hosts, host: str, pid: int, stage: str, owner: str, fp: str) -> dict:
+    """The pool's owner enrols its pod as helm/README.md shows (`kubectl exec -i POD -- conclave owner
+    enroll --owner-key /dev/stdin ... < KEY`): the same command in the pod's mount namespace, the key on stdin."""
+    socket = Path(f"/proc/{pid}/root{POD_STATUS_SOCKET}")
+    deadline = time.monotonic() + 120
+    while not socket.is_socket():
+        assert Path(f"/proc/{pid}").exists(), f"pod of {stage} exited before its status socket appeared"
+        assert time.monotonic() < deadline, f"pod of {stage}: no status socket at {POD_STATUS_SOCKET}"
+        time.sleep(1)
+    key = hosts.tmp / host / f"{owner}.key"
+    res = hosts.run(host, f"nsenter --target {pid} --mount -- conclave owner enroll --owner-key /dev/stdin "
+                          f"--manifest /etc/conclave/manifest.json --owner-fingerprint {fp} --stage {stage} "
+                          f"--status-socket {POD_STATUS_SOCKET} --sim-root /etc/conclave/sim-root.pem --json "
+                          f"< {shlex.quote(str(key))}", hosts.env())
+    return json.loads(res.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +320,7 @@ def helm_cluster(hosts, readme_cluster):
         etc.mkdir(parents=True, exist_ok=True)
         hosts.etc_netns.append(etc)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{hosts.ip('HEAD')} {rendezvous_svc}\n")
-    started = []
+    started, pids = [], {}
     for workload, pod in sorted(pods.items(), key=lambda kv: kv[1]["labels"].get("conclave.dev/role") != "head"):
         stage = pod["labels"].get("conclave.dev/stage")
         host = stage_host.get(stage, "HEAD")        # the rendezvous Deployment lands on HEAD's machine
@@ -284,10 +335,16 @@ def helm_cluster(hosts, readme_cluster):
             bundle = pod_dir / "attester.json"
             put_bundle(bundle, readme_cluster["bundles"][stage])
         script, env = kubelet_script(pod["container"], hosts.ip(host), pod_dir, bundle)
-        subprocess.Popen(["ip", "netns", "exec", hosts.by_name[host].netns, "unshare", "--mount", "sh", "-c", script],
-                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+        # `ip netns exec` and `unshare` exec (no fork), so this pid is the pod's shell, then its conclave
+        proc = subprocess.Popen(["ip", "netns", "exec", hosts.by_name[host].netns, "unshare", "--mount", "sh", "-c",
+                                 script], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
         started.append((workload, pod["container"]["args"]))
+        if stage:
+            pids[stage] = proc.pid
+    owners = {node: owner for node, owner in STAGES.values()}
+    enrolled = {stage: enrol_pod(hosts, stage_host[stage], pid, stage, owners[stage], readme_cluster["fp"])
+                for stage, pid in pids.items()}
     head_pod = next(w for w, p in pods.items() if p["labels"].get("conclave.dev/role") == "head")
     ca = hosts.tmp / "helm-head-ca.pem"
     deadline = time.monotonic() + 300
@@ -300,7 +357,8 @@ def helm_cluster(hosts, readme_cluster):
         else:
             time.sleep(3)
     answer = wait_answer(hosts.ip("HEAD"), ca, "Helm-rendered pods")
-    return {"answer": answer, "started": started, "head_pod": head_pod, "ca": ca}
+    return {"answer": answer, "started": started, "head_pod": head_pod, "ca": ca, "enrolled": enrolled,
+            "owners": owners}
 
 
 def test_helm_rendered_pods_serve_the_sealed_model(helm_cluster):
@@ -310,3 +368,8 @@ def test_helm_rendered_pods_serve_the_sealed_model(helm_cluster):
     head = next(a for a in node_args if "--role=head" in a)
     assert any(a.startswith("--front-port=") for a in head)           # the chart serves the head's front
     assert all("--model-manifest=/etc/conclave/model-manifest.json" in a for a in node_args)
+    assert all(f"--status-socket={POD_STATUS_SOCKET}" in a for a in node_args)
+    assert set(helm_cluster["enrolled"]) == set(helm_cluster["owners"])   # every stage's pod, by its pool's owner
+    for stage, answer in helm_cluster["enrolled"].items():
+        assert answer["ok"] is True and answer["delivered"] is True, answer
+        assert answer["stage"] == stage and answer["owner"] == helm_cluster["owners"][stage], answer

@@ -325,6 +325,22 @@ def test_rendered_agent_args_are_accepted_by_the_cli(listen):
         assert parsed.metrics_host == (ENV_PLACEHOLDERS["$(POD_IP)"] if listen == "pod" else None)
 
 
+def test_every_agent_takes_its_owners_enrolment_on_a_status_socket_in_its_own_memory():
+    """The pool's owner enrols each pod over one known socket (README's kubectl exec); it lies on the
+    pod's memory volume, so nothing of it reaches the host's disk."""
+    socket = "/run/conclave/status.sock"
+    assert socket in README.read_text() and "conclave owner enroll" in README.read_text()
+    stateful_sets = by_kind(render(merged()), "StatefulSet")
+    assert len(stateful_sets) == 2
+    for ds in stateful_sets:
+        spec = ds["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert str(_parse_with_real_cli(_cli_args(container)).status_socket) == socket
+        run = next(m for m in container["volumeMounts"] if socket.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in spec["volumes"] if v["name"] == run["name"])
+        assert volume == {"name": run["name"], "emptyDir": {"medium": "Memory"}}
+
+
 def test_rendered_rendezvous_args_are_accepted_by_the_cli():
     docs = render(merged({"rendezvous": {"port": 6000, "extraArgs": ["--ttl", "120"]}}))
     deployment = next(d for d in by_kind(docs, "Deployment")
