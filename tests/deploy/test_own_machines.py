@@ -84,6 +84,7 @@ class Hosts:
         self.names = ["OWNER", "HEAD", "W1", "W2"]
         self.by_name = {}
         self.etc_netns: list[Path] = []
+        self.mount_points: list[Path] = []   # the pods' mount points this machine lacked (removed again)
 
     def create(self) -> None:
         for name, host in zip(self.names, self.hosts.create(len(self.names))):
@@ -118,6 +119,11 @@ class Hosts:
         self.kill(*self.by_name)
         for path in self.etc_netns:
             shutil.rmtree(path, ignore_errors=True)
+        for path in reversed(self.mount_points):
+            try:
+                path.rmdir()              # only while empty: never anything this test did not make
+            except OSError:
+                pass
         return self.local.destroy(self.hosts.created)
 
 
@@ -320,6 +326,13 @@ def helm_cluster(hosts, readme_cluster):
         etc.mkdir(parents=True, exist_ok=True)
         hosts.etc_netns.append(etc)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{hosts.ip('HEAD')} {rendezvous_svc}\n")
+    for pod in pods.values():                       # what a container runtime makes in the pod's root
+        for m in pod["container"].get("volumeMounts", []):
+            path = Path(m["mountPath"])
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            for made in reversed(missing):
+                made.mkdir()
+                hosts.mount_points.append(made)
     started, pids = [], {}
     for workload, pod in sorted(pods.items(), key=lambda kv: kv[1]["labels"].get("conclave.dev/role") != "head"):
         stage = pod["labels"].get("conclave.dev/stage")
