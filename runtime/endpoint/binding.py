@@ -20,6 +20,7 @@ PURPOSE_HEAD = "conclave/head/v1"
 PURPOSE_NODE = binding.PURPOSE_NODE
 EXTRA_TLS = "tls_spki_sha256"
 EXTRA_REPORT_KEY = "report_key"
+EXTRA_STATEMENT_KEY = "statement_key"   # the node's Ed25519 statement key (what its enrolment also covers)
 
 
 def spki_sha256(cert: x509.Certificate | bytes) -> bytes:
@@ -31,15 +32,28 @@ def spki_sha256(cert: x509.Certificate | bytes) -> bytes:
     return hashlib.sha256(spki).digest()
 
 
-def head_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,
-                     nonce: bytes, tls_spki_sha256: bytes, report_key: bytes) -> bytes:
-    """The head's 64-byte REPORT_DATA for a client's nonce."""
+def head_extra(*, tls_spki_sha256: bytes, report_key: bytes, statement_key: bytes | None = None) -> dict[str, bytes]:
+    """What the head's evidence binds besides its WireGuard/HPKE keys: the TLS key hash, the report
+    key and, where the head has one, its statement key (so a client can match the head's owner
+    enrolment, which covers that key too, against keys its fresh evidence binds)."""
     if len(tls_spki_sha256) != 32 or len(report_key) != 32:
         raise ValueError("tls_spki_sha256 and report_key are 32 bytes each")
+    extra = {EXTRA_TLS: bytes(tls_spki_sha256), EXTRA_REPORT_KEY: bytes(report_key)}
+    if statement_key:
+        if len(statement_key) != 32:
+            raise ValueError("statement_key is 32 bytes")
+        extra[EXTRA_STATEMENT_KEY] = bytes(statement_key)
+    return extra
+
+
+def head_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,
+                     nonce: bytes, tls_spki_sha256: bytes, report_key: bytes,
+                     statement_key: bytes | None = None) -> bytes:
+    """The head's 64-byte REPORT_DATA for a client's nonce."""
     return binding.report_data_for(
         purpose=PURPOSE_HEAD, manifest_digest=manifest_digest, wg_public_key=wg_public_key,
         hpke_public_key=hpke_public_key, nonce=nonce,
-        extra={EXTRA_TLS: bytes(tls_spki_sha256), EXTRA_REPORT_KEY: bytes(report_key)})
+        extra=head_extra(tls_spki_sha256=tls_spki_sha256, report_key=report_key, statement_key=statement_key))
 
 
 def node_report_data(*, manifest_digest: bytes, wg_public_key: bytes, hpke_public_key: bytes,

@@ -7,15 +7,19 @@
                 "gpu_evidence": [{"evidence": b64, "certs": [b64 DER], "collateral": b64 | null}],
                 "freshness": "fresh" | "cached", "collected_at": RFC 3339 | null,
                 "report_data_inputs": {"purpose", "wg_public_key": b64, "hpke_public_key": b64,
-                                       "nonce": hex, "extra": {name: b64}}}],
+                                       "nonce": hex, "extra": {name: b64}},
+                "enrolment": b64 | null}],
      "head": {"name", "tls_spki_sha256": hex, "report_pubkey": b64}}
 
 The head's entry is always fresh: its evidence is produced for the client's nonce with purpose
-conclave/head/v1 and extra {"tls_spki_sha256", "report_key"}. Worker entries are usually the
+conclave/head/v1 and extra {"tls_spki_sha256", "report_key", "statement_key"}. Worker entries are usually the
 evidence the head admitted them with ("cached", purpose conclave/node/v1, the head's admission
 nonce, and whatever extra the admission binding used, e.g. node_id/role/overlay_address).
 GPU items are bound through binding.gpu_nonce_for(the node's REPORT_DATA). Collateral travels
-with the evidence (it is vendor-signed). Nothing here is trusted until verify.verify_bundle says so.
+with the evidence (it is vendor-signed). `enrolment` is the stage owner's signed enrolment of the
+node's per-boot keys (runtime/manifest/enrolment.py wire bytes, public): the one a worker was
+admitted with, and the head's own (null until its owner enrolled it). Nothing here is trusted
+until verify.verify_bundle says so (it checks each enrolment against the keys the binding names).
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from conclave.runtime.attestation.core import TeeType
-from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_TLS, PURPOSE_HEAD,
-                                               PURPOSE_NODE, head_report_data)
+from conclave.runtime.endpoint.binding import (PURPOSE_HEAD, PURPOSE_NODE, head_extra,
+                                               head_report_data)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest.canonical import CanonicalError, strict_loads
@@ -41,6 +45,7 @@ MAX_GPUS = 8
 MAX_CERTS = 16
 MAX_EXTRA = 16
 MAX_EXTRA_VALUE = 1024
+MAX_ENROLMENT_LEN = 8192   # as runtime.manifest.enrolment.MAX_ENROLMENT_LEN
 CPU_TEES = (TeeType.TDX, TeeType.SNP, TeeType.SIM)
 
 
@@ -135,6 +140,7 @@ class NodeEntry:
     freshness: str
     inputs: BindingInputs
     collected_at: str | None = None
+    enrolment: bytes | None = None    # the stage owner's enrolment of this boot's keys (wire bytes)
 
     @property
     def tee(self) -> str:
@@ -146,7 +152,8 @@ class NodeEntry:
                 "evidence": cpu["evidence"], "certs": cpu["certs"], "collateral": cpu["collateral"],
                 "gpu_evidence": [g.to_json() for g in self.evidence.gpus],
                 "freshness": self.freshness, "collected_at": self.collected_at,
-                "report_data_inputs": self.inputs.to_json()}
+                "report_data_inputs": self.inputs.to_json(),
+                "enrolment": keys.b64(self.enrolment) if self.enrolment else None}
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,7 @@ def _blob(obj: Mapping[str, Any], where: str) -> EvidenceBlob:
 
 
 _NODE_FIELDS = {"name", "role", "owner", "tee", "evidence", "certs", "collateral", "gpu_evidence",
-                "freshness", "collected_at", "report_data_inputs"}
+                "freshness", "collected_at", "report_data_inputs", "enrolment"}
 
 
 def _node(n: Any, where: str) -> NodeEntry:
@@ -219,8 +226,16 @@ def _node(n: Any, where: str) -> NodeEntry:
             raise BundleMalformed(f"{where}.gpu_evidence[{i}] has wrong fields")
         gpu_blobs.append(_blob(g, f"{where}.gpu_evidence[{i}]"))
     evidence = NodeEvidence(n["tee"], _blob(n, where), tuple(gpu_blobs))
+    enrolment = None
+    if n["enrolment"] is not None:
+        try:
+            enrolment = keys.unb64(n["enrolment"], f"{where}.enrolment")
+        except ValueError as exc:
+            raise BundleMalformed(str(exc)) from None
+        if not enrolment or len(enrolment) > MAX_ENROLMENT_LEN:
+            raise BundleMalformed(f"{where}.enrolment must be 1 to {MAX_ENROLMENT_LEN} bytes")
     return NodeEntry(n["name"], n["role"], n["owner"], evidence, n["freshness"],
-                     BindingInputs.from_json(n["report_data_inputs"], where), n["collected_at"])
+                     BindingInputs.from_json(n["report_data_inputs"], where), n["collected_at"], enrolment)
 
 
 def parse_bundle(data: bytes | Mapping[str, Any]) -> ParsedBundle:
@@ -298,11 +313,16 @@ class BundleBuilder:
     `lambda rd: NodeEvidence.from_items(source.collect(rd))` with an overlay EvidenceSource.
     Worker entries are registered as they are admitted (set_peer) and replaced on re-attestation
     or dropped on eviction (drop_peer): an evicted stage makes clients refuse (node_missing).
+    statement_key: the head's statement public key, bound into its fresh evidence so clients can
+    match the head's enrolment (which covers it) against bound keys; head_enrolment() -> the head
+    owner's enrolment bytes (b"" until enrolled), read per bundle (e.g. `lambda: agent.enrolment`).
     """
 
     def __init__(self, *, manifest: VerifiedManifest, head_node: str, tee: str | None,
                  attest: Callable[[bytes], bytes | NodeEvidence], wg_public_key: bytes,
-                 hpke_public_key: bytes, tls_spki_sha256: bytes, report_key: bytes):
+                 hpke_public_key: bytes, tls_spki_sha256: bytes, report_key: bytes,
+                 statement_key: bytes | None = None,
+                 head_enrolment: Callable[[], bytes | None] | None = None):
         stage = manifest.stage_for(head_node)
         if stage is None or stage.role != "head":
             raise ValueError(f"{head_node!r} is not the head stage of the manifest")
@@ -313,21 +333,24 @@ class BundleBuilder:
         self._wg, self._hpke = bytes(wg_public_key), bytes(hpke_public_key)
         self._tls = bytes(tls_spki_sha256)
         self._report_key = bytes(report_key)
+        self._statement_key = bytes(statement_key) if statement_key else None
+        self._head_enrolment = head_enrolment
         self._peers: dict[str, NodeEntry] = {}
         self._lock = threading.Lock()
 
     def set_peer(self, name: str, *, evidence: bytes | NodeEvidence, wg_public_key: bytes,
                  hpke_public_key: bytes, nonce: bytes, tee: str | None = None,
                  extra: Mapping[str, bytes] | None = None,
-                 collected_at: datetime | None = None) -> None:
-        """Record the evidence a worker was admitted with, and the exact binding inputs used."""
+                 collected_at: datetime | None = None, enrolment: bytes | None = None) -> None:
+        """Record the evidence a worker was admitted with, the exact binding inputs used, and the
+        owner enrolment it presented (AttestReply.enrolment)."""
         stage = self._manifest.stage_for(name)
         if stage is None or stage.role == "head":
             raise ValueError(f"{name!r} is not a worker stage of the manifest")
         entry = NodeEntry(name, stage.role, stage.owner, _as_node_evidence(evidence, tee), "cached",
                           BindingInputs(PURPOSE_NODE, bytes(wg_public_key), bytes(hpke_public_key),
                                         bytes(nonce), {k: bytes(v) for k, v in (extra or {}).items()}),
-                          rfc3339(collected_at) if collected_at else None)
+                          rfc3339(collected_at) if collected_at else None, bytes(enrolment or b"") or None)
         with self._lock:
             self._peers[name] = entry
 
@@ -344,6 +367,23 @@ class BundleBuilder:
     def head_node(self) -> str:
         return self._stage.node
 
+    def head_enrolment(self) -> bytes | None:
+        """The head owner's enrolment of the head's keys as of now (None: not enrolled yet)."""
+        if self._head_enrolment is None:
+            return None
+        return bytes(self._head_enrolment() or b"") or None
+
+    def peer_enrolment(self, name: str) -> bytes | None:
+        """The enrolment worker `name` was last admitted with (None: none registered)."""
+        with self._lock:
+            entry = self._peers.get(name)
+            return entry.enrolment if entry is not None else None
+
+    def _head_rd(self, nonce: bytes) -> bytes:
+        return head_report_data(manifest_digest=self._manifest.digest, wg_public_key=self._wg,
+                                hpke_public_key=self._hpke, nonce=nonce, tls_spki_sha256=self._tls,
+                                report_key=self._report_key, statement_key=self._statement_key)
+
     def peer_names(self) -> frozenset[str]:
         """Worker stages whose admission evidence is currently registered."""
         with self._lock:
@@ -356,22 +396,19 @@ class BundleBuilder:
 
     def attest_head(self, nonce: bytes) -> NodeEvidence:
         """The head's own evidence for `nonce` (same binding as build(); e.g. for the run report)."""
-        rd = head_report_data(manifest_digest=self._manifest.digest, wg_public_key=self._wg,
-                              hpke_public_key=self._hpke, nonce=nonce,
-                              tls_spki_sha256=self._tls, report_key=self._report_key)
+        rd = self._head_rd(nonce)
         return _as_node_evidence(self._attest(rd), self._tee)
 
     def build(self, nonce: bytes, *, now: datetime | None = None) -> dict:
         if not MIN_NONCE_LEN <= len(nonce) <= MAX_NONCE_LEN:
             raise ValueError("nonce must be 16 to 64 bytes")
-        rd = head_report_data(manifest_digest=self._manifest.digest, wg_public_key=self._wg,
-                              hpke_public_key=self._hpke, nonce=nonce,
-                              tls_spki_sha256=self._tls, report_key=self._report_key)
+        rd = self._head_rd(nonce)
         head = NodeEntry(self._stage.node, "head", self._stage.owner,
                          _as_node_evidence(self._attest(rd), self._tee), "fresh",
                          BindingInputs(PURPOSE_HEAD, self._wg, self._hpke, bytes(nonce),
-                                       {EXTRA_TLS: self._tls, EXTRA_REPORT_KEY: self._report_key}),
-                         rfc3339(now or datetime.now(timezone.utc)))
+                                       head_extra(tls_spki_sha256=self._tls, report_key=self._report_key,
+                                                  statement_key=self._statement_key)),
+                         rfc3339(now or datetime.now(timezone.utc)), self.head_enrolment())
         with self._lock:
             peers = dict(self._peers)
         nodes = [head if s.role == "head" else peers[s.node]

@@ -16,9 +16,19 @@ Order (bundle-level checks stop at the first failure; then every node is checked
     <node>.05.gpuN        each GPU's evidence, for gpu_nonce_for(REPORT_DATA), then the policy
     <node>.06.gpus        the stage's GPU requirement (manifest stages[i].gpus), the same check as
                           admission's  -> gpu_missing / gpu_cc_off / gpu_model_not_allowed
+    <node>.07.enrolment   the stage owner's enrolment (runtime/manifest/enrolment.py) over exactly
+                          the keys the binding inputs name (WireGuard, HPKE, statement key), for
+                          this manifest, stage and role, signed by the manifest's key of the
+                          stage's owner, valid at `at` -> stage_unknown / role_mismatch /
+                          owner_not_enrolled. Only then does the result name the owner as proven
+                          (NodeResult.owner_proof, BundleResult "stage_owners").
+Why 07: evidence proves the image, not whose machine runs a stage; an impostor on the approved
+image has its own keys and no owner key, so it cannot present an enrolment over the keys its
+evidence binds.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,11 +42,13 @@ from conclave.runtime.attestation import collateral_merge, nvgpu_requirement
 from conclave.runtime.attestation.policy import validate
 from conclave.runtime.attestation.core import (AttestationError, MalformedEvidence, PolicyViolated,
                                                Reason, TeeType, VerifiedEvidence, claims_to_json)
-from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_TLS, PURPOSE_HEAD,
-                                               PURPOSE_NODE)
+from conclave.overlay.reasons import OverlayReason
+from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_STATEMENT_KEY, EXTRA_TLS,
+                                               PURPOSE_HEAD, PURPOSE_NODE)
 from conclave.runtime.endpoint.bundle import (CPU_TEES, EvidenceBlob, NodeEntry, ParsedBundle,
                                               parse_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.manifest import enrolment as enrolment_mod
 from conclave.runtime.manifest.canonical import CanonicalError
 from conclave.runtime.manifest.document import (ManifestError, ManifestReason, VerifiedManifest,
                                                 content_digest)
@@ -51,6 +63,10 @@ class EndpointReason:
     NODE_MISSING = "node_missing"
     EVIDENCE_EXPIRED = str(Reason.EVIDENCE_EXPIRED)
     UNREACHABLE = "endpoint_unreachable"
+    # a stage's owner is not proven (step <node>.07.enrolment; same strings as admission's)
+    STAGE_UNKNOWN = str(OverlayReason.STAGE_UNKNOWN)            # the entry names no stage of the manifest
+    ROLE_MISMATCH = str(OverlayReason.ROLE_MISMATCH)            # its role is not the stage's
+    OWNER_NOT_ENROLLED = str(OverlayReason.OWNER_NOT_ENROLLED)  # no valid enrolment by the stage's owner over its bound keys
     # per-response receipts (endpoint/receipt.py)
     RECEIPT_MISSING = "receipt_missing"                      # a completion came without a receipt
     RECEIPT_SIGNATURE_INVALID = "receipt_signature_invalid"  # the receipt's own signature fails
@@ -97,6 +113,7 @@ class NodeResult:
     notes: list = field(default_factory=list)
     revocation_checked: bool | None = None
     collateral_age_s: float | None = None
+    owner_proof: dict | None = None   # enrolment.ProvenStage.to_json() + enrolment_sha256, once 07 passed
 
     def fail(self, step: str, reason: str, message: str, *, exit_code: int | None = None) -> "NodeResult":
         self.steps.append({"step": f"{self.name}.{step}", "ok": False})
@@ -113,7 +130,8 @@ class NodeResult:
                 "freshness": self.freshness, "ok": self.ok, "reason": self.reason,
                 "error": self.message, "claims": self.claims, "violations": self.violations,
                 "steps": self.steps, "simulated": self.simulated, "notes": self.notes,
-                "revocation_checked": self.revocation_checked, "collateral_age_s": self.collateral_age_s}
+                "revocation_checked": self.revocation_checked, "collateral_age_s": self.collateral_age_s,
+                "owner_proof": self.owner_proof}
 
 
 @dataclass
@@ -134,7 +152,9 @@ class BundleResult:
     def to_json(self) -> dict:
         head = self.head_result
         violations = [dict(v, node=n.name) for n in self.nodes for v in n.violations]
-        return {"ok": self.ok, "reason": self.reason, "error": self.message,
+        owners = [{"stage": n.name, "role": n.role, "owner": n.owner, "proven": n.owner_proof is not None,
+                   "owner_fingerprint": (n.owner_proof or {}).get("owner_fingerprint")} for n in self.nodes]
+        return {"ok": self.ok, "reason": self.reason, "error": self.message, "stage_owners": owners,
                 "tee": head.tee if head else None, "claims": head.claims if head else {},
                 "violations": violations, "steps": self.steps,
                 "nodes": [n.to_json() for n in self.nodes],
@@ -235,8 +255,9 @@ def _check_inputs(r: NodeResult, entry: NodeEntry, parsed: ParsedBundle, *, tls_
             return EndpointReason.NONCE_MISMATCH, "head evidence is not fresh head evidence for this client"
         if not _eq(inputs.nonce, nonce):
             return EndpointReason.NONCE_MISMATCH, "head evidence is for another nonce"
-        if set(inputs.extra) != {EXTRA_TLS, EXTRA_REPORT_KEY}:
-            return EndpointReason.REPORT_DATA_MISMATCH, "head binding must cover exactly the TLS and report keys"
+        if set(inputs.extra) - {EXTRA_STATEMENT_KEY} != {EXTRA_TLS, EXTRA_REPORT_KEY}:
+            return EndpointReason.REPORT_DATA_MISMATCH, \
+                "head binding must cover exactly the TLS and report keys (and its statement key)"
         if not _eq(inputs.extra[EXTRA_TLS], tls_spki_sha256):
             return EndpointReason.TLS_KEY_MISMATCH, "head evidence binds another TLS key than the one on this connection"
         if not _eq(inputs.extra[EXTRA_REPORT_KEY], parsed.head.report_pubkey):
@@ -337,8 +358,36 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
         return r.fail("06.gpus", unmet[0].reason, "; ".join(v.message for v in unmet),
                       exit_code=int(ExitCode.POLICY_VIOLATED))
     r.passed("06.gpus")
+    # 07: the stage's owner enrolled exactly the keys this evidence binds
+    try:
+        r.owner_proof = check_owner_enrolment(entry, manifest=manifest, at=at)
+    except enrolment_mod.EnrolmentRejected as exc:
+        return r.fail("07.enrolment", exc.reason, exc.message)
+    r.passed("07.enrolment")
     r.ok, r.reason, r.message, r.exit_code = True, None, None, 0
     return r
+
+
+def check_owner_enrolment(entry: NodeEntry, *, manifest: VerifiedManifest, at: datetime) -> dict:
+    """The owner proof of a bundle entry whose binding already checked (steps 01-04): the entry's
+    enrolment over the WireGuard, HPKE and statement keys its binding inputs name. Returns
+    ProvenStage.to_json() with the enrolment's SHA-256; raises enrolment.EnrolmentRejected
+    (stage_unknown, role_mismatch, owner_not_enrolled). A binding that names no statement key
+    cannot be matched against the enrolment and is refused (owner_not_enrolled)."""
+    enrolment_mod.check_stage_claim(manifest, node_id=entry.name, role=entry.role)
+    statement_key = entry.inputs.extra.get(EXTRA_STATEMENT_KEY)
+    if not entry.enrolment:
+        raise enrolment_mod.EnrolmentRejected(EndpointReason.OWNER_NOT_ENROLLED,
+                                              f"no enrolment by the owner of stage {entry.name!r}")
+    if not statement_key:
+        raise enrolment_mod.EnrolmentRejected(EndpointReason.OWNER_NOT_ENROLLED,
+                                              "the evidence binds no statement key, so the enrolment "
+                                              "cannot be matched against bound keys")
+    node_keys = enrolment_mod.NodeKeys(entry.inputs.wg_public_key, entry.inputs.hpke_public_key,
+                                       bytes(statement_key))
+    proven = enrolment_mod.check_enrolment(entry.enrolment, manifest=manifest, node_id=entry.name,
+                                           role=entry.role, node_keys=node_keys, at=at)
+    return {**proven.to_json(), "enrolment_sha256": hashlib.sha256(entry.enrolment).hexdigest()}
 
 
 def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest: VerifiedManifest,

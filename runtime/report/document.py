@@ -3,7 +3,9 @@
 Why: a client that verified the head's attestation (whose REPORT_DATA binds `report_key`, see
 endpoint.binding) can check, with this report alone, which engine and model digests ran, which
 node of which owner served each layer range with which evidence and shard, and every
-re-attestation since start. The head's report signing key is generated in memory inside the CVM.
+re-attestation since start. Each stage carries its owner proof (report/owner_proof.py: the owner
+enrolment it runs under), and verify_report with the manifest refuses a stage whose owner is not
+proven (owner_not_enrolled). The head's report signing key is generated in memory inside the CVM.
 
 File: {"report": {...}, "signature": b64(Ed25519), "report_key": b64(raw 32-byte key)}
 Signed message: SIGNING_CONTEXT || canonical_json(report); report["report_key"] equals the outer key.
@@ -23,6 +25,8 @@ from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import ROLES, VerifiedManifest, rfc3339
+from conclave.runtime.report.owner_proof import FIELDS as OWNER_PROOF_FIELDS
+from conclave.runtime.report.owner_proof import owner_proof_json, owner_proof_problems
 
 REPORT_VERSION = 1
 SIGNING_CONTEXT = b"conclave/run-report/v1\x00"
@@ -38,6 +42,7 @@ class ReportReason:
     SIGNATURE_INVALID = "signature_invalid"
     REPORT_KEY_MISMATCH = "report_key_mismatch"
     MANIFEST_MISMATCH = "manifest_mismatch"
+    OWNER_NOT_ENROLLED = "owner_not_enrolled"   # a stage's owner proof is missing or does not hold
 
 
 class ReportError(ConclaveError):
@@ -75,6 +80,8 @@ class StageRecord:
     # the stage's own signed statement of its shard ({"body", "signature"}, b64), by the statement key
     # its evidence binds (overlay/stage_statement.py); None where the head has none (yet)
     shard_statement: dict | None = None
+    # the owner enrolment the stage runs under (report/owner_proof.py); None where the head has none
+    owner_proof: dict | None = None
 
     def to_json(self) -> dict:
         out = {"node": self.node, "owner": self.owner, "role": self.role,
@@ -82,13 +89,24 @@ class StageRecord:
                "evidence_sha256": self.evidence_sha256, "shard_sha256": self.shard_sha256}
         if self.shard_statement is not None:
             out["shard_statement"] = dict(self.shard_statement)
+        if self.owner_proof is not None:
+            out["owner_proof"] = dict(self.owner_proof)
         return out
 
     @classmethod
     def from_json(cls, obj: Any, i: int) -> "StageRecord":
         want = {"node", "owner", "role", "layers", "tee", "evidence_sha256", "shard_sha256"}
-        if not isinstance(obj, dict) or set(obj) - {"shard_statement"} != want:
-            raise _bad(f"stages[{i}] must have exactly {', '.join(sorted(want))} (and optionally shard_statement)")
+        if not isinstance(obj, dict) or set(obj) - {"shard_statement", "owner_proof"} != want:
+            raise _bad(f"stages[{i}] must have exactly {', '.join(sorted(want))} "
+                       "(and optionally shard_statement, owner_proof)")
+        proof = obj.get("owner_proof")
+        if proof is not None:
+            if not isinstance(proof, dict) or set(proof) != OWNER_PROOF_FIELDS \
+                    or not isinstance(proof["enrolment"], str):
+                raise _bad(f"stages[{i}].owner_proof must be {{{', '.join(sorted(OWNER_PROOF_FIELDS))}}}")
+            _hex64(proof["enrolment_sha256"], f"stages[{i}].owner_proof.enrolment_sha256")
+            _time(proof["issued"], f"stages[{i}].owner_proof.issued")
+            _time(proof["expires"], f"stages[{i}].owner_proof.expires")
         statement = obj.get("shard_statement")
         if statement is not None and (not isinstance(statement, dict) or set(statement) != {"body", "signature"}
                                       or not all(isinstance(v, str) for v in statement.values())):
@@ -105,7 +123,7 @@ class StageRecord:
             raise _bad(f"stages[{i}].role must be head or worker")
         return cls(obj["node"], obj["owner"], obj["role"], layers[0], layers[1], obj["tee"],
                    _hex64(obj["evidence_sha256"], f"stages[{i}].evidence_sha256"),
-                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"), statement)
+                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"), statement, proof)
 
 
 def check_stage_statements(report: "RunReport", statement_keys: Mapping[str, bytes]) -> list[str]:
@@ -212,14 +230,17 @@ class RunReport:
 
     @classmethod
     def for_manifest(cls, manifest: VerifiedManifest, *, started_at: datetime,
-                     evidence: Mapping[str, tuple[str, bytes]], shards: Mapping[str, str]) -> "RunReport":
+                     evidence: Mapping[str, tuple[str, bytes]], shards: Mapping[str, str],
+                     enrolments: Mapping[str, bytes] | None = None) -> "RunReport":
         """Build a report from the manifest layout: evidence = {node: (tee, evidence bytes)},
-        shards = {node: shard digest hex}."""
+        shards = {node: shard digest hex}, enrolments = {node: owner enrolment bytes}."""
         records = []
         for s in manifest.stages:
             tee, ev = evidence[s.node]
+            enrolment = (enrolments or {}).get(s.node)
             records.append(StageRecord(s.node, s.owner, s.role, s.layer_start, s.layer_end, str(tee),
-                                       hashlib.sha256(ev).hexdigest(), shards[s.node]))
+                                       hashlib.sha256(ev).hexdigest(), shards[s.node], None,
+                                       owner_proof_json(enrolment) if enrolment else None))
         return cls(manifest.digest.hex(), manifest.engine_digest, manifest.model_digest,
                    rfc3339(started_at), tuple(records))
 
@@ -265,9 +286,15 @@ class VerifiedReport:
     key_pinned: bool
     manifest_checked: bool
 
+    @property
+    def owners_proven(self) -> bool:
+        """Every stage's owner proof held against the manifest (only checked with one)."""
+        return self.manifest_checked
+
     def to_json(self) -> dict:
         return {"report_key": keys.b64(self.report_key), "key_pinned": self.key_pinned,
-                "manifest_checked": self.manifest_checked, **self.report.to_json(self.report_key)}
+                "manifest_checked": self.manifest_checked, "owners_proven": self.owners_proven,
+                **self.report.to_json(self.report_key)}
 
 
 def _check_against_manifest(report: RunReport, manifest: VerifiedManifest) -> None:
@@ -288,12 +315,17 @@ def _check_against_manifest(report: RunReport, manifest: VerifiedManifest) -> No
     if problems:
         raise ReportError(ReportReason.MANIFEST_MISMATCH,
                           "report disagrees with the manifest: " + ", ".join(problems))
+    unproven = owner_proof_problems(report.stages, manifest=manifest, issued_at=report.issued_at)
+    if unproven:
+        raise ReportError(ReportReason.OWNER_NOT_ENROLLED,
+                          "stage owners not proven: " + "; ".join(unproven))
 
 
 def verify_report(data: bytes, *, report_key: bytes | None = None,
                   manifest: VerifiedManifest | None = None) -> VerifiedReport:
     """Parse, check the signature, then the pinned key (e.g. from a verified attestation bundle),
-    then the manifest (digests and stage layout). Stops at the first failure."""
+    then the manifest (digests and stage layout, then each stage's owner proof). Stops at the
+    first failure."""
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_REPORT_LEN:
         raise _bad("report must be bytes of at most 8 MiB")
     try:

@@ -62,15 +62,20 @@ API for the head's agent (`conclave node` builds it in runtime/cli/node.py)
         # collects the head's own evidence for the run report); stop_thread() is idempotent
 
   head_front_for_agent reads only agent.cfg.node_name (must be the manifest's head stage name),
-  agent.cfg.evidence_source, agent.identity.wg_public.raw / .hpke_public.raw, and appends to
+  agent.cfg.evidence_source, agent.identity.wg_public.raw / .hpke_public.raw / .statement_public,
+  agent.enrolment (each bundle and report: the head's owner enrolment), and appends to
   agent.admission_hooks. Agent node names must equal manifest stage names: clients check the
   admission-bound node_id against the stage.
 
   Hooks (thread-safe; call from any thread; the agent_hook() adapter calls them for you):
-    front.on_peer_admitted(name, evidence_items, wg_public_key, hpke_public_key, nonce, extra=None)
+    front.on_peer_admitted(name, evidence_items, wg_public_key, hpke_public_key, nonce, extra=None,
+                           enrolment=None)
         evidence_items: objects with .tee/.data/.certs/.collateral (pb.AttestReply.evidence or
         overlay EvidenceItemData); keys raw bytes; nonce = the head's admission nonce; extra = the
-        admission binding extra (Announcement.binding_extra()). First admission registers the
+        admission binding extra (Announcement.binding_extra()); enrolment = the stage owner's
+        enrolment the peer presented (AttestReply.enrolment): the bundle serves it (clients check
+        it, verify step <node>.07.enrolment) and the run report carries it as the stage's owner
+        proof. The head's own enrolment is read from agent.enrolment. First admission registers the
         stage; later calls (re-attestation, re-admission) replace it and log an "ok" event.
     front.on_peer_evicted(name, reason)       drops the stage (clients then fail node_missing,
         forwarding answers 503 stage_not_attested), ends every in-flight forwarded request (SSE:
@@ -145,6 +150,7 @@ class HeadFront(LoopServer):
                  api_key: str | None = None):
         if report.manifest.digest != builder.manifest.digest:
             raise ValueError("the run report and the attestation bundle are for different manifests")
+        report.owner_proof_source(builder.head_node, builder.head_enrolment)   # the head's own owner proof
         self.receipts = ReceiptIssuer(report)    # every completion carries a signed receipt
         self.stats = ServingStats()              # public figures for /status (no per-request data)
         self.guard = ObservedGuard(stats=self.stats, receipts=self.receipts, upstream=upstream,
@@ -174,14 +180,16 @@ class HeadFront(LoopServer):
     # ------------------------------------------------------------------ hooks (agent threads)
     def on_peer_admitted(self, name: str, evidence_items: Iterable[Any], wg_public_key: bytes,
                          hpke_public_key: bytes, nonce: bytes, extra: Mapping[str, bytes] | None = None,
-                         *, collected_at=None) -> None:
-        """A worker stage was admitted (or re-attested) by the head with this evidence and binding."""
+                         *, collected_at=None, enrolment: bytes | None = None) -> None:
+        """A worker stage was admitted (or re-attested) by the head with this evidence, binding and
+        owner enrolment."""
         evidence = NodeEvidence.from_items(evidence_items)
         was_admitted = name in self.builder.peer_names()
         self.builder.set_peer(name, evidence=evidence, wg_public_key=bytes(wg_public_key),
                               hpke_public_key=bytes(hpke_public_key), nonce=bytes(nonce),
-                              extra=dict(extra or {}), collected_at=collected_at)
+                              extra=dict(extra or {}), collected_at=collected_at, enrolment=enrolment)
         digest = self.report.record_evidence(name, tee=evidence.tee, evidence=evidence.cpu.data)
+        self.report.set_owner_proof(name, enrolment)
         with self._hook_lock:
             again = name in self._registered
             self._registered.add(name)
@@ -346,7 +354,8 @@ class AgentAdmissionHook:
             return
         self.front.on_peer_admitted(ann.node_id, list(reply.evidence), ann.wg_public_key.raw,
                                     ann.hpke_public_key.raw, bytes(nonce), ann.binding_extra(),
-                                    collected_at=datetime.now(timezone.utc))
+                                    collected_at=datetime.now(timezone.utc),
+                                    enrolment=bytes(getattr(reply, "enrolment", b"") or b"") or None)
 
     def on_statement(self, node_id: str, body: bytes, signature: bytes) -> None:
         """A stage's signed statement (verified by the agent under the key its evidence binds, or the
@@ -385,7 +394,9 @@ def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, li
                             attest=lambda rd: NodeEvidence.from_items(source.collect(rd)),
                             wg_public_key=agent.identity.wg_public.raw,
                             hpke_public_key=agent.identity.hpke_public.raw,
-                            tls_spki_sha256=identity.spki_sha256, report_key=signer.public_key)
+                            tls_spki_sha256=identity.spki_sha256, report_key=signer.public_key,
+                            statement_key=agent.identity.statement_public,
+                            head_enrolment=lambda: agent.enrolment)   # set once its owner enrols it
     report = RunReportState(manifest=manifest, signer=signer)
     if model_manifest is not None:
         report.set_shards_from_model_manifest(model_manifest)

@@ -9,6 +9,12 @@ each GET /v1/report with the in-memory ReportSigner whose public key the head's 
 Shard digests: a stage's shard digest is SHA-256 over a canonical encoding of the model-manifest
 group digests and small-file hashes that stage verifies before loading (the same selection as
 model.manifest.verify_layer_range), so anyone holding the model manifest can recompute it.
+
+Owner proofs: each stage's record carries the owner enrolment it runs under (report/owner_proof.py):
+a worker's is the one it was admitted with (set_owner_proof from the admission hook), the head's
+own is read from its agent when the report is signed (owner_proof_source), since its owner enrols
+it after it started. A stage without one is signed without it, and verify_report with the
+manifest then refuses the report (owner_not_enrolled).
 """
 from __future__ import annotations
 
@@ -19,13 +25,14 @@ import logging
 import threading
 from collections import deque
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Callable, Mapping
 
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest.document import VerifiedManifest, rfc3339
 from conclave.runtime.model.manifest import check_manifest, small_files, stage_groups
 from conclave.runtime.report import (ReattestationEvent, ReportSigner, RunReport, StageRecord)
 from conclave.runtime.report.document import REATTEST_RESULTS
+from conclave.runtime.report.owner_proof import owner_proof_json
 
 log = logging.getLogger("conclave.front")
 
@@ -63,6 +70,8 @@ class RunReportState:
         self._evidence: dict[str, tuple[str, str]] = {}   # node -> (tee, evidence sha256 hex)
         self._shards: dict[str, str] = {}
         self._statements: dict[str, dict] = {}   # node -> its signed shard statement (b64 body, signature)
+        self._owner_proofs: dict[str, dict] = {}   # node -> owner_proof_json(the enrolment it runs under)
+        self._proof_sources: dict[str, Callable[[], bytes | None]] = {}   # node -> live enrolment source
         self._events: deque[ReattestationEvent] = deque(maxlen=MAX_EVENTS)
         self._dropped_events = 0
         self._lock = threading.Lock()
@@ -119,6 +128,36 @@ class RunReportState:
             self._statements[node] = {"body": base64.b64encode(body).decode(),
                                       "signature": base64.b64encode(signature).decode()}
 
+    def set_owner_proof(self, node: str, enrolment: bytes | None) -> None:
+        """The owner enrolment stage `node` was (re)admitted with; None or empty forgets it.
+        Raises ValueError for bytes that are no enrolment (the agent checked it before admitting)."""
+        self._stage(node)
+        proof = owner_proof_json(bytes(enrolment)) if enrolment else None
+        with self._lock:
+            if proof is None:
+                self._owner_proofs.pop(node, None)
+            else:
+                self._owner_proofs[node] = proof
+
+    def owner_proof_source(self, node: str, source: Callable[[], bytes | None]) -> None:
+        """Read stage `node`'s enrolment from `source` each time a report is made (the head's own:
+        `lambda: agent.enrolment`); it takes precedence over set_owner_proof for that node."""
+        self._stage(node)
+        with self._lock:
+            self._proof_sources[node] = source
+
+    def _current_owner_proofs(self) -> dict[str, dict]:
+        with self._lock:
+            proofs, sources = dict(self._owner_proofs), dict(self._proof_sources)
+        for node, source in sources.items():
+            try:
+                enrolment = source()
+                proofs[node] = owner_proof_json(bytes(enrolment)) if enrolment else None
+            except ValueError as exc:   # checked by the agent when it took it: should not happen
+                log.warning("run report: enrolment of %s unusable: %s", node, exc)
+                proofs[node] = None
+        return {n: p for n, p in proofs.items() if p is not None}
+
     def set_shards_from_model_manifest(self, model_manifest: Mapping) -> None:
         """Every stage's shard digest from the model manifest the stages verified their layers
         against; the model manifest must be the one the deployment manifest names."""
@@ -168,10 +207,12 @@ class RunReportState:
         missing = self.missing()
         if missing:
             raise ReportIncomplete(missing)
+        proofs = self._current_owner_proofs()
         with self._lock:
             records = tuple(StageRecord(s.node, s.owner, s.role, s.layer_start, s.layer_end,
                                         self._evidence[s.node][0], self._evidence[s.node][1],
-                                        self._shards[s.node], self._statements.get(s.node))
+                                        self._shards[s.node], self._statements.get(s.node),
+                                        proofs.get(s.node))
                             for s in self._manifest.stages)
             events = tuple(self._events)
         return RunReport(self._manifest.digest.hex(), self._manifest.engine_digest,

@@ -28,6 +28,7 @@ from conclave.runtime.endpoint.binding import node_report_data
 from conclave.runtime.endpoint.bundle import BundleBuilder
 from conclave.runtime.manifest import Stage, build_content, sign_content, verify_bytes
 from conclave.runtime.manifest import ed25519_keys as keys
+from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
 from conclave.runtime.model.manifest import SCHEMA, overall_digest
 from conclave.runtime.report import ReportSigner
 
@@ -63,8 +64,12 @@ def model_manifest(num_layers: int = 6, *, tweak: str | None = None) -> dict:
     return m
 
 
-def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2") -> dict:
-    return {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
+def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2",
+                    statement_key: bytes | None = None) -> dict:
+    extra = {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
+    if statement_key:
+        extra["statement_key"] = statement_key
+    return extra
 
 
 @dataclass
@@ -87,6 +92,8 @@ class Deployment:
     worker_attester: object
     wg: dict = field(default_factory=dict)
     hpke: dict = field(default_factory=dict)
+    statement_keys: dict = field(default_factory=dict)   # node -> Ed25519 private statement key
+    head_enrolment: bytes | None = None                   # what the head's agent holds (None: not enrolled)
 
     @classmethod
     def create(cls) -> "Deployment":
@@ -97,25 +104,43 @@ class Deployment:
         manifest = verify_bytes(data, trusted_owner=keys.fingerprint(owner.public_key()))
         d = cls(root, owner, data, manifest, mm, root.issue_attester("node-0", measurement=MEASUREMENT),
                 root.issue_attester("node-1", measurement=MEASUREMENT))
+        return d.init_keys()
+
+    def init_keys(self) -> "Deployment":
+        """Fresh per-boot keys for both nodes, and the head owner's enrolment of the head's."""
         for n in ("node-0", "node-1"):
-            d.wg[n], d.hpke[n] = secrets.token_bytes(32), secrets.token_bytes(32)
-        return d
+            self.wg[n], self.hpke[n] = secrets.token_bytes(32), secrets.token_bytes(32)
+            self.statement_keys[n] = ed25519.Ed25519PrivateKey.generate()
+        self.head_enrolment = self.enrolment("node-0")
+        return self
+
+    def statement_key(self, node: str) -> bytes:
+        return keys.public_key_bytes(self.statement_keys[node])
+
+    def enrolment(self, node: str, *, owner: str | None = None, **kw) -> bytes:
+        """The stage owner's enrolment of `node`'s keys (owner=: sign with another owner's key)."""
+        stage = self.manifest.stage_for(node)
+        return sign_enrolment(NODE_OWNER_KEYS[owner or stage.owner], manifest=self.manifest, stage=node,
+                              node_keys=NodeKeys(self.wg[node], self.hpke[node], self.statement_key(node)), **kw)
 
     def builder(self, tls_spki: bytes, report_key: bytes, *, cls=BundleBuilder) -> BundleBuilder:
         return cls(manifest=self.manifest, head_node="node-0", tee="sim", attest=self.head_attester.evidence,
                    wg_public_key=self.wg["node-0"], hpke_public_key=self.hpke["node-0"],
-                   tls_spki_sha256=tls_spki, report_key=report_key)
+                   tls_spki_sha256=tls_spki, report_key=report_key, statement_key=self.statement_key("node-0"),
+                   head_enrolment=lambda: self.head_enrolment)
 
-    def worker_admission(self, attester=None) -> dict:
-        """What the head's agent sees when it admits node-1: kwargs for HeadFront.on_peer_admitted."""
+    def worker_admission(self, attester=None, *, enrolment: bytes | None | str = "enrolled") -> dict:
+        """What the head's agent sees when it admits node-1: kwargs for HeadFront.on_peer_admitted
+        (enrolment: its owner's enrolment by default; None for none, or other bytes)."""
         nonce = secrets.token_bytes(32)
-        extra = admission_extra("node-1")
+        extra = admission_extra("node-1", statement_key=self.statement_key("node-1"))
         rd = node_report_data(manifest_digest=self.manifest.digest, wg_public_key=self.wg["node-1"],
                               hpke_public_key=self.hpke["node-1"], nonce=nonce, extra=extra)
         evidence = (attester or self.worker_attester).evidence(rd)
         return {"name": "node-1", "evidence_items": [EvidenceItem("sim", evidence)],
                 "wg_public_key": self.wg["node-1"], "hpke_public_key": self.hpke["node-1"],
-                "nonce": nonce, "extra": extra}
+                "nonce": nonce, "extra": extra,
+                "enrolment": self.enrolment("node-1") if enrolment == "enrolled" else enrolment}
 
 
 def make_manifest_bytes(owner_key, *, model_digest: str) -> bytes:

@@ -13,9 +13,11 @@ from conclave.runtime.endpoint.bundle import BundleBuilder
 from conclave.runtime.endpoint.client import verify_endpoint
 from conclave.runtime.endpoint.tls import generate_head_identity
 from conclave.runtime.manifest import ed25519_keys as keys
+from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
 from conclave.runtime.serving.front import head_front_for_agent
 
-from front_support import (MEASUREMENT, OTHER_MEASUREMENT, make_manifest_bytes, model_manifest, run_cli)
+from front_support import (MEASUREMENT, NODE_OWNER_KEYS, OTHER_MEASUREMENT, make_manifest_bytes,
+                           model_manifest, run_cli)
 
 
 def _verify(url, man, root, *extra, owner_fingerprint: str | None = None):
@@ -118,13 +120,19 @@ def test_evicted_worker_makes_clients_refuse(make_front, deployment):
 
 
 def test_head_front_for_agent_wires_a_real_admission(deployment, vllm, files, tmp_path):
-    """The glue the head's agent uses: its evidence source and keys, and the admission hook fed
-    with a real overlay AttestReply (answer_challenge) as NodeAgent._attest_peer passes it."""
+    """The glue the head's agent uses: its evidence source, keys and owner enrolment, and the
+    admission hook fed with a real overlay AttestReply (answer_challenge, with the worker owner's
+    enrolment) as NodeAgent._attest_peer passes it."""
     head_identity, worker_identity = NodeIdentity.generate(), NodeIdentity.generate()
+
+    def enrol(stage: str, owner: str, identity: NodeIdentity) -> bytes:
+        return sign_enrolment(NODE_OWNER_KEYS[owner], manifest=deployment.manifest, stage=stage,
+                              node_keys=NodeKeys(identity.wg_public.raw, identity.hpke_public.raw,
+                                                 identity.statement_public))
     agent = SimpleNamespace(
         cfg=SimpleNamespace(node_name="node-0", manifest_digest=deployment.manifest.digest,
                             evidence_source=SimEvidenceSource(deployment.head_attester)),
-        identity=head_identity, admission_hooks=[])
+        identity=head_identity, admission_hooks=[], enrolment=enrol("node-0", "alice", head_identity))
     front = head_front_for_agent(agent, manifest=deployment.manifest, upstream=f"http://{vllm.address}",
                                  listen_host="127.0.0.1", listen_port=0, tls_names=["127.0.0.1"],
                                  model_manifest=deployment.model_manifest)
@@ -133,10 +141,12 @@ def test_head_front_for_agent_wires_a_real_admission(deployment, vllm, files, tm
     ann = Announcement(node_id="node-1", owner="bob", role="worker", underlay_host="198.18.0.3",
                        admission_port=51821, wireguard_port=51820, wg_public_key=worker_identity.wg_public,
                        hpke_public_key=worker_identity.hpke_public,
-                       overlay_address=ipaddress.IPv4Address("100.64.0.3"))
+                       overlay_address=ipaddress.IPv4Address("100.64.0.3"),
+                       statement_key=worker_identity.statement_public)
     nonce = secrets.token_bytes(32)
     reply = answer_challenge(me=ann, source=SimEvidenceSource(deployment.worker_attester),
-                             manifest_digest=deployment.manifest.digest, nonce=nonce)
+                             manifest_digest=deployment.manifest.digest, nonce=nonce,
+                             enrolment=enrol("node-1", "bob", worker_identity))
     front.start_in_thread()
     try:
         roots = [deployment.root.certificate]
@@ -147,7 +157,9 @@ def test_head_front_for_agent_wires_a_real_admission(deployment, vllm, files, tm
         assert v.ok, v.to_json()
         worker = next(n for n in v.result.nodes if n.name == "node-1")
         assert worker.claims["measurement"] == MEASUREMENT.hex()
-        assert front.report.snapshot().stages[1].node == "node-1"
+        assert [(n.name, n.owner_proof["owner"]) for n in v.result.nodes] == [("node-0", "alice"), ("node-1", "bob")]
+        stages = front.report.snapshot().stages
+        assert stages[1].node == "node-1" and all(s.owner_proof is not None for s in stages)
         hook.on_evicted("node-1", reason="reattestation_failed")
         v = verify_endpoint(front.url, manifest=deployment.manifest, trusted_roots=roots, timeout=10)
         assert not v.ok and v.result.reason == "node_missing"

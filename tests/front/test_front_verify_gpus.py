@@ -3,7 +3,6 @@ worker stage asks for a GPU, served by a front whose worker presented none, fail
 (the real CLI in a subprocess against the head's /v1/attestation, simulated CPU evidence)."""
 from __future__ import annotations
 
-import secrets
 from dataclasses import replace
 
 import pytest
@@ -29,9 +28,7 @@ def _deployment(stages) -> Deployment:
     d = Deployment(base.root, base.owner_key, data, manifest, base.model_manifest,
                    base.root.issue_attester("node-0", measurement=MEASUREMENT),
                    base.root.issue_attester("node-1", measurement=MEASUREMENT))
-    for n in ("node-0", "node-1"):
-        d.wg[n], d.hpke[n] = secrets.token_bytes(32), secrets.token_bytes(32)
-    return d
+    return d.init_keys()
 
 
 @pytest.fixture
