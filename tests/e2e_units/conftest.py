@@ -30,11 +30,11 @@ def deployment() -> Deployment:
                    ReportSigner.generate())
     for n in ("node-0", "node-1"):
         d.wg[n], d.hpke[n] = secrets.token_bytes(32), secrets.token_bytes(32)
+        d.statement_keys[n] = ed25519.Ed25519PrivateKey.generate()
     d.worker_nonce = secrets.token_bytes(32)
     d.worker_evidence = d.worker_attester.evidence(node_report_data(
         manifest_digest=manifest.digest, wg_public_key=d.wg["node-1"],
-        hpke_public_key=d.hpke["node-1"], nonce=d.worker_nonce,
-        extra=Deployment.admission_extra("node-1")))
+        hpke_public_key=d.hpke["node-1"], nonce=d.worker_nonce, extra=d.worker_extra()))
     return d
 
 

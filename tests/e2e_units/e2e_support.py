@@ -21,6 +21,7 @@ from conclave.runtime.endpoint.bundle import BundleBuilder, nonce_from_query
 from conclave.runtime.endpoint.tls import HeadTlsIdentity
 from conclave.runtime.manifest import Stage, build_content, sign_content
 from conclave.runtime.manifest import ed25519_keys as keys
+from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
 from conclave.runtime.report import ReportSigner
 from conclave.runtime.endpoint.receipt import RECEIPT_HEADER, header_value, sse_event
 from conclave.runtime.serving.front_report import RunReportState
@@ -65,23 +66,44 @@ class Deployment:
     hpke: dict = field(default_factory=dict)
     worker_nonce: bytes = b""
     worker_evidence: bytes = b""
+    statement_keys: dict = field(default_factory=dict)   # node -> Ed25519 private statement key
 
     @staticmethod
-    def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2") -> dict:
+    def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2",
+                        statement_key: bytes | None = None) -> dict:
         """What the overlay's admission binds besides the keys (overlay.identity.binding_extra)."""
-        return {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
+        extra = {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
+        if statement_key:
+            extra["statement_key"] = statement_key
+        return extra
+
+    def statement_key(self, node: str) -> bytes:
+        return keys.public_key_bytes(self.statement_keys[node])
+
+    def worker_extra(self) -> dict:
+        """node-1's admission binding extra, its statement key included (as a real agent binds it)."""
+        return self.admission_extra("node-1", statement_key=self.statement_key("node-1"))
+
+    def enrolment(self, node: str, *, owner: str | None = None, manifest=None, **kw) -> bytes:
+        """The stage owner's enrolment of `node`'s keys (owner=: sign with another owner's key)."""
+        manifest = manifest or self.manifest
+        return sign_enrolment(NODE_OWNER_KEYS[owner or manifest.stage_for(node).owner], manifest=manifest,
+                              stage=node, node_keys=NodeKeys(self.wg[node], self.hpke[node],
+                                                             self.statement_key(node)), **kw)
 
     def builder(self, tls_spki: bytes, *, head_attester=None, include_worker: bool = True) -> BundleBuilder:
         att = head_attester or self.head_attester
         b = BundleBuilder(manifest=self.manifest, head_node="node-0", tee="sim",
                           attest=att.evidence, wg_public_key=self.wg["node-0"],
                           hpke_public_key=self.hpke["node-0"], tls_spki_sha256=tls_spki,
-                          report_key=self.report_signer.public_key)
+                          report_key=self.report_signer.public_key,
+                          statement_key=self.statement_key("node-0"),
+                          head_enrolment=lambda: self.enrolment("node-0"))
         if include_worker:
-            b.set_peer("node-1", tee="sim", evidence=self.worker_evidence,
-                       extra=self.admission_extra("node-1"),
+            b.set_peer("node-1", tee="sim", evidence=self.worker_evidence, extra=self.worker_extra(),
                        wg_public_key=self.wg["node-1"], hpke_public_key=self.hpke["node-1"],
-                       nonce=self.worker_nonce, collected_at=datetime.now(timezone.utc))
+                       nonce=self.worker_nonce, collected_at=datetime.now(timezone.utc),
+                       enrolment=self.enrolment("node-1"))
         return b
 
     def receipt_issuer(self) -> ReceiptIssuer:
@@ -91,6 +113,7 @@ class Deployment:
         state.record_evidence("node-1", tee="sim", evidence=self.worker_evidence)
         for stage in STAGES:
             state.set_shard(stage.node, "ee" * 32)
+            state.set_owner_proof(stage.node, self.enrolment(stage.node))
         return ReceiptIssuer(state)
 
 

@@ -69,15 +69,17 @@ def _builder(deployment, manifest, items_for, *, worker_gpu_nonce=None, head_gpu
                       attest=lambda rd: NodeEvidence.from_items(
                           items_for(deployment.head_attester, rd, gpu_nonce=head_gpu_nonce)),
                       wg_public_key=deployment.wg["node-0"], hpke_public_key=deployment.hpke["node-0"],
-                      tls_spki_sha256=TLS, report_key=deployment.report_signer.public_key)
-    extra = Deployment.admission_extra("node-1")
+                      tls_spki_sha256=TLS, report_key=deployment.report_signer.public_key,
+                      statement_key=deployment.statement_key("node-0"),
+                      head_enrolment=lambda: deployment.enrolment("node-0", manifest=manifest))
+    extra = deployment.worker_extra()
     nonce = secrets.token_bytes(32)
     rd = node_report_data(manifest_digest=manifest.digest, wg_public_key=deployment.wg["node-1"],
                           hpke_public_key=deployment.hpke["node-1"], nonce=nonce, extra=extra)
     b.set_peer("node-1", evidence=NodeEvidence.from_items(
                    items_for(deployment.worker_attester, rd, gpu_nonce=worker_gpu_nonce)),
                wg_public_key=deployment.wg["node-1"], hpke_public_key=deployment.hpke["node-1"],
-               nonce=nonce, extra=extra)
+               nonce=nonce, extra=extra, enrolment=deployment.enrolment("node-1", manifest=manifest))
     return b
 
 

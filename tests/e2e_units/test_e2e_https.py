@@ -263,7 +263,8 @@ def test_report_key_from_a_verified_endpoint_checks_the_run_report(https_head, f
     assert rc == 0
     report = RunReport.for_manifest(deployment.manifest, started_at=datetime.now(timezone.utc),
                                     evidence={"node-0": ("sim", b"e0"), "node-1": ("sim", b"e1")},
-                                    shards={"node-0": "01" * 32, "node-1": "02" * 32})
+                                    shards={"node-0": "01" * 32, "node-1": "02" * 32},
+                                    enrolments={n: deployment.enrolment(n) for n in ("node-0", "node-1")})
     path = tmp_path / "run-report.json"
     path.write_bytes(deployment.report_signer.sign(report))
     assert main(["report", "verify", str(path), "--manifest", str(man),

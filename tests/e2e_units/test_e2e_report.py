@@ -17,7 +17,8 @@ def report(deployment) -> RunReport:
     r = RunReport.for_manifest(deployment.manifest, started_at=datetime(2026, 11, 25, 22, 0, tzinfo=timezone.utc),
                                evidence={"node-0": ("sim", b"head-evidence"),
                                          "node-1": ("sim", deployment.worker_evidence)},
-                               shards={"node-0": "01" * 32, "node-1": "02" * 32})
+                               shards={"node-0": "01" * 32, "node-1": "02" * 32},
+                               enrolments={n: deployment.enrolment(n) for n in ("node-0", "node-1")})
     return r.with_event(ReattestationEvent("2026-11-25T22:30:00Z", "node-1", "ok", None, "03" * 32))
 
 
