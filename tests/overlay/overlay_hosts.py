@@ -3,6 +3,14 @@ running a real `conclave node` (wireguard-go) with simulated evidence handed ove
 
 Every node boots from one signed deployment manifest (signed_manifest.py) that lists all the
 hosts as stages, so add every host before starting the first one; the manifest is written then.
+Peers admit only a node its stage's owner enrolled (owner_not_enrolled otherwise), so the test
+plays that owner: once a started node's status socket answers (wait_status), it is enrolled the
+way `conclave owner enroll` does it (attest it, sign this boot's keys, hand them over). A
+restarted node has new keys and is enrolled again. start(enrol=...) says how:
+  ENROL_ATTESTED  the honest owner: attests the node first (a node whose evidence fails is refused)
+  ENROL_VOUCHED   an owner that signs what its node's socket names without attesting: a rogue
+                  that carries a valid enrolment, so what refuses it is the peers' own evidence check
+  None            nobody enrols it: peers refuse it with owner_not_enrolled
 
 Everything created carries a per-run prefix and is recorded, so teardown removes exactly that,
 even after a failure. Processes are stopped by PID (SIGTERM, then SIGKILL).
@@ -25,6 +33,7 @@ from pathlib import Path
 from conclave.overlay.addressing import interface_name
 from conclave.runtime import netns
 from conclave.runtime.agent.status import query
+from conclave.runtime.errors import ConclaveError
 from conclave.runtime.attestation.sim import SimulatedRoot
 
 from signed_manifest import SignedManifest, sim_policy, write_signed_manifest
@@ -36,6 +45,9 @@ ADMISSION_PORT = 51821
 RENDEZVOUS_PORT = 51822
 REPO = Path(__file__).resolve().parents[2]
 ROGUE = Path(__file__).with_name("rogue_node.py")
+ENROL_ATTESTED = "attested"
+ENROL_VOUCHED = "vouched"
+ENROL_RETRY_S = 20.0   # a node's status socket may answer a moment before its admission server does
 
 
 @dataclass
@@ -49,6 +61,8 @@ class Host:
     log_path: Path | None = None
     status_socket: Path | None = None
     veth: str = ""       # its underlay link, root-namespace side (taking it down partitions the host)
+    enrol: str | None = ENROL_ATTESTED   # how its owner enrols this boot (see the module docstring)
+    enrolment: dict | None = None        # the node's answer to this boot's enrolment; None: not yet
 
     @property
     def interface(self) -> str:
@@ -109,8 +123,12 @@ class LocalHosts:
     def start(self, short: str, *, measurement: bytes = GOOD_MEASUREMENT, debug: bool = False,
               validity: timedelta = timedelta(hours=1), rogue_mode: str | None = None,
               serve_rendezvous: bool = False, extra: list[str] | None = None,
-              reattest_interval: float = 600.0, reconcile_interval: float = 1.0) -> Host:
+              reattest_interval: float = 600.0, reconcile_interval: float = 1.0,
+              enrol: str | None = ENROL_ATTESTED) -> Host:
         host = self.hosts[short]
+        if enrol not in (ENROL_ATTESTED, ENROL_VOUCHED, None):
+            raise ValueError(f"unknown enrolment mode {enrol!r}")
+        host.enrol, host.enrolment = enrol, None   # a (re)start is a new boot: new keys, enrolled anew
         attester = self.root.issue_attester(host.name, measurement=measurement, debug=debug, validity=validity)
         bundle = {"sim_attester": base64.b64encode(attester.to_secret_bytes()).decode()}
         head = next(h for h in self.hosts.values() if h.role == "head")
@@ -143,6 +161,8 @@ class LocalHosts:
         return query(self.hosts[short].status_socket)
 
     def wait_status(self, short: str, timeout: float = 30.0) -> dict:
+        """The node's status once its socket answers; a node started for enrolment that has not
+        been enrolled yet this boot is enrolled first (see enroll)."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -150,11 +170,37 @@ class LocalHosts:
             if host.proc is not None and host.proc.poll() is not None:
                 raise AssertionError(f"{short} exited {host.proc.returncode}:\n{self.log(short)}")
             try:
-                return self.status(short)
+                status = self.status(short)
             except Exception as exc:  # not up yet
                 last = exc
                 time.sleep(0.1)
+                continue
+            if host.enrol is not None and host.enrolment is None:
+                self.enroll(short)
+                status = self.status(short)
+            return status
         raise AssertionError(f"{short} status never came up: {last}\n{self.log(short)}")
+
+    def enroll(self, short: str) -> dict:
+        """Enrol this boot of the node for its stage as its owner (host.enrol says whether the
+        owner attests it first); returns the node's answer. Fails the test when the owner's tool
+        or the node refuses, except while the node's admission server is not answering yet."""
+        host = self.hosts[short]
+        deadline = time.monotonic() + ENROL_RETRY_S
+        while True:
+            try:
+                answer = self._signed_manifest().enroll(host.status_socket, host.name, [self.root.certificate],
+                                                        attest=host.enrol == ENROL_ATTESTED)
+                break
+            except ConclaveError as exc:
+                if exc.reason != "node_unreachable" or time.monotonic() > deadline:
+                    raise AssertionError(f"enrolling {short} failed [{exc.reason}]: {exc.message}\n"
+                                         f"{self.log(short)}") from None
+                time.sleep(0.2)
+        if not (answer.get("ok") and answer.get("stage") == host.name and answer.get("proven")):
+            raise AssertionError(f"{short} did not take its enrolment: {answer}")
+        host.enrolment = answer
+        return answer
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.2):
         deadline = time.monotonic() + timeout

@@ -11,7 +11,8 @@ or a wrong measurement refuses to start; a rogue would not), then:
   wrong_key  answers challenges with genuine evidence bound to a WireGuard key it does not present
   replay     refuses the first challenge of each verifier, then forever answers with the evidence
              made for that first nonce (a replayed nonce)
-Everything else (announcing, its own device, asking for secrets) is the honest code path.
+Everything else (announcing, its own device, asking for secrets, presenting the enrolment its
+owner handed over for its real keys) is the honest code path.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def install(mode: str) -> None:
         other = WgPrivateKey.generate().public_key()
         fake = Announcement(**{**self.me.__dict__, "wg_public_key": other})
         reply = admission.answer_challenge(me=fake, source=self.cfg.evidence_source,
-                                           manifest_digest=self.cfg.manifest_digest, nonce=nonce)
+                                           manifest_digest=self.cfg.manifest_digest, nonce=nonce,
+                                           enrolment=self.enrolment)   # the enrolment of our real keys
         reply.identity.CopyFrom(self.me.to_proto())   # present our real key, evidence binds another
         return reply
 

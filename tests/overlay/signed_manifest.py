@@ -35,13 +35,15 @@ class SignedManifest:
     digest: bytes
     node_owner_key: ed25519.Ed25519PrivateKey = field(repr=False, default=None)
 
-    def enroll(self, status_socket: Path, stage: str, sim_roots=()) -> dict:
+    def enroll(self, status_socket: Path, stage: str, sim_roots=(), *, attest: bool = True) -> dict:
         """Play the stage's node owner: attest the node behind `status_socket`, sign its keys,
-        hand the enrolment over; returns the node's answer (raises when it refuses)."""
+        hand the enrolment over; returns the node's answer (raises ConclaveError when it refuses).
+        attest=False: sign the keys the node's socket names without attesting it first (an owner
+        vouching for a node whose evidence would not pass; its peers must still refuse it)."""
         from conclave.runtime.cli.owner import enroll_node
         manifest = doc.DeploymentManifest.load(self.path, trusted_owner=self.owner_fingerprint)
         return enroll_node(owner_key=self.node_owner_key, manifest=manifest, stage=stage,
-                           status_socket=status_socket, trusted_sim_roots=sim_roots)[1]
+                           status_socket=status_socket, trusted_sim_roots=sim_roots, attest=attest)[1]
 
     def node_args(self) -> list[str]:
         """The `conclave node` arguments that boot from this manifest."""

@@ -2,7 +2,9 @@
 
 h0 head (hosts the rendezvous and brokers ray_token, and model_key for heads only),
 h1, h2 workers, h3 a worker whose attester certificate expires shortly after joining
-(re-attestation fails), h4 a debug-mode guest (must never be admitted).
+(re-attestation fails), h4 a debug-mode guest (must never be admitted). Every host carries its
+owner's enrolment; h4's owner vouched for it without attesting, so what refuses it is the peers'
+own evidence check (debug_enabled), not a missing enrolment.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from conclave.overlay import rpc
 from conclave.overlay.keys import WgPrivateKey, WgPublicKey
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
-from overlay_hosts import ADMISSION_PORT, METRICS_PORT, RENDEZVOUS_PORT, LocalHosts, meshed_with, peer
+from overlay_hosts import (ADMISSION_PORT, ENROL_VOUCHED, METRICS_PORT, RENDEZVOUS_PORT, LocalHosts, meshed_with,
+                           peer)
 
 pytestmark = pytest.mark.netns  # builds hosts in network namespaces with wireguard-go
 
@@ -45,7 +48,7 @@ def mesh(overlay_tools, tmp_path_factory):
         lh.start("h2", **common)
         lh.victim_started = time.time()
         lh.start("h3", validity=timedelta(seconds=VICTIM_VALIDITY), **common)
-        lh.start("h4", debug=True, rogue_mode="unchecked", **common)
+        lh.start("h4", debug=True, rogue_mode="unchecked", enrol=ENROL_VOUCHED, **common)
         for short in lh.hosts:
             lh.wait_status(short)
         lh.wait_for(lambda: all(meshed_with(lh, a, b, handshake=True)

@@ -1,10 +1,13 @@
 """Dishonest hosts in network namespaces: none is ever added as a peer, none reaches the overlay.
 
-h0 head + h1 worker are honest. Rogues (real agents with a dishonest prover):
-rk presents evidence bound to another WireGuard key, rr replays the evidence for an old nonce,
-rm runs a wrong measurement. (Debug guests: test_mesh_netns; simulated evidence under a
-production policy: test_admission / test_node_cli, since an all-simulated cluster cannot hold
-a production policy.)
+h0 head + h1 worker are honest and enrolled by their owner, who attests them first. Rogues
+(real agents with a dishonest prover): rk presents evidence bound to another WireGuard key, rr
+replays the evidence for an old nonce, rm runs a wrong measurement. Each of them carries a valid
+enrolment from its stage's owner (one that vouched without attesting), so the reason each is
+refused is the one about its own lie, not the missing enrolment. ru is an honest node nobody
+enrolled: refused with owner_not_enrolled. (Debug guests: test_mesh_netns; simulated evidence
+under a production policy: test_admission / test_node_cli, since an all-simulated cluster cannot
+hold a production policy.)
 """
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ from conclave.overlay import rpc
 from conclave.overlay.keys import WgPublicKey
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
-from overlay_hosts import ADMISSION_PORT, METRICS_PORT, LocalHosts
+from conclave.runtime.errors import ConclaveError
+from overlay_hosts import ADMISSION_PORT, ENROL_VOUCHED, METRICS_PORT, LocalHosts
 
 pytestmark = pytest.mark.netns  # builds hosts in network namespaces with wireguard-go
 
 HONEST = ("h0", "h1")
-ROGUES = {"rk": "report_data_mismatch", "rr": "nonce_replayed", "rm": "measurement_mismatch"}
+ROGUES = {"rk": "report_data_mismatch", "rr": "nonce_replayed", "rm": "measurement_mismatch",
+          "ru": "owner_not_enrolled"}
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +32,14 @@ def cluster(overlay_tools, tmp_path_factory):
     lh = LocalHosts(tmp_path_factory.mktemp("rogues"))
     try:
         lh.add_host("h0", "head")
-        for short in ("h1", "rk", "rr", "rm"):
+        for short in ("h1", *ROGUES):
             lh.add_host(short, "worker")
         lh.start("h0", serve_rendezvous=True, extra=["--generate-secret", "ray_token"])
         lh.start("h1")
-        lh.start("rk", rogue_mode="wrong_key")
-        lh.start("rr", rogue_mode="replay")
-        lh.start("rm", rogue_mode="unchecked", measurement=bytes.fromhex("cd" * 48))
+        lh.start("rk", rogue_mode="wrong_key", enrol=ENROL_VOUCHED)
+        lh.start("rr", rogue_mode="replay", enrol=ENROL_VOUCHED)
+        lh.start("rm", rogue_mode="unchecked", measurement=bytes.fromhex("cd" * 48), enrol=ENROL_VOUCHED)
+        lh.start("ru", enrol=None)
         for short in lh.hosts:
             lh.wait_status(short)
 
@@ -99,3 +105,20 @@ def test_secret_refused_to_rogue(cluster):
             reply = pb_grpc.NodeStub(ch).GetSecret(pb.SecretRequest(requester_wg_public_key=key, name="ray_token"),
                                                    timeout=5)
         assert reply.status == pb.NOT_ADMITTED and reply.reason == "not_admitted" and not reply.sealed_secret
+
+
+def test_enrolments_are_as_the_owners_gave_them(cluster):
+    """The honest hosts and the vouched-for rogues show their owner's proof; ru has none."""
+    for short in ("h0", "h1", "rk", "rr", "rm"):
+        proof = cluster.status(short)["enrolment"]
+        assert proof["proven"] and proof["stage"] == cluster.hosts[short].name and proof["owner"] == "test"
+    assert cluster.status("ru")["enrolment"] is None
+
+
+@pytest.mark.parametrize("rogue", ["rk", "rm"])
+def test_an_owner_that_attests_first_refuses_to_enrol_the_rogue(cluster, rogue):
+    """`conclave owner enroll` attests before it signs: the rogue's lie stops it there."""
+    with pytest.raises(ConclaveError) as err:
+        cluster.manifest.enroll(cluster.hosts[rogue].status_socket, cluster.hosts[rogue].name,
+                                [cluster.root.certificate])
+    assert err.value.reason == ROGUES[rogue]
