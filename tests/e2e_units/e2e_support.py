@@ -21,6 +21,8 @@ from conclave.runtime.endpoint.bundle import BundleBuilder, nonce_from_query
 from conclave.runtime.endpoint.tls import HeadTlsIdentity
 from conclave.runtime.manifest import Stage, build_content, sign_content
 from conclave.runtime.manifest import ed25519_keys as keys
+from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.manifest.enrolment import SIGNING_CONTEXT as ENROLMENT_CONTEXT
 from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
 from conclave.runtime.report import ReportSigner
 from conclave.runtime.endpoint.receipt import RECEIPT_HEADER, header_value, sse_event
@@ -85,11 +87,17 @@ class Deployment:
         return self.admission_extra("node-1", statement_key=self.statement_key("node-1"))
 
     def enrolment(self, node: str, *, owner: str | None = None, manifest=None, **kw) -> bytes:
-        """The stage owner's enrolment of `node`'s keys (owner=: sign with another owner's key)."""
+        """The stage owner's enrolment of `node`'s keys; owner=: the same enrolment signed by
+        another owner's key instead (a forgery the owner tool would refuse to make)."""
         manifest = manifest or self.manifest
-        return sign_enrolment(NODE_OWNER_KEYS[owner or manifest.stage_for(node).owner], manifest=manifest,
-                              stage=node, node_keys=NodeKeys(self.wg[node], self.hpke[node],
-                                                             self.statement_key(node)), **kw)
+        stage_owner = manifest.stage_for(node).owner
+        genuine = sign_enrolment(NODE_OWNER_KEYS[stage_owner], manifest=manifest, stage=node,
+                                 node_keys=NodeKeys(self.wg[node], self.hpke[node], self.statement_key(node)), **kw)
+        if owner is None or owner == stage_owner:
+            return genuine
+        content = json.loads(genuine)["enrolment"]
+        signature = NODE_OWNER_KEYS[owner].sign(ENROLMENT_CONTEXT + canonical_json(content))
+        return canonical_json({"enrolment": content, "signature": keys.b64(signature)})
 
     def builder(self, tls_spki: bytes, *, head_attester=None, include_worker: bool = True) -> BundleBuilder:
         att = head_attester or self.head_attester
