@@ -32,17 +32,17 @@ def test_status_page_shows_the_running_cluster(ccluster, tmp_path):
     nodes = ccluster.status["nodes"]
     summary = httpx.get(origin + "/v1/status.json", verify=ccluster.verify, timeout=30)   # no key
     assert summary.status_code == 200 and ccluster.api_key not in summary.text
-    assert [s["node"] for s in summary.json()["stages"]] == [n["name"] for n in nodes]
+    assert [s["node"] for s in summary.json()["stages"]] == [n["node_id"] for n in nodes]   # stage = node id
 
     page = StatusDom(dump_dom(origin + "/status"))
     assert page.polls() >= 2
     drawn, rows = page.pipeline(), page.rows()
-    assert list(drawn) == [n["name"] for n in nodes] == list(rows)
+    assert list(drawn) == [n["node_id"] for n in nodes] == list(rows)
     for node in nodes:
         layers = f"{node['layers'][0]}-{node['layers'][1]}"
-        box = drawn[node["name"]]
+        box = drawn[node["node_id"]]
         assert box["layers"] == layers and f"layers {layers}" in box["text"], box
-        assert f"TEE {node['tee']}" in box["text"] and rows[node["name"]][5] == layers
+        assert f"TEE {node['tee']}" in box["text"] and rows[node["node_id"]][5] == layers
         # the head serves; a worker's last lifecycle state is ray_joined (its signed statement)
         assert box["state"] == ("serving" if node["role"] == "head" else "ray_joined"), box
     assert "serving" in page.tree.xpath('//*[@id="serving-state"]')[0].text_content()
