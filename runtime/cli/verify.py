@@ -44,6 +44,10 @@ def _common(p: argparse.ArgumentParser, *, manifest_required: bool = True) -> No
     p.add_argument("--sim-root", type=Path, help="simulated TEE root certificate (local clusters)")
     p.add_argument("--ca", type=Path, help="also require the TLS certificate to chain to this CA")
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
+    # the client's own vendor collateral (carried collateral is only ever merged in, never preferred)
+    p.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL for TDX collateral")
+    p.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
+    p.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL for SNP collateral")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,9 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="verify the local cluster with what its status knows (URL, manifest, owner pin, roots, "
                         "CA, emulated vendor services)")
     _common(v, manifest_required=False)
-    v.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL for TDX collateral")
-    v.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
-    v.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL for SNP collateral")
     v.add_argument("--max-cached-age", type=float, metavar="SECONDS",
                    help="refuse cached worker evidence older than this (when it carries a time)")
     v.add_argument("--json", action="store_true")
@@ -176,6 +177,6 @@ def _cmd_proxy(args) -> int:
               "verified upstream", file=sys.stderr)
     proxy = AttestedProxy(args.upstream, manifest, trusted_roots=_roots(args), ca=args.ca,
                           reverify_interval=args.reverify, timeout=args.timeout,
-                          unsafe_unpinned=args.unsafe_unpinned)
+                          unsafe_unpinned=args.unsafe_unpinned, collateral_for=client_collateral(args))
     asyncio.run(serve_forever(proxy, host, port))
     return 0

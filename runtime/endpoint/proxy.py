@@ -65,7 +65,7 @@ class AttestedProxy:
                  trusted_roots: Sequence[x509.Certificate] | None = None, ca: Path | None = None,
                  reverify_interval: float = 60.0, timeout: float = 30.0,
                  verifier: Callable[[], EndpointVerification] | None = None,
-                 unsafe_unpinned: bool = False):
+                 unsafe_unpinned: bool = False, collateral_for: Callable | None = None):
         if reverify_interval <= 0:
             raise ValueError("reverify_interval must be positive")
         require_pinned_owner(manifest, unsafe_unpinned=unsafe_unpinned)  # before any connection
@@ -75,7 +75,7 @@ class AttestedProxy:
         self.timeout = float(timeout)
         self._verifier = verifier or functools.partial(
             verify_endpoint, upstream_url, manifest=manifest, trusted_roots=trusted_roots, ca=ca,
-            timeout=timeout, unsafe_unpinned=unsafe_unpinned)
+            timeout=timeout, unsafe_unpinned=unsafe_unpinned, collateral_for=collateral_for)
         self.state = VerificationState(False, "not_verified", "no verification yet")
         self._session: aiohttp.ClientSession | None = None
         self.receipts = ReceiptRelay(manifest, self.upstream.base, lambda: self._session)  # every completion's receipt

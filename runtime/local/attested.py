@@ -285,6 +285,18 @@ class AttestedOverlayNetwork:
         except ConclaveError:
             return None
 
+    def enroll_pending(self) -> list[str]:
+        """The node owner's part after a host restarted: enrol every node that answers its status
+        socket without an enrolment (a new boot has new keys). Returns the hosts enrolled now."""
+        done = []
+        for host_name, agent in self._agents.items():
+            if not process.alive(agent["pid"]):
+                continue
+            st = self._status(host_name)
+            if st is not None and st.get("enrolment") is None and self._enroll(host_name):
+                done.append(host_name)
+        return done
+
     def _enroll(self, host_name: str) -> bool:
         """Play the host's node owner (runtime/local/enrol.py): sign its per-boot keys for its stage."""
         from conclave.runtime.local.enrol import enroll_local_node

@@ -430,6 +430,8 @@ class Supervisor:
             self._set_health("degraded", dead)
             log.progress(f"degraded [{dead[0][0]}]: {dead[0][1]}; restarting that host's node")
             self.network.restart_hosts(sorted({p[2] for p in dead}))
+        if hasattr(self.network, "enroll_pending"):
+            self.network.enroll_pending()     # each restarted node's owner enrols its new keys
         refresh_live(self.state)
         self._save()
 

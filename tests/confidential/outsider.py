@@ -86,7 +86,7 @@ class Outsider:
         stage = next(s.node for s in manifest.stages if s.role == "worker")
         argv = [sys.executable, str(ROGUE_NODE), f"own_policy={policy}", "node", "--role", "worker", "--name", name,
                 "--manifest", str(status["manifest"]), "--owner-fingerprint", net["owner_fingerprint"],
-                "--stage-name", stage,
+                "--stage-name", stage, "--model-manifest", status["model"]["manifest"],
                 "--evidence", "sim", "--sim-root", net["sim_root"], "--bundle-stdin",
                 "--underlay-host", self.ip, "--overlay-cidr", net["overlay_cidr"],
                 "--interface", f"{self.netns}w", "--rendezvous", f"{head['underlay_ip']}:{net['rendezvous_port']}",

@@ -124,7 +124,12 @@ def ray_alive_nodes(cluster, tmp_path) -> list[str]:
     return json.loads(line[6:])
 
 
-def test_host_with_wrong_measurement_is_never_admitted_and_gets_no_secret(ccluster, tmp_path):
+def test_host_outside_the_manifest_is_never_admitted_and_gets_no_secret(ccluster, tmp_path):
+    """A fourth host running the same code, with its own (simulated, wrong-measurement) evidence and a
+    name that is no stage of the signed manifest: every node refuses its stage claim (stage_unknown,
+    checked before any evidence); it gets no Ray token and no tunnel. The wrong-measurement and
+    impostor cases with enrolled rogues are tests/overlay/test_rogues_netns.py and
+    tests/overlay/test_stage_enrolment.py."""
     outsider = Outsider(ccluster.status)
     try:
         sock = outsider.start_bad_node(ccluster.status, tmp_path)
@@ -144,11 +149,11 @@ def test_host_with_wrong_measurement_is_never_admitted_and_gets_no_secret(cclust
         for node in nodes:
             st = agent_status(node["agent_socket"])
             p = [p for p in st["peers"] if p["node_id"].endswith("-intruder")][0]
-            assert p["state"] == "rejected" and p["reason"] == "measurement_mismatch", p
+            assert p["state"] == "rejected" and p["reason"] == "stage_unknown", p
         intruder = agent_status(str(sock))
         assert intruder["secrets_received"] == {}               # no Ray token
         assert "ray_token" not in json.dumps(intruder["secrets_received"])
-        assert {p["reason"] for p in intruder["peers"]} == {"measurement_mismatch"}
+        assert {p["reason"] for p in intruder["peers"]} == {"tee_not_allowed"}   # its own policy: sim only
         assert intruder["device_peers"] == []                   # no WireGuard tunnel to anyone
         intruder_key = intruder["wg_public_key"]
         for node in nodes:
