@@ -27,6 +27,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -81,6 +82,9 @@ class Hosts:
         subnet = local_hosts.pick_subnet(pool, local_hosts.routes_in_root())
         self.hosts = local_hosts.LocalHosts(os.urandom(3).hex(), subnet)
         self.tmp = tmp
+        # the nodes' state dir (each one's Ray sessions under it): short, since Ray's socket paths must
+        # fit AF_UNIX's 107 bytes and pytest's tmp path alone takes half of that
+        self.state = Path(tempfile.mkdtemp(prefix="cm-", dir="/tmp"))
         self.names = ["OWNER", "HEAD", "W1", "W2"]
         self.by_name = {}
         self.etc_netns: list[Path] = []
@@ -97,7 +101,7 @@ class Hosts:
     def env(self, **extra) -> dict:
         env = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
-               "CONCLAVE_STATE_DIR": str(self.tmp / "state"), **{n: self.ip(n) for n in self.names}}
+               "CONCLAVE_STATE_DIR": str(self.state), **{n: self.ip(n) for n in self.names}}
         for key in ("CONCLAVE_CACHE_DIR", "CONCLAVE_VECTORS"):
             if key in os.environ:
                 env[key] = os.environ[key]
@@ -119,6 +123,7 @@ class Hosts:
         self.kill(*self.by_name)
         for path in self.etc_netns:
             shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
         for path in reversed(self.mount_points):
             try:
                 path.rmdir()              # only while empty: never anything this test did not make
