@@ -353,9 +353,11 @@ class AdmissionFuzzer:
             token = new_token()   # the worker's real probe: proves the pair's PSK as the head holds it
             with m.head._lock:    # (fuzzed ConfirmKey calls may have re-keyed the head's side only)
                 psk = m.head._admitted_by_key(m.worker.identity.wg_public).psk
-            return pb.PingRequest(verifier_wg_public_key=m.worker.identity.wg_public.raw, token=token,
-                                  proof=ping_proof(psk.secret_bytes(), token, m.worker.identity.wg_public,
-                                                   m.head.identity.wg_public))
+            # mid re-key (a fuzzed ReleaseKey/ConfirmKey) the head holds no PSK: the worker's probe then
+            # carries no proof, as the agent's own pings do without a pairing
+            proof = b"" if psk is None else ping_proof(psk.secret_bytes(), token, m.worker.identity.wg_public,
+                                                        m.head.identity.wg_public)
+            return pb.PingRequest(verifier_wg_public_key=m.worker.identity.wg_public.raw, token=token, proof=proof)
         raise ValueError(target)
 
     # one case ----------------------------------------------------------------
