@@ -287,14 +287,16 @@ class LocalHosts:
             netns.del_link(link)
 
 
-def peer(status: dict, node: str) -> dict | None:
-    """A node's record in an agent's status, by node name."""
-    return next((p for p in status["peers"] if p["node_id"] == node), None)
+def peer(status: dict, node: str, key: str | None = None) -> dict | None:
+    """A node's record in an agent's status, by node name (and, given, its WireGuard key in
+    base64: a restarted node's old boot keeps a record of its own beside the new one)."""
+    return next((p for p in status["peers"] if p["node_id"] == node and key in (None, p["wg_public_key"])), None)
 
 
 def meshed_with(lh: "LocalHosts", a: str, b: str, *, handshake: bool = False) -> bool:
-    """Host a has host b meshed and on its device (and, with handshake=True, a completed handshake)."""
+    """Host a has host b's current boot meshed and on its device (and, with handshake=True, a
+    completed handshake)."""
     st = lh.status(a)
-    p = peer(st, lh.hosts[b].name)
+    p = peer(st, lh.hosts[b].name, lh.status(b)["wg_public_key"])
     return bool(p and p["state"] == "meshed" and p["wg_public_key"] in st["device_peers"]
                 and (not handshake or p["latest_handshake"]))

@@ -1,5 +1,6 @@
 """Faults on a real overlay (network namespaces, wireguard-go, `conclave node`): a WireGuard
-daemon killed, then one host partitioned (its veth down) and healed. No operator acts.
+daemon killed, then one host partitioned (its veth down) and healed, then one host restarted
+(a new boot its owner enrols again). No operator acts beyond that enrolment.
 
 h0 head (hosts the rendezvous), h1 and h2 workers; liveness every LIVENESS_INTERVAL seconds,
 eviction after LIVENESS_TIMEOUT seconds of silence. Measured timings are printed (pytest -s).
@@ -112,3 +113,35 @@ def test_partitioned_host_is_evicted_then_meshes_again_when_healed(trio):
         assert peer(lh.status(a), victim.name)["reason"] is None
         assert _events(lh, a, "h2", "meshed") >= 2
     assert detect <= LIVENESS_TIMEOUT + 4
+
+
+def test_restarted_host_is_enrolled_again_and_replaces_its_old_boot(trio):
+    """A restart is a new boot: new keys, so the old enrolment does not cover it. The owner
+    enrols it again (LocalHosts does on wait_status) and the peers mesh with its new key. The old
+    boot's announcement keeps a record of its own until the rendezvous forgets it; the new boot
+    answers its challenges, so it stays refused and off every device."""
+    lh = trio
+    old_key = lh.status("h2")["wg_public_key"]
+    old_proof = lh.status("h2")["enrolment"]
+    time.sleep(1.1)   # enrolments are stamped to the second: the new one must be issued later
+    lh.stop("h2")
+    lh.start("h2", reconcile_interval=RECONCILE,
+             extra=["--liveness-interval", str(LIVENESS_INTERVAL), "--liveness-timeout", str(LIVENESS_TIMEOUT)])
+    restarted = time.monotonic()
+    st = lh.wait_status("h2")
+    new_key = st["wg_public_key"]
+    assert new_key != old_key
+    assert st["enrolment"]["proven"] and st["enrolment"]["issued"] > old_proof["issued"]
+    lh.wait_for(lambda: _all_meshed(lh), 30, "the restarted host meshed again under its new key")
+    for a in ("h0", "h1"):
+        st = lh.status(a)
+        assert peer(st, lh.hosts["h2"].name, new_key)["state"] == "meshed"
+        lh.wait_for(lambda: old_key not in lh.status(a)["device_peers"], RECONCILE + 2,
+                    f"{a} drops the old boot's key from its device")
+        old_boot = peer(lh.status(a), lh.hosts["h2"].name, old_key)
+        assert old_boot["state"] in ("evicted", "rejected") and not old_boot["on_device"]
+        # gone one way or another: liveness saw the new key (identity_changed), the newer enrolment
+        # replaced it (replaced), or it went silent (peer_unreachable); a retry then meets the new boot
+        assert old_boot["reason"] in ("identity_changed", "replaced", "peer_unreachable", "identity_mismatch"), \
+            old_boot["events"]
+    print(f"\nrestart: re-enrolled and meshed again {time.monotonic() - restarted:.1f}s after the new boot")
