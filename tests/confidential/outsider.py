@@ -74,7 +74,9 @@ class Outsider:
         trust = Path(net["trust_dir"])
         root = local_trust.load_root(trust)
         wrong = bytes(b ^ 0xFF for b in bytes.fromhex(net["measurement"]))
-        name = f"{status['cluster_id']}-intruder"
+        from conclave.runtime.manifest.document import DeploymentManifest as _Manifest
+        _manifest = _Manifest.load(status["manifest"], trusted_owner=net["owner_fingerprint"])
+        name = self.stage = next(s.node for s in _manifest.stages if s.role == "worker")   # an impostor of it
         attester = root.issue_attester(name, measurement=wrong)
         from conclave.runtime.manifest.document import DeploymentManifest
         manifest = DeploymentManifest.load(status["manifest"], trusted_owner=net["owner_fingerprint"])
@@ -89,6 +91,8 @@ class Outsider:
                 "--stage-name", stage, "--model-manifest", status["model"]["manifest"],
                 "--evidence", "sim", "--sim-root", net["sim_root"], "--bundle-stdin",
                 "--underlay-host", self.ip, "--overlay-cidr", net["overlay_cidr"],
+                "--overlay-address", str(ipaddress.IPv4Network(net["overlay_cidr"]).broadcast_address - 7),
+                "--shard-mount", str(workdir / "shard"),
                 "--interface", f"{self.netns}w", "--rendezvous", f"{head['underlay_ip']}:{net['rendezvous_port']}",
                 "--firewall", "none", "--metrics-port", "0", "--status-socket", str(sock), "--retry-interval", "2"]
         bundle = json.dumps({"sim_attester": base64.b64encode(attester.to_secret_bytes()).decode()}).encode()

@@ -124,43 +124,47 @@ def ray_alive_nodes(cluster, tmp_path) -> list[str]:
     return json.loads(line[6:])
 
 
-def test_host_outside_the_manifest_is_never_admitted_and_gets_no_secret(ccluster, tmp_path):
-    """A fourth host running the same code, with its own (simulated, wrong-measurement) evidence and a
-    name that is no stage of the signed manifest: every node refuses its stage claim (stage_unknown,
-    checked before any evidence); it gets no Ray token and no tunnel. The wrong-measurement and
-    impostor cases with enrolled rogues are tests/overlay/test_rogues_netns.py and
-    tests/overlay/test_stage_enrolment.py."""
+def test_impostor_of_a_stage_is_never_admitted_and_gets_no_secret(ccluster, tmp_path):
+    """A fourth host running the same code claims a worker's stage (its name, role and the real
+    manifest), with its own simulated, wrong-measurement evidence and no enrolment by that stage's
+    owner: every node refuses its stage claim (owner_not_enrolled, checked before any evidence), the
+    real stage stays meshed, the impostor gets no Ray token, no tunnel and no shard key. Enrolled
+    rogues with a wrong measurement or key: tests/overlay/test_rogues_netns.py."""
     outsider = Outsider(ccluster.status)
+    nodes = ccluster.status["nodes"]
     try:
         sock = outsider.start_bad_node(ccluster.status, tmp_path)
-        nodes = ccluster.status["nodes"]
-        head_sock = nodes[0]["agent_socket"]
         deadline = time.monotonic() + 60
-        while True:   # wait until every cluster agent has tried (and refused) the intruder
-            seen = []
-            for node in nodes:
-                peers = [p for p in agent_status(node["agent_socket"])["peers"] if p["node_id"].endswith("-intruder")]
-                seen.append(peers[0] if peers else None)
+        while not sock.exists() or not agent_status(str(sock)).get("wg_public_key"):
+            assert time.monotonic() < deadline, "the impostor did not start"
+            time.sleep(1)
+        key = agent_status(str(sock))["wg_public_key"]
+
+        def records(node):
+            return [p for p in agent_status(node["agent_socket"])["peers"] if p["wg_public_key"] == key]
+        while True:   # until every other cluster agent has tried (and refused) the impostor
+            seen = [(records(n) or [None])[0] for n in nodes if n["node_id"] != outsider.stage]
             if all(p is not None and p.get("reason") for p in seen):
                 break
-            assert time.monotonic() < deadline, f"the cluster never tried the intruder: {seen}"
+            assert time.monotonic() < deadline, f"the cluster never tried the impostor: {seen}"
             time.sleep(1)
         time.sleep(5)  # a few more admission rounds: it must stay out
         for node in nodes:
-            st = agent_status(node["agent_socket"])
-            p = [p for p in st["peers"] if p["node_id"].endswith("-intruder")][0]
-            assert p["state"] == "rejected" and p["reason"] == "stage_unknown", p
+            if node["node_id"] == outsider.stage:
+                continue
+            for p in records(node):
+                assert p["state"] == "rejected" and p["reason"] == "owner_not_enrolled", p
+            real = [p for p in agent_status(node["agent_socket"])["peers"]
+                    if p["node_id"] == outsider.stage and p["state"] == "meshed"]
+            assert real and real[0]["wg_public_key"] != key     # the real stage keeps its place
         intruder = agent_status(str(sock))
         assert intruder["secrets_received"] == {}               # no Ray token
-        assert "ray_token" not in json.dumps(intruder["secrets_received"])
-        assert {p["reason"] for p in intruder["peers"]} == {"tee_not_allowed"}   # its own policy: sim only
         assert intruder["device_peers"] == []                   # no WireGuard tunnel to anyone
-        intruder_key = intruder["wg_public_key"]
+        assert (intruder["lifecycle"] or {}).get("shard", {}).get("verified") is not True   # no shard key
         for node in nodes:
-            assert intruder_key not in agent_status(node["agent_socket"])["device_peers"]
+            assert key not in agent_status(node["agent_socket"])["device_peers"]
         alive = ray_alive_nodes(ccluster, tmp_path)
         assert sorted(alive) == sorted(n["overlay_ip"] for n in nodes)   # still exactly 3 Ray nodes
-        _ = head_sock
     finally:
         outsider.close()
 
