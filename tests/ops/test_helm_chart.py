@@ -341,6 +341,15 @@ def test_every_agent_takes_its_owners_enrolment_on_a_status_socket_in_its_own_me
         assert volume == {"name": run["name"], "emptyDir": {"medium": "Memory"}}
 
 
+def test_default_overlay_range_is_the_signed_manifests():
+    """A node outside the manifest's overlay_cidr is refused by its peers, the broker and its owner's
+    enrolment (overlay_address_out_of_range): the chart's default must be the manifest's default."""
+    from conclave.runtime.manifest.document import DEFAULT_OVERLAY_CIDR
+    for ds in by_kind(render(merged()), "StatefulSet"):
+        parsed = _parse_with_real_cli(_cli_args(ds["spec"]["template"]["spec"]["containers"][0]))
+        assert parsed.overlay_cidr == DEFAULT_OVERLAY_CIDR
+
+
 def test_rendered_rendezvous_args_are_accepted_by_the_cli():
     docs = render(merged({"rendezvous": {"port": 6000, "extraArgs": ["--ttl", "120"]}}))
     deployment = next(d for d in by_kind(docs, "Deployment")
