@@ -49,6 +49,8 @@ MAX_ENROLMENT_LEN = 8192   # as runtime.manifest.enrolment.MAX_ENROLMENT_LEN
 CPU_TEES = (TeeType.TDX, TeeType.SNP, TeeType.SIM)
 
 
+MAX_NODES_LIFECYCLE = 64
+
 class BundleMalformed(ConclaveError):
     def __init__(self, message: str):
         super().__init__("malformed", message, exit_code=ExitCode.MALFORMED)
@@ -250,8 +252,14 @@ def parse_bundle(data: bytes | Mapping[str, Any]) -> ParsedBundle:
     else:
         obj = data
     want = {"version", "nonce", "manifest", "model_digest", "stages", "nodes", "head"}
-    if not isinstance(obj, Mapping) or set(obj) != want:
-        raise BundleMalformed("attestation bundle must have exactly " + ", ".join(sorted(want)))
+    if not isinstance(obj, Mapping) or set(obj) - {"lifecycle"} != want:
+        raise BundleMalformed("attestation bundle must have exactly " + ", ".join(sorted(want))
+                              + " (and optionally lifecycle)")
+    lifecycle = obj.get("lifecycle")
+    if lifecycle is not None and (not isinstance(lifecycle, dict) or len(lifecycle) > MAX_NODES_LIFECYCLE
+                                  or not all(isinstance(v, dict) and isinstance(v.get("state"), str)
+                                             for v in lifecycle.values())):
+        raise BundleMalformed("lifecycle must map stage names to {state, reasons}")
     if obj["version"] != BUNDLE_VERSION or isinstance(obj["version"], bool):
         raise BundleMalformed(f"unsupported bundle version {obj['version']!r}")
     if not isinstance(obj["manifest"], dict) or not isinstance(obj["model_digest"], str) \
@@ -327,6 +335,7 @@ class BundleBuilder:
         if stage is None or stage.role != "head":
             raise ValueError(f"{head_node!r} is not the head stage of the manifest")
         self._manifest = manifest
+        self.lifecycle_source = None   # () -> {stage: {"state", "reasons"}}: each stage's lifecycle state
         self._stage = stage
         self._tee = None if tee is None else str(tee)
         self._attest = attest
@@ -413,9 +422,14 @@ class BundleBuilder:
             peers = dict(self._peers)
         nodes = [head if s.role == "head" else peers[s.node]
                  for s in self._manifest.stages if s.role == "head" or s.node in peers]
-        return {"version": BUNDLE_VERSION, "nonce": nonce.hex(),
-                "manifest": json.loads(self._manifest.raw),
-                "model_digest": self._manifest.model_digest,
-                "stages": [s.to_json() for s in self._manifest.stages],
-                "nodes": [n.to_json() for n in nodes],
-                "head": HeadInfo(self._stage.node, self._tls, self._report_key).to_json()}
+        out = {"version": BUNDLE_VERSION, "nonce": nonce.hex(),
+               "manifest": json.loads(self._manifest.raw),
+               "model_digest": self._manifest.model_digest,
+               "stages": [s.to_json() for s in self._manifest.stages],
+               "nodes": [n.to_json() for n in nodes],
+               "head": HeadInfo(self._stage.node, self._tls, self._report_key).to_json()}
+        if self.lifecycle_source is not None:
+            # informational (what each stage last said of itself; the evidence above is what is verified)
+            out["lifecycle"] = {name: {"state": str(v.get("state")), "reasons": list(v.get("reasons") or [])}
+                                for name, v in self.lifecycle_source().items() if v.get("state")}
+        return out

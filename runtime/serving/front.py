@@ -405,4 +405,16 @@ def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, li
                       require_all_stages=require_all_stages, api_key=api_key)
     agent.admission_hooks.append(front.agent_hook())
     front.node_facts = lambda: agent_facts(agent)
+    builder.lifecycle_source = lambda: stage_lifecycles(agent)
     return front
+
+
+def stage_lifecycles(agent) -> dict[str, dict]:
+    """Each stage's lifecycle state as /v1/attestation shows it: the head's own, and every meshed
+    worker's from its verified signed statement (runtime/node/stage_runner.py)."""
+    own = dict(getattr(agent, "stage_extra", {}) or {})
+    statements = agent.peer_statements() if hasattr(agent, "peer_statements") else {}
+    out = {name: {"state": st.get("state"), "reasons": []} for name, st in statements.items()}
+    if own.get("state"):
+        out[agent.cfg.node_name] = {"state": own["state"], "reasons": [r.get("reason") for r in own.get("reasons") or []]}
+    return out

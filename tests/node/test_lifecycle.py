@@ -64,3 +64,19 @@ def test_the_node_cli_builds_a_stage_runner_from_the_signed_manifest(tmp_path):
     spec = runner.spec
     assert (spec.index, spec.stages, spec.layers, spec.layer_counts) == (0, 2, (0, 10), (10, 20))
     assert spec.stage_order == ("node-0", "node-1") and runner.worker_names == ["node-1"]
+
+
+def test_the_attestation_bundle_shows_each_stage_lifecycle():
+    """/v1/attestation names every stage's state: the head's own and each worker's signed statement."""
+    from types import SimpleNamespace
+    from conclave.runtime.endpoint.bundle import BundleMalformed, parse_bundle
+    from conclave.runtime.serving.front import stage_lifecycles
+    import pytest
+    agent = SimpleNamespace(cfg=SimpleNamespace(node_name="node-0"),
+                            stage_extra={"state": "degraded", "reasons": [{"reason": "stage_not_meshed", "detail": "x"}]},
+                            peer_statements=lambda: {"node-1": {"state": "ray_joined", "shard": {}}})
+    assert stage_lifecycles(agent) == {"node-0": {"state": "degraded", "reasons": ["stage_not_meshed"]},
+                                       "node-1": {"state": "ray_joined", "reasons": []}}
+    with pytest.raises(BundleMalformed):   # a bundle with a malformed lifecycle is refused, not half-read
+        parse_bundle({"version": 1, "nonce": "00", "manifest": {}, "model_digest": "", "stages": [], "nodes": [],
+                      "head": {}, "lifecycle": {"node-0": "serving"}})
