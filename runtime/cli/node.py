@@ -234,7 +234,7 @@ def build_config(args, bundle: dict | None = None):
         except ValueError as exc:
             raise UsageError(f"--front-upstream: {exc}", reason="front_invalid") from None
     try:
-        cidr = parse_cidr(args.overlay_cidr or DEFAULT_OVERLAY_CIDR)
+        cidr = parse_cidr(args.overlay_cidr or manifest.overlay_cidr or DEFAULT_OVERLAY_CIDR)
         addr = ipaddress.IPv4Address(args.overlay_address) if args.overlay_address else None
     except ValueError as exc:
         raise UsageError(f"overlay address/CIDR: {exc}", reason="overlay_invalid") from None
