@@ -18,7 +18,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from cryptography import x509
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from conclave.runtime.attestation.emulated.http_service import ThreadedHttpService
 from conclave.runtime.attestation.ocsp import MAX_RESPONSE_LEN, _hash_of, _spki_bit_string
 
 DEFAULT_VALIDITY = timedelta(hours=24)
@@ -58,20 +59,17 @@ class _Issuer:
     revoked: dict[int, tuple[datetime, x509.ReasonFlags]] = field(default_factory=dict)
 
 
-class EmulatedOcspResponder:
+class EmulatedOcspResponder(ThreadedHttpService):
     """start(), stop(), url, add_issuer(), revoke(), set_down(); `requests` counts answered queries."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  validity: timedelta = DEFAULT_VALIDITY):
-        self._host, self._port = host, port
+        super().__init__(host, port)
         self.clock = clock
         self.validity = validity
         self._issuers: list[_Issuer] = []
         self._lock = threading.Lock()
-        self._down = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -133,14 +131,14 @@ class EmulatedOcspResponder:
         return builder.sign(issuer.signer_key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
 
     # -- HTTP --------------------------------------------------------------------------------
-    def start(self) -> "EmulatedOcspResponder":
-        if self._server is not None:
-            return self
+    name = "ocsp"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, body: bytes | None) -> None:
-                if service._down.is_set():
+                if service.down:
                     self.close_connection = True   # no answer: an unreachable responder
                     return
                 out = service.respond(body) if body is not None else b""
@@ -164,40 +162,11 @@ class EmulatedOcspResponder:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="emulated-ocsp", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> "EmulatedOcspResponder":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return Handler
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("emulated OCSP responder is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    def set_down(self, down: bool = True) -> None:
-        if down:
-            self._down.set()
-        else:
-            self._down.clear()
+        return self.origin + "/"
 
 
 __all__ = ["EmulatedOcspResponder", "responder_certificate"]

@@ -7,34 +7,29 @@ public vendor-shaped data; nothing secret passes through here.
 """
 from __future__ import annotations
 
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Mapping
 
+from conclave.runtime.attestation.emulated.http_service import ThreadedHttpService
 
-class VendorServer:
+
+class VendorServer(ThreadedHttpService):
     """Base class: start(), stop(), base_url, set_down(True/False), requests (paths seen)."""
 
     name = "vendor"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self._host, self._port = host, port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._down = threading.Event()
+        super().__init__(host, port)
         self.requests: list[str] = []
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "VendorServer":
-        if self._server is not None:
-            return self
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server API
                 service.requests.append(self.path)
-                if service._down.is_set():
+                if service.down:
                     self.close_connection = True   # no answer at all: the client sees a dropped link
                     return
                 split = urllib.parse.urlsplit(self.path)
@@ -53,46 +48,11 @@ class VendorServer:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"emulated-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> "VendorServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return Handler
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError(f"emulated {self.name} is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # -- controls ----------------------------------------------------------------------------
-    def set_down(self, down: bool = True) -> None:
-        """Stop answering (requests are dropped without a response) or answer again."""
-        if down:
-            self._down.set()
-        else:
-            self._down.clear()
-
-    @property
-    def down(self) -> bool:
-        return self._down.is_set()
+        return self.origin
 
     def respond(self, path: str, query: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
         raise NotImplementedError
