@@ -8,17 +8,15 @@ argv, logs or output.
 from __future__ import annotations
 
 import ipaddress
-import signal
-import threading
 from pathlib import Path
 
 from cryptography import x509
 
 from conclave.runtime import log as clog
+from conclave.runtime.cli.grpc_service import serve_until_signalled
 from conclave.runtime.errors import UsageError
 
 DEFAULT_BROKER_PORT = 51830
-STOP_GRACE_SECONDS = 2.0
 
 
 def register(subparsers) -> None:
@@ -76,7 +74,6 @@ def build_service(args):
 
 
 def run_broker(args) -> int:
-    from conclave.overlay import rpc
     from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 
     try:
@@ -86,18 +83,6 @@ def run_broker(args) -> int:
         raise UsageError(f"--host must be a specific IP address, not {args.host!r}", reason="host_invalid") from None
     clog.setup()
     service = build_service(args)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = rpc.server(workers=4)
-    pb_grpc.add_KeyBrokerServicer_to_server(service, server)
-    port = rpc.bind(server, args.host, args.port)
-    server.start()
-    try:
-        clog.progress(f"key broker for {len(service.manifest.stages)} stages listening on {args.host}:{port}")
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop(STOP_GRACE_SECONDS).wait(STOP_GRACE_SECONDS + 1)
-    clog.progress("key broker stopped")
+    serve_until_signalled(lambda server: pb_grpc.add_KeyBrokerServicer_to_server(service, server),
+                          args.host, args.port, what=f"key broker for {len(service.manifest.stages)} stages")
     return 0

@@ -8,13 +8,11 @@ stops cleanly and exits 0.
 from __future__ import annotations
 
 import ipaddress
-import signal
-import threading
 
 from conclave.runtime import log as clog
+from conclave.runtime.cli.grpc_service import serve_until_signalled
 from conclave.runtime.errors import UsageError
 
-STOP_GRACE_SECONDS = 2.0
 
 
 def register(subparsers) -> None:
@@ -39,25 +37,12 @@ def _validate(args) -> None:
 
 
 def run_rendezvous(args) -> int:
-    from conclave.overlay import rpc
     from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
     from conclave.overlay.rendezvous import RendezvousService
 
     _validate(args)
     clog.setup()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = RendezvousService() if args.ttl is None else RendezvousService(ttl=args.ttl)
-    server = rpc.server(workers=4)
-    pb_grpc.add_RendezvousServicer_to_server(service, server)
-    port = rpc.bind(server, args.host, args.port)   # ConclaveError port_in_use when taken
-    server.start()
-    try:
-        clog.progress(f"rendezvous listening on {args.host}:{port}")
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop(STOP_GRACE_SECONDS).wait(STOP_GRACE_SECONDS + 1)
-    clog.progress("rendezvous stopped")
+    serve_until_signalled(lambda server: pb_grpc.add_RendezvousServicer_to_server(service, server),
+                          args.host, args.port, what="rendezvous")
     return 0
