@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from conclave.runtime.cli.env import local_cluster
+from conclave.runtime.cli.report import report_key_arg
 from conclave.runtime.endpoint.client import Upstream, load_certificates, tls_context, verify_endpoint
 from conclave.runtime.endpoint.receipt import (ReceiptError, parse_receipt, receipt_in_stream,
                                                verify_receipt)
@@ -81,16 +82,6 @@ def _manifest(path: Path | None, owner_pubkey: Path | None, fingerprint: str | N
     return manifest
 
 
-def _pinned_key(value: str) -> bytes:
-    path = Path(value)
-    if path.is_file():
-        return keys.load_public_key_file(path)
-    try:
-        return keys.unb64(value.strip(), "report key", length=keys.PUBLIC_KEY_LEN)
-    except ValueError:
-        raise UsageError("--report-pubkey must be a base64 Ed25519 key or a file holding one") from None
-
-
 def fetch_report(url: str, digest: str, *, ca: Path | None, timeout: float) -> bytes | None:
     """GET /v1/report/<digest> (authenticity comes from the report's signature, checked later)."""
     upstream = Upstream.parse(url)
@@ -122,7 +113,7 @@ def _key_source(args):
         url, roots, ca = args.url, (load_certificates(args.sim_root) if args.sim_root else None), args.ca
     elif args.report_pubkey:
         manifest = _manifest(args.manifest, args.owner_pubkey, args.owner_fingerprint)
-        return manifest, _pinned_key(args.report_pubkey), None, None
+        return manifest, report_key_arg(args.report_pubkey), None, None
     else:
         raise UsageError("say which head to check against: --local, --url with --manifest, or "
                          "--report-pubkey", reason="receipt_key_unknown")

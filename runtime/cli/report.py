@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_cmd_verify)
 
 
-def _report_key(value: str) -> bytes:
+def report_key_arg(value: str) -> bytes:
+    """--report-pubkey: the head's attested report key, base64 or a file holding it."""
     path = Path(value)
     if path.is_file():
         return keys.load_public_key_file(path)
@@ -54,7 +55,7 @@ def _cmd_verify(args) -> int:
             raise UsageError(f"cannot read manifest {args.manifest}: {exc.strerror}") from None
     elif args.owner_pubkey or args.owner_fingerprint:
         raise UsageError("--owner-pubkey/--owner-fingerprint need --manifest")
-    pinned_key = _report_key(args.report_pubkey) if args.report_pubkey else None
+    pinned_key = report_key_arg(args.report_pubkey) if args.report_pubkey else None
     try:
         data = args.file.read_bytes()
     except OSError as exc:
