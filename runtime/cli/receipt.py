@@ -69,6 +69,17 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}", reason="unreadable_file") from None
 
 
+def _local_collateral():
+    """The client's own collateral for the local cluster, from its emulated vendor services (the same
+    resolution `conclave verify --local` does)."""
+    from types import SimpleNamespace
+    from conclave.runtime.cli.verify import client_collateral, resolve_local
+    local = SimpleNamespace(url=None, manifest=None, owner_pubkey=None, owner_fingerprint=None, sim_root=None,
+                            ca=None, pcs_url=None, pcs_root_crl_url=None, kds_url=None, unsafe_unpinned=False)
+    resolve_local(local)
+    return client_collateral(local)
+
+
 def _manifest(path: Path | None, owner_pubkey: Path | None, fingerprint: str | None):
     if path is None:
         if owner_pubkey or fingerprint:
@@ -106,18 +117,22 @@ def _key_source(args):
                                 "(started with --network plain?)", exit_code=ExitCode.USAGE)
         manifest = _manifest(Path(cluster.manifest), None, cluster.owner_fingerprint)
         url, roots, ca = cluster.front_url, load_certificates(Path(cluster.sim_root)), None
+        collateral_for = _local_collateral()
     elif args.url:
         manifest = _manifest(args.manifest, args.owner_pubkey, args.owner_fingerprint)
         if manifest is None:
             raise UsageError("--url needs --manifest (the deployment the endpoint must prove)")
         url, roots, ca = args.url, (load_certificates(args.sim_root) if args.sim_root else None), args.ca
+        from conclave.runtime.cli.verify import client_collateral
+        collateral_for = client_collateral(args)   # Intel's / AMD's services: the client's own collateral
     elif args.report_pubkey:
         manifest = _manifest(args.manifest, args.owner_pubkey, args.owner_fingerprint)
         return manifest, report_key_arg(args.report_pubkey), None, None
     else:
         raise UsageError("say which head to check against: --local, --url with --manifest, or "
                          "--report-pubkey", reason="receipt_key_unknown")
-    outcome = verify_endpoint(url, manifest=manifest, trusted_roots=roots, ca=ca, timeout=args.timeout)
+    outcome = verify_endpoint(url, manifest=manifest, trusted_roots=roots, ca=ca, timeout=args.timeout,
+                              collateral_for=collateral_for)
     if not outcome.ok:
         raise ConclaveError(outcome.result.reason or "verification_failed",
                             f"the endpoint does not verify: {outcome.result.message}",
