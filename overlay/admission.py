@@ -25,11 +25,10 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from cryptography import x509
 
-from conclave.overlay.evidence import EvidenceSource
 from conclave.overlay.identity import Announcement, MalformedAnnouncement
 from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
 from conclave.overlay.proto import conclave_pb2 as pb
@@ -40,6 +39,9 @@ from conclave.runtime.attestation.core import (AttestationError, PolicyViolated,
                                                VerifiedEvidence)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import enrolment as enrolment_mod
+
+if TYPE_CHECKING:   # a type only: the prover's evidence sources (collect.py) stay out of the decision's imports
+    from conclave.overlay.evidence import EvidenceSource
 
 log = logging.getLogger("conclave.overlay.admission")
 

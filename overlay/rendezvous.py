@@ -30,7 +30,7 @@ from conclave.overlay.identity import Announcement, MalformedAnnouncement
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.overlay.reasons import OverlayReason
-from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.canonical import canonical_json
 
 log = logging.getLogger("conclave.overlay.rendezvous")
 DEFAULT_TTL = 60

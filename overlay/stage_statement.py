@@ -15,7 +15,7 @@ import json
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.canonical import canonical_json
 
 DOMAIN = b"conclave/stage-statement/v1\x00"
 MAX_STATEMENT_LEN = 16 * 1024

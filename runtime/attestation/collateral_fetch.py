@@ -18,9 +18,7 @@ Nothing here is secret: collateral is public vendor data.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from conclave.runtime import config
+from conclave.runtime.atomic_write import write_atomic
 from conclave.runtime.attestation.core import Reason, VerificationFailed
 
 INTEL_PCS_BASE = "https://api.trustedservices.intel.com"
@@ -82,17 +81,7 @@ def http_get(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> HttpResponse:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, data)
 
 
 def _issuer_chain(resp: HttpResponse, header: str, url: str) -> bytes:

@@ -39,6 +39,7 @@ import jsonschema
 import yaml
 from cryptography import x509
 
+from conclave.runtime import canonical
 from conclave.runtime.attestation.core import (PolicyError, PolicyViolated, Reason, TeeType,
                                                VerifiedEvidence, Violation)
 
@@ -207,7 +208,8 @@ POLICY_JSON_SCHEMA: dict = {
 
 
 def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """The policy digest's encoding (fixed before runtime/canonical.py's strict rule)."""
+    return canonical.canonical_json(obj, strict=False, ensure_ascii=True, allow_nan=True)
 
 
 def _lower_hex(obj: Any) -> Any:

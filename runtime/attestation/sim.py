@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
+from conclave.runtime import canonical as _canonical
 from conclave.runtime.attestation import core
 from conclave.runtime.attestation.core import Reason, StepLog, TeeType
 
@@ -53,9 +54,8 @@ _PAYLOAD_KEYS = {"simulated", "version", "node", "measurement", "debug", "svn", 
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The one canonical encoding used for everything signed here."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    """The encoding of everything signed here: runtime/canonical.py with ASCII escapes, floats allowed."""
+    return _canonical.canonical_json(obj, strict=False, ensure_ascii=True)
 
 
 def _rfc3339(dt: datetime) -> str:

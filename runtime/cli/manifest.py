@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from conclave.runtime.atomic_write import write_atomic
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, strict_loads
+from conclave.runtime.canonical import CanonicalError, strict_loads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,19 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".conclave-")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data, mode=mode, prefix=".conclave-")
 
 
 def _read_structured(path: Path, what: str) -> Any:

@@ -34,7 +34,7 @@ from conclave.runtime.endpoint.binding import (PURPOSE_HEAD, PURPOSE_NODE, head_
                                                head_report_data)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, strict_loads
+from conclave.runtime.canonical import CanonicalError, strict_loads
 from conclave.runtime.manifest.document import VerifiedManifest, rfc3339
 
 BUNDLE_VERSION = 1

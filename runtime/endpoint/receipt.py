@@ -7,7 +7,7 @@ time, the model digest and the digest of the signed run report current at serve 
 owners, evidence digests, re-attestations). The run report itself is kept and served at
 /v1/report/<digest>, so a receipt still verifies after the cluster changed.
 
-Receipt object (canonical JSON, runtime/manifest/canonical.py):
+Receipt object (canonical JSON, runtime/canonical.py):
     {"receipt": {"version": 1, "request_sha256", "response_sha256", "time", "model_digest",
                  "report_sha256"},
      "signature": b64(Ed25519 over RECEIPT_SIGNING_CONTEXT || canonical_json(receipt)),
@@ -43,7 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from conclave.runtime.endpoint.verify import EndpointReason
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import VerifiedManifest, rfc3339
 from conclave.runtime.report.document import (RECEIPT_SIGNING_CONTEXT, ReportError, ReportReason,
                                               VerifiedReport, verify_report)

@@ -49,7 +49,7 @@ from conclave.runtime.endpoint.bundle import (CPU_TEES, EvidenceBlob, NodeEntry,
                                               parse_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import enrolment as enrolment_mod
-from conclave.runtime.manifest.canonical import CanonicalError
+from conclave.runtime.canonical import CanonicalError
 from conclave.runtime.manifest.document import (ManifestError, ManifestReason, VerifiedManifest,
                                                 content_digest)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conclave.runtime.cli.owner import enroll_node
+from conclave.runtime.agent.owner_enrolment import enroll_node
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest.document import DeploymentManifest
 

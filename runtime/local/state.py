@@ -6,11 +6,10 @@ key; the Ray token is never written anywhere). Written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from conclave.runtime import config
+from conclave.runtime.atomic_write import write_atomic
 from conclave.runtime.errors import ConclaveError, ExitCode
 
 
@@ -21,16 +20,7 @@ def state_path() -> Path:
 def write(state: dict, path: Path | None = None) -> None:
     path = path or state_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cluster.", suffix=".json")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(state, indent=2, sort_keys=True).encode(), mode=0o600, prefix=".cluster.")
 
 
 def read(path: Path | None = None) -> dict | None:

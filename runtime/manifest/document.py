@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 
 MANIFEST_VERSION = 1
 SIGNING_CONTEXT = b"conclave/deployment-manifest/v1\x00"

@@ -27,11 +27,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.overlay.reasons import OverlayReason
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import VerifiedManifest, _parse_time, rfc3339
+from conclave.runtime.reasons import OverlayReason
 
 ENROLMENT_VERSION = 1
 SIGNING_CONTEXT = b"conclave/stage-enrolment/v1\x00"

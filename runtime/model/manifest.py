@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from conclave.runtime import canonical as _canonical
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.model.reasons import ModelReason
 from conclave.runtime.model.safetensors_index import TensorEntry, read_index
@@ -71,7 +72,8 @@ def group_digest(entries: Iterable[TensorEntry], read_bytes: Callable[[TensorEnt
 
 
 def canonical_json(obj: dict) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """The model manifest's digest encoding (fixed before runtime/canonical.py's strict rule)."""
+    return _canonical.canonical_json(obj, strict=False, ensure_ascii=True, allow_nan=True)
 
 
 def overall_digest(manifest: dict) -> str:

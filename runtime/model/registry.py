@@ -6,12 +6,11 @@ Layout: models/<name>/ (converted folders), models/<name>.manifest.json, models/
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from conclave.runtime import config, log
+from conclave.runtime.atomic_write import write_atomic
 from conclave.runtime.errors import ConclaveError, ExitCode, UsageError
 from conclave.runtime.model import convert
 from conclave.runtime.model.manifest import build_manifest, check_manifest, sha256_file
@@ -30,12 +29,7 @@ def _registry_path() -> Path:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
 
 
 def validate_name(name: str) -> str:

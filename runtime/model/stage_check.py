@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from conclave.runtime import canonical
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.model.manifest import (SAFETENSORS_INDEX_SUFFIX, VerifyResult, group_of, small_files,
                                              stage_groups, tensor_entries, verify_layer_range)
@@ -36,7 +37,8 @@ def shard_digest(model_manifest: Mapping, start: int, end: int, *, first: bool, 
     doc = {"context": SHARD_DIGEST_CONTEXT, "model_digest": model_manifest["digest"], "layers": [start, end],
            "groups": {g: model_manifest["groups"][g]["digest"] for g in groups},
            "files": {f: model_manifest["files"][f] for f in small_files(dict(model_manifest))}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical.canonical_json(doc, strict=False, ensure_ascii=True,
+                                                   allow_nan=True)).hexdigest()
 
 
 def _mismatch(detail: str) -> ConclaveError:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import ROLES, VerifiedManifest, rfc3339
 from conclave.runtime.report.owner_proof import FIELDS as OWNER_PROOF_FIELDS
 from conclave.runtime.report.owner_proof import owner_proof_json, owner_proof_problems

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from conclave.overlay.reasons import OverlayReason
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest import enrolment as enrolment_mod
-from conclave.runtime.manifest.canonical import CanonicalError, strict_loads
+from conclave.runtime.canonical import CanonicalError, strict_loads
 from conclave.runtime.manifest.document import VerifiedManifest, _parse_time, rfc3339
 
 FIELDS = frozenset({"enrolment", "enrolment_sha256", "issued", "expires"})

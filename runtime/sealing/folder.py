@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
 
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.sealing import stream
 from conclave.runtime.sealing.errors import SealError, SealReason
 from conclave.runtime.sealing.key import SealingKey

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conclave.runtime.errors import ConclaveError, ExitCode
-from conclave.runtime.manifest.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.model.manifest import (SAFETENSORS_INDEX_SUFFIX, check_manifest, group_of, small_files,
                                              stage_groups, tensor_entries, verify_layer_range)
 from conclave.runtime.model.reasons import ModelReason

@@ -104,7 +104,6 @@ import asyncio
 import logging
 import os
 import secrets
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,6 +111,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from aiohttp import web
 
+from conclave.runtime.atomic_write import write_atomic
 from conclave.runtime.endpoint.bundle import BundleBuilder, NodeEvidence, respond
 from conclave.runtime.endpoint.tls import HeadTlsIdentity, generate_head_identity
 from conclave.runtime.manifest.document import VerifiedManifest
@@ -233,19 +233,7 @@ class HeadFront(LoopServer):
         """Write the TLS certificate (public, PEM, 0644) atomically: clients pass it as their CA."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".conclave-cert-", dir=str(path.parent))
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.identity.cert_pem)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return path
+        return write_atomic(path, self.identity.cert_pem, mode=0o644, prefix=".conclave-cert-")
 
     # ------------------------------------------------------------------ handlers
     async def _attestation(self, request: web.Request) -> web.Response:

@@ -9,95 +9,69 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.attestation.sim import SimulatedRoot
+import sim_deployment
+from conclave.runtime.endpoint.binding import node_report_data
 from conclave.runtime.endpoint.bundle import BundleBuilder, nonce_from_query
 from conclave.runtime.endpoint.tls import HeadTlsIdentity
-from conclave.runtime.manifest import Stage, build_content, sign_content
-from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import canonical_json
-from conclave.runtime.manifest.enrolment import SIGNING_CONTEXT as ENROLMENT_CONTEXT
-from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
+from conclave.runtime.manifest import Stage
 from conclave.runtime.report import ReportSigner
 from conclave.runtime.endpoint.receipt import RECEIPT_HEADER, header_value, sse_event
 from conclave.runtime.serving.front_report import RunReportState
 from conclave.runtime.serving.receipts import ARCHIVE_PATH_PREFIX, ReceiptIssuer, archived_report
+from sim_deployment import SimDeployment
 
 GOOD_MEASUREMENT = bytes.fromhex("11" * 48)
 BAD_MEASUREMENT = bytes.fromhex("22" * 48)
 MODEL_DIGEST = "ab" * 32
-ENGINE_DIGEST = "cd" * 32
+ENGINE_DIGEST = sim_deployment.ENGINE_DIGEST
 
 
 def sim_policy(measurement: bytes = GOOD_MEASUREMENT) -> dict:
-    return {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-            "sim": {"measurement": [measurement.hex()]}}
+    return sim_deployment.sim_policy(measurement)
 
 
 STAGES = (Stage("node-0", "alice", "head", 0, 15), Stage("node-1", "bob", "worker", 15, 30))
 # the node owners of STAGES (each signs its stage's enrolments); in memory only
-NODE_OWNER_KEYS = {name: ed25519.Ed25519PrivateKey.generate() for name in ("alice", "bob", "carol")}
-NODE_OWNERS = {name: keys.public_key_bytes(k) for name, k in NODE_OWNER_KEYS.items()}
+NODE_OWNER_KEYS = sim_deployment.owner_keys("alice", "bob", "carol")
+NODE_OWNERS = sim_deployment.public_keys(NODE_OWNER_KEYS)
 
 
 def make_manifest_bytes(owner_key, *, model_digest: str = MODEL_DIGEST,
                         stages=STAGES, policy: dict | None = None) -> bytes:
-    content = build_content(owner_public_key=keys.public_key_bytes(owner_key),
-                            policy=policy or sim_policy(), model_digest=model_digest,
-                            engine_digest=ENGINE_DIGEST, owners=NODE_OWNERS, stages=stages,
-                            rendezvous=["198.18.0.1:7000"])
-    return sign_content(content, owner_key)
+    return sim_deployment.sign_manifest(owner_key, stages=stages, node_owners=NODE_OWNERS,
+                                        policy=policy or sim_policy(), model_digest=model_digest,
+                                        engine_digest=ENGINE_DIGEST)
 
 
 @dataclass
-class Deployment:
-    root: SimulatedRoot
-    owner_key: object
-    manifest_bytes: bytes
-    manifest: object                       # VerifiedManifest (pinned)
-    head_attester: object
-    worker_attester: object
-    report_signer: ReportSigner
-    wg: dict = field(default_factory=dict)
-    hpke: dict = field(default_factory=dict)
+class Deployment(SimDeployment):
+    """tests/sim_deployment.py's deployment, with node-1 admitted (its evidence for a nonce) and a
+    report signer: what the bundle, proxy and receipt units need."""
+
+    report_signer: ReportSigner = field(default_factory=ReportSigner.generate)
     worker_nonce: bytes = b""
     worker_evidence: bytes = b""
-    statement_keys: dict = field(default_factory=dict)   # node -> Ed25519 private statement key
 
-    @staticmethod
-    def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2",
-                        statement_key: bytes | None = None) -> dict:
-        """What the overlay's admission binds besides the keys (overlay.identity.binding_extra)."""
-        extra = {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
-        if statement_key:
-            extra["statement_key"] = statement_key
-        return extra
-
-    def statement_key(self, node: str) -> bytes:
-        return keys.public_key_bytes(self.statement_keys[node])
+    @classmethod
+    def create(cls) -> "Deployment":
+        d = cls.build(root_name="e2e-units-sim", stages=STAGES, node_owner_keys=NODE_OWNER_KEYS,
+                      measurement=GOOD_MEASUREMENT, model_digest=MODEL_DIGEST)
+        d.worker_nonce = secrets.token_bytes(32)
+        d.worker_evidence = d.worker_attester.evidence(node_report_data(
+            manifest_digest=d.manifest.digest, wg_public_key=d.wg["node-1"],
+            hpke_public_key=d.hpke["node-1"], nonce=d.worker_nonce, extra=d.worker_extra()))
+        return d
 
     def worker_extra(self) -> dict:
         """node-1's admission binding extra, its statement key included (as a real agent binds it)."""
         return self.admission_extra("node-1", statement_key=self.statement_key("node-1"))
-
-    def enrolment(self, node: str, *, owner: str | None = None, manifest=None, **kw) -> bytes:
-        """The stage owner's enrolment of `node`'s keys; owner=: the same enrolment signed by
-        another owner's key instead (a forgery the owner tool would refuse to make)."""
-        manifest = manifest or self.manifest
-        stage_owner = manifest.stage_for(node).owner
-        genuine = sign_enrolment(NODE_OWNER_KEYS[stage_owner], manifest=manifest, stage=node,
-                                 node_keys=NodeKeys(self.wg[node], self.hpke[node], self.statement_key(node)), **kw)
-        if owner is None or owner == stage_owner:
-            return genuine
-        content = json.loads(genuine)["enrolment"]
-        signature = NODE_OWNER_KEYS[owner].sign(ENROLMENT_CONTEXT + canonical_json(content))
-        return canonical_json({"enrolment": content, "signature": keys.b64(signature)})
 
     def builder(self, tls_spki: bytes, *, head_attester=None, include_worker: bool = True) -> BundleBuilder:
         att = head_attester or self.head_attester

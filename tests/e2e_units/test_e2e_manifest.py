@@ -16,7 +16,7 @@ from conclave.runtime.cli import main
 from conclave.runtime.manifest import (DeploymentManifest, ManifestError, Stage, build_content,
                                        require_manifest, sign_content, verify_bytes)
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import canonical_json, strict_loads
+from conclave.runtime.canonical import canonical_json, strict_loads
 
 from e2e_support import ENGINE_DIGEST, MODEL_DIGEST, NODE_OWNERS, STAGES, make_manifest_bytes, sim_policy
 

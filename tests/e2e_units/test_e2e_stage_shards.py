@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 
 from conclave.runtime import cli
 from conclave.runtime.errors import ConclaveError
-from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.canonical import canonical_json
 from conclave.runtime.model import registry
 from conclave.runtime.model.manifest import build_manifest, group_of
 from conclave.runtime.model.safetensors_index import read_index as tensor_index

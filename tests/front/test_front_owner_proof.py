@@ -11,7 +11,7 @@ import ssl
 import httpx
 
 from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.canonical import canonical_json
+from conclave.runtime.canonical import canonical_json
 from conclave.runtime.manifest.enrolment import SIGNING_CONTEXT
 from conclave.runtime.report import ReportError, verify_report
 

@@ -1,8 +1,16 @@
-"""Canonical JSON: the one byte encoding that is signed (manifest, run report).
+"""Canonical JSON: the one byte encoding of everything signed or hashed (base layer).
 
 Why: a signature covers bytes, not objects. Sorted keys, no whitespace, UTF-8, integers only
 (no floats: their text form is not unique), and a strict reader that refuses duplicate keys,
 so two parties always agree on what was signed and a duplicate key cannot smuggle a second value.
+
+The default (`canonical_json(value)`) is the signed-document encoding (manifest, enrolment, run
+report, receipt, sealed-shard index). Formats that were fixed before it keep their exact bytes
+through the keyword arguments, each named at its format:
+- simulated attestation evidence (attestation/sim.py): `strict=False, ensure_ascii=True`
+- policy digest (attestation/policy.py), model manifest digest (model/manifest.py) and the
+  stage shard digest (model/stage_check.py): `strict=False, ensure_ascii=True, allow_nan=True`
+tests/test_canonical.py pins each setting's bytes.
 """
 from __future__ import annotations
 
@@ -38,11 +46,18 @@ def _check(value: Any, depth: int = 0) -> None:
     raise CanonicalError(f"type {type(value).__name__} is not allowed in signed documents")
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no whitespace, UTF-8, no floats."""
-    _check(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+def canonical_json(value: Any, *, strict: bool = True, ensure_ascii: bool = False,
+                   allow_nan: bool = False) -> bytes:
+    """Sorted keys, no whitespace, UTF-8.
+
+    strict (the signed-document rule): no floats, string keys only, nesting at most MAX_DEPTH.
+    ensure_ascii: escape non-ASCII characters as \\uXXXX (older formats); allow_nan: let json
+    write NaN/Infinity for floats instead of raising (older formats that never checked).
+    """
+    if strict:
+        _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ensure_ascii,
+                      allow_nan=allow_nan).encode("utf-8")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
