@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "overlay"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests" / "overlay"),
+                str(Path(__file__).resolve().parents[1] / "tests")]   # overlay_hosts uses tests/sim_deployment.py
 from overlay_hosts import METRICS_PORT, LocalHosts  # noqa: E402  (the same host harness as the tests)
 
 BLAST_SERVER = """

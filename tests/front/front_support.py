@@ -21,31 +21,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.attestation.sim import SimulatedRoot
+import sim_deployment
 from conclave.runtime.endpoint.binding import node_report_data
 from conclave.runtime.endpoint.bundle import BundleBuilder
-from conclave.runtime.manifest import Stage, build_content, sign_content, verify_bytes
-from conclave.runtime.manifest import ed25519_keys as keys
-from conclave.runtime.manifest.enrolment import NodeKeys, sign_enrolment
+from conclave.runtime.manifest import Stage
 from conclave.runtime.model.manifest import SCHEMA, overall_digest
 from conclave.runtime.report import ReportSigner
+from sim_deployment import SimDeployment
 
 MEASUREMENT = bytes.fromhex("11" * 48)
 OTHER_MEASUREMENT = bytes.fromhex("22" * 48)
-ENGINE_DIGEST = "cd" * 32
+ENGINE_DIGEST = sim_deployment.ENGINE_DIGEST
 API_KEY = "sk-front-test"
 STAGES = (Stage("node-0", "alice", "head", 0, 3), Stage("node-1", "bob", "worker", 3, 6))
 # the node owners of STAGES (each signs its stage's enrolments); in memory only
-NODE_OWNER_KEYS = {"alice": ed25519.Ed25519PrivateKey.generate(), "bob": ed25519.Ed25519PrivateKey.generate()}
-NODE_OWNERS = {name: keys.public_key_bytes(k) for name, k in NODE_OWNER_KEYS.items()}
+NODE_OWNER_KEYS = sim_deployment.owner_keys("alice", "bob")
+NODE_OWNERS = sim_deployment.public_keys(NODE_OWNER_KEYS)
 CONCLAVE = Path(sys.executable).with_name("conclave")
 
 
 def sim_policy() -> dict:
-    return {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-            "sim": {"measurement": [MEASUREMENT.hex()]}}
+    return sim_deployment.sim_policy(MEASUREMENT)
 
 
 def model_manifest(num_layers: int = 6, *, tweak: str | None = None) -> dict:
@@ -64,12 +61,7 @@ def model_manifest(num_layers: int = 6, *, tweak: str | None = None) -> dict:
     return m
 
 
-def admission_extra(name: str, role: str = "worker", address: str = "100.64.0.2",
-                    statement_key: bytes | None = None) -> dict:
-    extra = {"node_id": name.encode(), "role": role.encode(), "overlay_address": address.encode()}
-    if statement_key:
-        extra["statement_key"] = statement_key
-    return extra
+admission_extra = SimDeployment.admission_extra
 
 
 @dataclass
@@ -82,46 +74,24 @@ class EvidenceItem:
 
 
 @dataclass
-class Deployment:
-    root: SimulatedRoot
-    owner_key: ed25519.Ed25519PrivateKey
-    manifest_bytes: bytes
-    manifest: object
-    model_manifest: dict
-    head_attester: object
-    worker_attester: object
-    wg: dict = field(default_factory=dict)
-    hpke: dict = field(default_factory=dict)
-    statement_keys: dict = field(default_factory=dict)   # node -> Ed25519 private statement key
+class Deployment(SimDeployment):
+    """tests/sim_deployment.py's deployment, with a matching model manifest and the enrolment the
+    head's agent holds: what the front tests need."""
+
+    model_manifest: dict = field(default_factory=dict)
     head_enrolment: bytes | None = None                   # what the head's agent holds (None: not enrolled)
 
     @classmethod
-    def create(cls) -> "Deployment":
-        root = SimulatedRoot.generate("front-tests-sim")
-        owner = ed25519.Ed25519PrivateKey.generate()
+    def create(cls, stages=STAGES) -> "Deployment":
         mm = model_manifest()
-        data = make_manifest_bytes(owner, model_digest=mm["digest"])
-        manifest = verify_bytes(data, trusted_owner=keys.fingerprint(owner.public_key()))
-        d = cls(root, owner, data, manifest, mm, root.issue_attester("node-0", measurement=MEASUREMENT),
-                root.issue_attester("node-1", measurement=MEASUREMENT))
-        return d.init_keys()
+        return cls.build(root_name="front-tests-sim", stages=stages, node_owner_keys=NODE_OWNER_KEYS,
+                         measurement=MEASUREMENT, model_digest=mm["digest"], model_manifest=mm)
 
     def init_keys(self) -> "Deployment":
-        """Fresh per-boot keys for both nodes, and the head owner's enrolment of the head's."""
-        for n in ("node-0", "node-1"):
-            self.wg[n], self.hpke[n] = secrets.token_bytes(32), secrets.token_bytes(32)
-            self.statement_keys[n] = ed25519.Ed25519PrivateKey.generate()
+        """Fresh per-boot keys for every node, and the head owner's enrolment of the head's."""
+        super().init_keys()
         self.head_enrolment = self.enrolment("node-0")
         return self
-
-    def statement_key(self, node: str) -> bytes:
-        return keys.public_key_bytes(self.statement_keys[node])
-
-    def enrolment(self, node: str, *, owner: str | None = None, **kw) -> bytes:
-        """The stage owner's enrolment of `node`'s keys (owner=: sign with another owner's key)."""
-        stage = self.manifest.stage_for(node)
-        return sign_enrolment(NODE_OWNER_KEYS[owner or stage.owner], manifest=self.manifest, stage=node,
-                              node_keys=NodeKeys(self.wg[node], self.hpke[node], self.statement_key(node)), **kw)
 
     def builder(self, tls_spki: bytes, report_key: bytes, *, cls=BundleBuilder) -> BundleBuilder:
         return cls(manifest=self.manifest, head_node="node-0", tee="sim", attest=self.head_attester.evidence,
@@ -144,11 +114,8 @@ class Deployment:
 
 
 def make_manifest_bytes(owner_key, *, model_digest: str) -> bytes:
-    content = build_content(owner_public_key=keys.public_key_bytes(owner_key), policy=sim_policy(),
-                            model_digest=model_digest, engine_digest=ENGINE_DIGEST, owners=NODE_OWNERS,
-                            stages=STAGES,
-                            rendezvous=["198.18.0.1:7000"])
-    return sign_content(content, owner_key)
+    return sim_deployment.sign_manifest(owner_key, stages=STAGES, node_owners=NODE_OWNERS, policy=sim_policy(),
+                                        model_digest=model_digest, engine_digest=ENGINE_DIGEST)
 
 
 def new_report_signer() -> ReportSigner:
@@ -366,13 +333,15 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
 class FakeVllmProcess:
     """FakeVllm in its own process, so a test can kill the engine (SIGKILL, by PID) mid-stream."""
 
-    _SCRIPT = ("import sys, time; sys.path.insert(0, sys.argv[1]); from front_support import FakeVllm\n"
+    # front_support imports tests/sim_deployment.py: both folders on the path
+    _SCRIPT = ("import sys, time; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from front_support import FakeVllm\n"
                "with FakeVllm() as v:\n"
                "    print(v.port, flush=True)\n"
                "    while True: time.sleep(1)\n")
 
     def __enter__(self) -> "FakeVllmProcess":
-        self.proc = subprocess.Popen([sys.executable, "-c", self._SCRIPT, str(Path(__file__).parent)],
+        self.proc = subprocess.Popen([sys.executable, "-c", self._SCRIPT, str(Path(__file__).parent),
+                                      str(Path(__file__).parent.parent)],
                                      stdout=subprocess.PIPE, start_new_session=True)
         line = self.proc.stdout.readline().decode().strip()   # the port, once listening
         if not line.isdigit():

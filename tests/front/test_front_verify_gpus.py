@@ -9,26 +9,14 @@ import pytest
 
 from conclave.runtime.attestation.nvgpu_requirement import GpuRequirement
 from conclave.runtime.endpoint.tls import generate_head_identity
-from conclave.runtime.manifest import build_content, sign_content, verify_bytes
-from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.serving.front import HeadFront
 from conclave.runtime.serving.front_report import RunReportState
 
-from front_support import (ENGINE_DIGEST, MEASUREMENT, NODE_OWNERS, STAGES, Deployment, new_report_signer,
-                           run_cli, sim_policy)
+from front_support import STAGES, Deployment, new_report_signer, run_cli
 
 
 def _deployment(stages) -> Deployment:
-    base = Deployment.create()
-    content = build_content(owner_public_key=keys.public_key_bytes(base.owner_key), policy=sim_policy(),
-                            model_digest=base.model_manifest["digest"], engine_digest=ENGINE_DIGEST,
-                            owners=NODE_OWNERS, stages=stages, rendezvous=["198.18.0.1:7000"])
-    data = sign_content(content, base.owner_key)
-    manifest = verify_bytes(data, trusted_owner=keys.fingerprint(base.owner_key.public_key()))
-    d = Deployment(base.root, base.owner_key, data, manifest, base.model_manifest,
-                   base.root.issue_attester("node-0", measurement=MEASUREMENT),
-                   base.root.issue_attester("node-1", measurement=MEASUREMENT))
-    return d.init_keys()
+    return Deployment.create(stages)
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ import yaml
 
 import helm_python as helm
 import kubernetes_validate
+import sim_deployment
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.manifest import Stage, build_content, content_digest, require_manifest, sign_content
+from conclave.runtime.manifest import Stage, content_digest, require_manifest
 from conclave.runtime.manifest import ed25519_keys as keys
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "conclave"
@@ -36,14 +37,11 @@ OWNER_FINGERPRINT = keys.fingerprint(keys.public_key_bytes(OWNER_KEY))
 
 def signed_manifest(stages=MANIFEST_STAGES) -> tuple[str, str]:
     """A real signed manifest (text) and its content digest (hex)."""
-    content = build_content(owner_public_key=keys.public_key_bytes(OWNER_KEY),
-                            policy={"production": False, "allowed_tee": ["sim"],
-                                    "unsafe_allow_simulated": True,
-                                    "sim": {"measurement": ["11" * 48]}},
-                            model_digest="ab" * 32, engine_digest="cd" * 32, stages=stages,
-                            owners={s.owner: keys.public_key_bytes(ed25519.Ed25519PrivateKey.generate())
-                                    for s in stages})
-    return sign_content(content, OWNER_KEY).decode(), content_digest(content).hex()
+    data = sim_deployment.sign_manifest(
+        OWNER_KEY, stages=stages, policy=sim_deployment.sim_policy(bytes.fromhex("11" * 48)),
+        model_digest="ab" * 32, engine_digest="cd" * 32, rendezvous=(),
+        node_owners=sim_deployment.public_keys(sim_deployment.owner_keys(*{s.owner for s in stages})))
+    return data.decode(), content_digest(json.loads(data)["manifest"]).hex()
 
 
 SIGNED, DIGEST = signed_manifest()

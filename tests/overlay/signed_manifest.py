@@ -16,16 +16,12 @@ from typing import Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+import sim_deployment
 from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
+from sim_deployment import sim_policy  # noqa: F401  (the overlay tests take it from here)
 
 OWNER_LABEL = "test"
-
-
-def sim_policy(measurement: bytes) -> dict:
-    """A development policy that admits simulated evidence with exactly this measurement."""
-    return {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
-            "sim": {"measurement": [measurement.hex()]}}
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class SignedManifest:
         hand the enrolment over; returns the node's answer (raises ConclaveError when it refuses).
         attest=False: sign the keys the node's socket names without attesting it first (an owner
         vouching for a node whose evidence would not pass; its peers must still refuse it)."""
-        from conclave.runtime.cli.owner import enroll_node
+        from conclave.runtime.agent.owner_enrolment import enroll_node
         manifest = doc.DeploymentManifest.load(self.path, trusted_owner=self.owner_fingerprint)
         return enroll_node(owner_key=self.node_owner_key, manifest=manifest, stage=stage,
                            status_socket=status_socket, trusted_sim_roots=sim_roots, attest=attest)[1]
@@ -56,14 +52,12 @@ def write_signed_manifest(path: Path, *, stages: Sequence[tuple[str, str]], poli
     """stages: (node name, role) in pipeline order, exactly one head; each stage gets one layer."""
     owner = ed25519.Ed25519PrivateKey.generate()
     node_owner = ed25519.Ed25519PrivateKey.generate()
-    content = doc.build_content(
-        owner_public_key=keys.public_key_bytes(owner), policy=dict(policy),
+    path.write_bytes(sim_deployment.sign_manifest(
+        owner, stages=[doc.Stage(node, OWNER_LABEL, role, i, i + 1) for i, (node, role) in enumerate(stages)],
+        node_owners={OWNER_LABEL: keys.public_key_bytes(node_owner)}, policy=policy,
         model_digest=hashlib.sha256(b"conclave/test-model").hexdigest(),
         engine_digest=hashlib.sha256(b"conclave/test-engine").hexdigest(),
-        owners={OWNER_LABEL: keys.public_key_bytes(node_owner)},
-        stages=[doc.Stage(node, OWNER_LABEL, role, i, i + 1) for i, (node, role) in enumerate(stages)],
-        overlay_cidr=overlay_cidr, rendezvous=list(rendezvous))
-    path.write_bytes(doc.sign_content(content, owner))
+        overlay_cidr=overlay_cidr, rendezvous=rendezvous))
     fingerprint = keys.fingerprint(owner.public_key())
     loaded = doc.DeploymentManifest.load(path, trusted_owner=fingerprint)   # what the node will see
     return SignedManifest(path, fingerprint, loaded.digest, node_owner)

@@ -29,6 +29,7 @@ from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.manifest import enrolment
 
+import sim_deployment
 from inprocess_support import GOOD, POLICY, free_port, wait_for
 
 OWNER_KEYS = {"alice": ed25519.Ed25519PrivateKey.generate(), "bob": ed25519.Ed25519PrivateKey.generate()}
@@ -37,12 +38,12 @@ STAGES = [("en-h", "alice", "head"), ("en-w1", "bob", "worker"), ("en-w2", "bob"
 
 
 def make_manifest(stages=STAGES, owners=OWNER_KEYS) -> doc.VerifiedManifest:
-    content = doc.build_content(
-        owner_public_key=keys.public_key_bytes(DEPLOYER), policy=POLICY,
+    data = sim_deployment.sign_manifest(
+        DEPLOYER, stages=[doc.Stage(node, owner, role, i, i + 1) for i, (node, owner, role) in enumerate(stages)],
+        node_owners=sim_deployment.public_keys(owners), policy=POLICY,
         model_digest=hashlib.sha256(b"m").hexdigest(), engine_digest=hashlib.sha256(b"e").hexdigest(),
-        owners={n: keys.public_key_bytes(k) for n, k in owners.items()},
-        stages=[doc.Stage(node, owner, role, i, i + 1) for i, (node, owner, role) in enumerate(stages)])
-    return doc.verify_bytes(doc.sign_content(content, DEPLOYER), trusted_owner=keys.fingerprint(DEPLOYER.public_key()))
+        rendezvous=())
+    return sim_deployment.verify_manifest(data, DEPLOYER)
 
 
 MANIFEST = make_manifest()
