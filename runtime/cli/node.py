@@ -81,8 +81,11 @@ def register(subparsers) -> None:
                         help="fetch cached collateral again after this many seconds (default 3600)")
     vendor.add_argument("--collateral-dir", type=Path, default=None,
                         help="the verifier's collateral cache (default STATE_DIR/collateral/NAME)")
-    p.add_argument("--gpu-evidence", choices=["none", "nvattest"], default="none",
-                   help="add NVIDIA GPU evidence (bound to the same challenge)")
+    p.add_argument("--gpu-evidence", choices=["none", "nvattest", "emulated"], default="none",
+                   help="add NVIDIA GPU evidence (bound to the same challenge): nvattest (NVIDIA's CLI on real GPUs) "
+                        "or emulated (local mode: the emulated H100s of --gpu-device-dir)")
+    p.add_argument("--gpu-device-dir", type=Path, default=None, metavar="DIR",
+                   help="--gpu-evidence emulated: this host's emulated GPU dir (gpu<i>/ with identity and switches)")
     p.add_argument("--sim-root", type=Path, default=None, help="PEM of the trusted simulated root (local mode)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle-stdin", action="store_true")
@@ -189,10 +192,9 @@ def build_config(args, bundle: dict | None = None):
                              reason="attester_missing")
         source = SimEvidenceSource(SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester")))
     elif args.evidence == "emulated":
-        source = emulated_evidence_source(bundle)
+        source = emulated_evidence_source(bundle, gpu_sources(args))
     else:
-        gpus = [collect.NvattestSource()] if args.gpu_evidence == "nvattest" else []
-        source = NodeEvidenceSource(collect.detect_cpu_source(), gpus)
+        source = NodeEvidenceSource(collect.detect_cpu_source(), gpu_sources(args))
     if args.sim_root is not None:
         try:
             roots = x509.load_pem_x509_certificates(args.sim_root.read_bytes())
@@ -251,9 +253,26 @@ def build_config(args, bundle: dict | None = None):
         collateral_dir=args.collateral_dir, **kwargs)
 
 
-def emulated_evidence_source(bundle: dict):
+def gpu_sources(args) -> list:
+    """The GPU evidence sources of --gpu-evidence (none, NVIDIA's nvattest, or emulated H100s)."""
+    from conclave.runtime.attestation import collect
+    mode = getattr(args, "gpu_evidence", "none")
+    if mode == "nvattest":
+        return [collect.NvattestSource()]
+    if mode == "emulated":
+        from conclave.runtime.attestation.emulated.nvgpu_device import EmulatedGpuSource
+        if getattr(args, "gpu_device_dir", None) is None:
+            raise UsageError("--gpu-evidence emulated needs --gpu-device-dir", reason="gpu_device_invalid")
+        try:
+            return [EmulatedGpuSource(args.gpu_device_dir)]
+        except collect.CollectionError as exc:
+            raise UsageError(str(exc), reason="gpu_device_invalid") from None
+    return []
+
+
+def emulated_evidence_source(bundle: dict, gpus=()):
     """`--evidence emulated`: this host's emulated TDX/SNP identity from the bundle (never argv),
-    collected through configfs-tsm's layout like a real CVM's evidence."""
+    collected through configfs-tsm's layout like a real CVM's evidence (with any GPU sources)."""
     from conclave.overlay.evidence import NodeEvidenceSource
     from conclave.runtime.attestation.emulated import identity, tsm
     if "emulated_host" not in bundle:
@@ -264,8 +283,8 @@ def emulated_evidence_source(bundle: dict):
     except ValueError:
         raise UsageError("bundle emulated_host is not an emulated TEE identity", reason="bundle_invalid") from None
     if isinstance(host, identity.EmulatedTdxHost):
-        return NodeEvidenceSource(tsm.EmulatedTdxSource(host))
-    return NodeEvidenceSource(tsm.EmulatedSnpSource(host))
+        return NodeEvidenceSource(tsm.EmulatedTdxSource(host), gpus)
+    return NodeEvidenceSource(tsm.EmulatedSnpSource(host), gpus)
 
 
 def vendor_services(args):
