@@ -78,6 +78,9 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
             wg_public_key=self.identity.wg_public, hpke_public_key=self.identity.hpke_public,
             overlay_address=cfg.overlay_address, statement_key=self.identity.statement_public)
         self.verifier = build_verifier(cfg)
+        share = getattr(cfg.evidence_source, "share_collateral", None)
+        if share is not None:   # our own vendor-signed collateral travels with our evidence (peers' fallback)
+            share(self.verifier.collateral_for)
         if cfg.manifest is not None:   # every peer's stage claim: a stage, its role, its owner's enrolment
             self.verifier.bind_manifest(cfg.manifest)
         self.enrolment = b""      # our owner's enrolment of this boot's keys (status command `enroll`)

@@ -4,7 +4,8 @@ A folder holds what KDS serves, under any of these names: vcek.der / vlek.der
 (/vcek/v1/<product>/<hwid>?..., /vlek/v1/...), cert_chain.pem (ASK + ARK, or ASVK + ARK),
 crl.der (/vcek/v1/<product>/crl). Any other *.pem/*.der/*.crt/*.cer/*.crl file in the folder is
 read too and classified by content (certificate or CRL). A single file may be a chain (PEM
-bundle), one DER certificate, or one CRL.
+bundle), one DER certificate, one CRL, or a PEM bundle of certificates followed by CRLs
+(what a peer shares, collateral_share).
 """
 from __future__ import annotations
 
@@ -59,7 +60,13 @@ def parse_collateral_bytes(blobs: list[tuple[str, bytes]]) -> SnpCollateral:
     crls: list[x509.CertificateRevocationList] = []
     for name, data in blobs:
         try:
-            if _is_crl(data):
+            if b"-----BEGIN X509 CRL-----" in data and b"-----BEGIN CERTIFICATE-----" in data:
+                # one PEM bundle of certificates and CRLs (collateral a peer shared: collateral_share)
+                head, _, tail = data.partition(b"-----BEGIN X509 CRL-----")
+                certs.extend(amd_cert(der) for der in split_certificates(head))
+                for block in (b"-----BEGIN X509 CRL-----" + tail).split(b"-----END X509 CRL-----")[:-1]:
+                    crls.append(load_crl(block + b"-----END X509 CRL-----\n"))
+            elif _is_crl(data):
                 crls.append(load_crl(data))
             else:
                 certs.extend(amd_cert(der) for der in split_certificates(data))
