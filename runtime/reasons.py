@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from conclave.runtime.errors import ExitCode
+
 
 class OverlayReason(StrEnum):
     NONCE_REPLAYED = "nonce_replayed"          # the echoed nonce was already used
@@ -48,3 +50,38 @@ class DeviceReason(StrEnum):
     DAEMON_EXITED = "wireguard_daemon_exited"        # our wireguard-go process is gone
     SOCKET_MISSING = "wireguard_socket_missing"      # its UAPI socket vanished
     INTERFACE_MISSING = "wireguard_interface_missing"   # the network interface vanished
+
+
+# ------------------------------------------------------------------ shared values and exit codes
+
+# Reason values that more than one vocabulary defines, with the one meaning they share there
+# (tests/test_reasons.py fails on a value defined twice that is not declared here).
+SHARED_REASONS: dict[str, str] = {
+    "malformed": "the input (evidence, manifest, run report, receipt, bundle, sealed model) is not "
+                 "structurally valid: it fails parsing before any check of what it says",
+    "unsupported": "a format, version, TEE type or cipher this build does not handle",
+    "signature_invalid": "a signature over the document or evidence does not verify",
+    "evidence_expired": "the evidence (or its last re-attestation) is older than the allowed age",
+    "nonce_mismatch": "the evidence is not for the nonce the verifier issued",
+    "report_data_mismatch": "the evidence's REPORT_DATA does not bind the presented keys and context",
+    "manifest_mismatch": "the document is for another deployment manifest than the pinned one",
+    "owner_not_enrolled": "no valid enrolment by the stage's owner over the node's keys",
+    "role_mismatch": "the node claims another role than its manifest stage's",
+    "stage_unknown": "the node names no stage of the manifest",
+    "model_shard_mismatch": "a stage's model shard does not match the model manifest's digests",
+}
+
+# The one table from reason to exit code for a refused document (manifest, run report, receipt,
+# endpoint bundle, sealed model); a reason not listed exits VERIFICATION_FAILED. Attestation
+# errors carry their exit code by exception type (the `conclave attest verify` contract).
+EXIT_CODE_BY_REASON: dict[str, ExitCode] = {
+    "malformed": ExitCode.MALFORMED,
+    "unsupported": ExitCode.MALFORMED,         # sealed model: unknown format version or cipher
+    "owner_not_pinned": ExitCode.USAGE,        # manifest: the caller gave no (or a bad) owner pin
+    "seal_not_tmpfs": ExitCode.RUNTIME,        # sealed model: refusing plaintext outside memory
+}
+
+
+def exit_code_for(reason: str) -> ExitCode:
+    """The exit code of a document refused for `reason`."""
+    return EXIT_CODE_BY_REASON.get(str(reason), ExitCode.VERIFICATION_FAILED)

@@ -41,7 +41,8 @@ from typing import Any, Mapping
 from cryptography.exceptions import InvalidSignature
 
 from conclave.runtime.endpoint.verify import EndpointReason
-from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.reasons import exit_code_for
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import VerifiedManifest, rfc3339
@@ -67,8 +68,7 @@ def receipt_expected(method: str, path: str, status: int) -> bool:
 
 class ReceiptError(ConclaveError):
     def __init__(self, reason: str, message: str):
-        code = ExitCode.MALFORMED if reason == EndpointReason.MALFORMED else ExitCode.VERIFICATION_FAILED
-        super().__init__(reason, message, exit_code=code)
+        super().__init__(reason, message, exit_code=exit_code_for(reason))
 
 
 def _bad(message: str) -> ReceiptError:

@@ -48,6 +48,7 @@ from conclave.runtime.endpoint.binding import (EXTRA_REPORT_KEY, EXTRA_STATEMENT
 from conclave.runtime.endpoint.bundle import (CPU_TEES, EvidenceBlob, NodeEntry, ParsedBundle,
                                               parse_bundle)
 from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.reasons import exit_code_for
 from conclave.runtime.manifest import enrolment as enrolment_mod
 from conclave.runtime.canonical import CanonicalError
 from conclave.runtime.manifest.document import (ManifestError, ManifestReason, VerifiedManifest,
@@ -75,9 +76,6 @@ class EndpointReason:
     RECEIPT_REPORT_MISMATCH = "receipt_report_mismatch"      # the run report changed / is not the one named
     RECEIPT_FOREIGN_CLUSTER = "receipt_foreign_cluster"      # report/receipt of another manifest or head
     RECEIPT_KEY_NOT_ATTESTED = "receipt_key_not_attested"    # signed by a key the head's evidence does not bind
-
-
-_EXIT_BY_REASON = {"malformed": ExitCode.MALFORMED}
 
 
 def require_pinned_owner(manifest: VerifiedManifest, *, unsafe_unpinned: bool = False) -> None:
@@ -119,7 +117,7 @@ class NodeResult:
         self.steps.append({"step": f"{self.name}.{step}", "ok": False})
         self.ok, self.reason, self.message = False, str(reason), message
         self.exit_code = int(exit_code if exit_code is not None
-                             else _EXIT_BY_REASON.get(str(reason), ExitCode.VERIFICATION_FAILED))
+                             else exit_code_for(reason))
         return self
 
     def passed(self, step: str) -> None:
@@ -417,7 +415,7 @@ def verify_bundle(bundle: bytes | Mapping[str, Any] | ParsedBundle, *, manifest:
 
     def failed(step: str, reason: str, message: str, nodes=(), exit_code=None) -> BundleResult:
         steps.append({"step": step, "ok": False})
-        code = exit_code if exit_code is not None else _EXIT_BY_REASON.get(reason, ExitCode.VERIFICATION_FAILED)
+        code = exit_code if exit_code is not None else exit_code_for(reason)
         return BundleResult(False, reason, message, int(code), steps, list(nodes), digest)
 
     try:

@@ -34,9 +34,10 @@ from typing import Any, Mapping, Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.errors import ConclaveError
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
+from conclave.runtime.reasons import exit_code_for
 
 MANIFEST_VERSION = 1
 SIGNING_CONTEXT = b"conclave/deployment-manifest/v1\x00"
@@ -63,9 +64,7 @@ class ManifestError(ConclaveError):
     """A manifest that must not be used. `reason` is one of ManifestReason."""
 
     def __init__(self, reason: str, message: str):
-        code = {ManifestReason.MALFORMED: ExitCode.MALFORMED,
-                ManifestReason.OWNER_NOT_PINNED: ExitCode.USAGE}.get(reason, ExitCode.VERIFICATION_FAILED)
-        super().__init__(reason, message, exit_code=code)
+        super().__init__(reason, message, exit_code=exit_code_for(reason))
 
 
 def _malformed(message: str) -> ManifestError:

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.reasons import exit_code_for
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.manifest.document import ROLES, VerifiedManifest, rfc3339
@@ -47,8 +48,7 @@ class ReportReason:
 
 class ReportError(ConclaveError):
     def __init__(self, reason: str, message: str):
-        code = ExitCode.MALFORMED if reason == ReportReason.MALFORMED else ExitCode.VERIFICATION_FAILED
-        super().__init__(reason, message, exit_code=code)
+        super().__init__(reason, message, exit_code=exit_code_for(reason))
 
 
 def _bad(message: str) -> ReportError:

@@ -1,7 +1,8 @@
 """Reasons a sealed model is refused (stable strings for tests, logs and --json)."""
 from __future__ import annotations
 
-from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.errors import ConclaveError
+from conclave.runtime.reasons import exit_code_for
 
 
 class SealReason:
@@ -19,6 +20,4 @@ class SealReason:
 
 class SealError(ConclaveError):
     def __init__(self, reason: str, message: str):
-        code = ExitCode.MALFORMED if reason in (SealReason.MALFORMED, SealReason.UNSUPPORTED) else (
-            ExitCode.RUNTIME if reason == SealReason.NOT_TMPFS else ExitCode.VERIFICATION_FAILED)
-        super().__init__(reason, message, exit_code=code)
+        super().__init__(reason, message, exit_code=exit_code_for(reason))

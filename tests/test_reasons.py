@@ -1,0 +1,95 @@
+"""The reason vocabularies: a value defined in two vocabularies must be declared shared (one
+meaning, runtime/reasons.py SHARED_REASONS), and every refused document takes its exit code from
+the one table (runtime/reasons.py EXIT_CODE_BY_REASON)."""
+from __future__ import annotations
+
+import collections
+import importlib
+
+import pytest
+
+from conclave.runtime import reasons
+from conclave.runtime.errors import ExitCode
+
+VOCABULARIES = {
+    "attestation": ("conclave.runtime.attestation.core", "Reason"),
+    "overlay": ("conclave.runtime.reasons", "OverlayReason"),
+    "device": ("conclave.runtime.reasons", "DeviceReason"),
+    "lifecycle": ("conclave.runtime.node.lifecycle", "LifecycleReason"),
+    "manifest": ("conclave.runtime.manifest.document", "ManifestReason"),
+    "model": ("conclave.runtime.model.reasons", "ModelReason"),
+    "report": ("conclave.runtime.report.document", "ReportReason"),
+    "sealing": ("conclave.runtime.sealing.errors", "SealReason"),
+    "broker": ("conclave.runtime.broker.service", "BrokerReason"),
+    "endpoint": ("conclave.runtime.endpoint.verify", "EndpointReason"),
+}
+
+
+def _members(cls) -> list[tuple[str, str]]:
+    if hasattr(cls, "__members__"):                      # enums (aliases included)
+        return [(name, str(value)) for name, value in cls.__members__.items()]
+    return [(name, value) for name, value in vars(cls).items() if name.isupper() and isinstance(value, str)]
+
+
+def _defined() -> dict[str, list[str]]:
+    by_value: dict[str, list[str]] = collections.defaultdict(list)
+    for domain, (module, name) in VOCABULARIES.items():
+        for member, value in _members(getattr(importlib.import_module(module), name)):
+            by_value[value].append(f"{domain}.{member}")
+    return by_value
+
+
+def test_every_vocabulary_has_members():
+    for domain, (module, name) in VOCABULARIES.items():
+        assert _members(getattr(importlib.import_module(module), name)), domain
+
+
+def test_a_value_in_two_vocabularies_is_declared_shared():
+    twice = {value: where for value, where in _defined().items()
+             if len({w.split(".")[0] for w in where}) > 1 and value not in reasons.SHARED_REASONS}
+    assert not twice, ("reason values defined in more than one vocabulary without one declared meaning "
+                       f"(runtime/reasons.py SHARED_REASONS): {twice}")
+
+
+def test_shared_declarations_are_live():
+    defined = _defined()
+    stale = [v for v in reasons.SHARED_REASONS if len({w.split(".")[0] for w in defined.get(v, [])}) < 2]
+    assert not stale, f"SHARED_REASONS entries no longer defined in two vocabularies: {stale}"
+
+
+def test_no_vocabulary_gives_one_value_two_names():
+    for domain, (module, name) in VOCABULARIES.items():
+        cls = getattr(importlib.import_module(module), name)
+        values = [v for _, v in _members(cls)]
+        dup = [v for v, n in collections.Counter(values).items() if n > 1]
+        assert not dup, f"{domain}: {dup} named twice"
+
+
+def test_exit_table_names_only_defined_reasons():
+    defined = _defined()
+    assert set(reasons.EXIT_CODE_BY_REASON) <= set(defined), set(reasons.EXIT_CODE_BY_REASON) - set(defined)
+
+
+@pytest.mark.parametrize("make, reason, code", [
+    ("conclave.runtime.manifest.document:ManifestError", "malformed", ExitCode.MALFORMED),
+    ("conclave.runtime.manifest.document:ManifestError", "owner_not_pinned", ExitCode.USAGE),
+    ("conclave.runtime.manifest.document:ManifestError", "signature_invalid", ExitCode.VERIFICATION_FAILED),
+    ("conclave.runtime.report.document:ReportError", "malformed", ExitCode.MALFORMED),
+    ("conclave.runtime.report.document:ReportError", "report_key_mismatch", ExitCode.VERIFICATION_FAILED),
+    ("conclave.runtime.endpoint.receipt:ReceiptError", "malformed", ExitCode.MALFORMED),
+    ("conclave.runtime.endpoint.receipt:ReceiptError", "receipt_foreign_cluster", ExitCode.VERIFICATION_FAILED),
+    ("conclave.runtime.sealing.errors:SealError", "unsupported", ExitCode.MALFORMED),
+    ("conclave.runtime.sealing.errors:SealError", "seal_not_tmpfs", ExitCode.RUNTIME),
+    ("conclave.runtime.sealing.errors:SealError", "seal_auth_failed", ExitCode.VERIFICATION_FAILED),
+])
+def test_document_errors_take_the_tables_exit_code(make, reason, code):
+    module, name = make.split(":")
+    err = getattr(importlib.import_module(module), name)(reason, "x")
+    assert err.exit_code == code == reasons.exit_code_for(reason)
+
+
+def test_endpoint_results_take_the_tables_exit_code():
+    from conclave.runtime.endpoint.verify import NodeResult
+    r = NodeResult(name="node-1", role="worker", owner="bob", tee="sim", freshness=None)
+    assert r.fail("x", "malformed", "m").exit_code == ExitCode.MALFORMED
+    assert r.fail("x", "stage_unknown", "m").exit_code == ExitCode.VERIFICATION_FAILED
