@@ -12,6 +12,14 @@ of the nodes' reach over the network): one JSON request per connection, one JSON
   {"cmd": "revoke" | "unrevoke", "host": NAME}
   {"cmd": "tcb_recovery" | "tcb_restore"}   (PCS only; KDS answers reason "unsupported")
   {"cmd": "down" | "up"}
+
+Why the KDS has no TCB recovery: as at AMD, there is no vendor-published TCB status for SNP. After a
+security bulletin the fixed firmware reports higher SPLs, the KDS keeps issuing VCEKs for every TCB
+(old ones too), and verifiers raise their minimum TCB: the SNP recovery is the signed policy's
+`snp.min_tcb` moving above a host's REPORTED_TCB (refused `svn_too_low`;
+tests/confidential/test_snp_tcb_recovery.py). Intel instead publishes new TCB info in which the
+host's TCB level is OutOfDate (tcb_recovery here).
+
 Replies to bad requests carry a stable `reason`.
 """
 from __future__ import annotations
