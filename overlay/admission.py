@@ -113,6 +113,7 @@ class Verifier:
                  trusted_roots: Mapping[TeeType, Sequence[x509.Certificate]] | None = None,
                  gpu_requirement_for: Callable[[str], nvgpu_requirement.GpuRequirement | None] | None = None,
                  gpu_roots: Sequence[x509.Certificate] | None = None,
+                 rim_roots: Sequence[x509.Certificate] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  manifest=None):
         self.policy = policy
@@ -128,6 +129,7 @@ class Verifier:
         # node_id -> its stage's GPU requirement (VerifiedManifest.stage_for(node).gpus); None: none
         self.gpu_requirement_for = gpu_requirement_for
         self.gpu_roots = None if gpu_roots is None else tuple(gpu_roots)  # None: NVIDIA's pinned roots
+        self.rim_roots = None if rim_roots is None else tuple(rim_roots)  # None: NVIDIA's pinned RIM root
         self.clock = clock
         if manifest is not None:
             self.bind_manifest(manifest)
@@ -200,7 +202,7 @@ class Verifier:
                 raise AdmissionRejected(exc.reason, exc.message) from None
             self._validate(gpu)
             gpus.append(gpu)
-        requirement = self.gpu_requirement_for(ann.node_id) if self.gpu_requirement_for else None
+        requirement = self._gpu_requirement(ann.node_id)
         unmet = nvgpu_requirement.check_gpus(requirement, gpus)
         if unmet:
             raise AdmissionRejected(unmet[0].reason, "; ".join(v.message for v in unmet),
@@ -252,9 +254,17 @@ class Verifier:
             own = self.collateral_for(tee, bytes(item.data)) if self.collateral_for is not None else None
             collateral = collateral_merge.merge(tee, own, carried, at=at, trusted_roots=roots)
             return attestation.verify_evidence(bytes(item.data), tee=tee, at=at, certs=certs,
-                                               collateral=collateral, nonce=nonce, trusted_roots=roots)
+                                               collateral=collateral, nonce=nonce, trusted_roots=roots,
+                                               rim_roots=self.rim_roots if tee == TeeType.NVGPU else None)
         except AttestationError as exc:
             raise AdmissionRejected(exc.reason, exc.message) from None
+
+    def _gpu_requirement(self, node_id: str):
+        """The node's stage's `gpus` (the bound manifest's, unless a caller maps nodes itself)."""
+        if self.gpu_requirement_for is not None:
+            return self.gpu_requirement_for(node_id)
+        stage = self.manifest.stage_for(node_id) if self.manifest is not None else None
+        return getattr(stage, "gpus", None)
 
     def _validate(self, verified: VerifiedEvidence) -> policy_mod.ValidatedEvidence:
         try:

@@ -20,7 +20,10 @@ from conclave.overlay.admission import Verifier
 from conclave.runtime.attestation import collateral_fetch as cf
 from conclave.runtime.attestation.collateral_cache import CollateralCache
 from conclave.runtime.attestation.core import TeeType
+from conclave.runtime.attestation.nvgpu_collateral_source import GpuCollateralSource
+from conclave.runtime.attestation.ocsp_fetch import NVIDIA_OCSP_URL, OcspFetcher
 from conclave.runtime.attestation.policy import Policy
+from conclave.runtime.attestation.rim_service import NVIDIA_RIM_SERVICE, RimService
 
 DEFAULT_REFRESH_S = 3600.0
 
@@ -34,19 +37,32 @@ class VendorServices:
     pcs_root_crl: str = cf.INTEL_ROOT_CA_CRL_URL
     kds: str = cf.AMD_KDS_BASE
     refresh_after_s: float = DEFAULT_REFRESH_S
+    rim: str = NVIDIA_RIM_SERVICE          # NVIDIA's RIM service (driver and VBIOS RIMs of GPU evidence)
+    nvidia_ocsp: str = NVIDIA_OCSP_URL     # NVIDIA's OCSP responder (GPU device and RIM signing chains)
 
     def __post_init__(self) -> None:
-        for url in (self.pcs, self.pcs_root_crl, self.kds):
+        for url in (self.pcs, self.pcs_root_crl, self.kds, self.rim, self.nvidia_ocsp):
             if not url.startswith(("https://", "http://")):
                 raise ValueError(f"vendor service URL {url!r} must be http(s)")
         if self.refresh_after_s < 0:
             raise ValueError("collateral refresh interval must be >= 0")
 
 
-def collateral_cache(folder: Path, services: VendorServices | None) -> CollateralCache:
+def gpu_collateral_source(folder: Path, services: VendorServices | None, policy: Policy) -> GpuCollateralSource:
+    """RIMs from the RIM service and OCSP from NVIDIA's responder, cached under folder, the paths
+    built to the policy's roots (NVIDIA's pinned ones unless unsafe_test_roots names test roots)."""
     s = services or VendorServices()
+    return GpuCollateralSource(rim_service=RimService(s.rim.rstrip("/"), cache_dir=folder / "nvgpu"),
+                               ocsp_fetcher=OcspFetcher(s.nvidia_ocsp, cache_dir=folder / "nvgpu"),
+                               device_roots=policy.test_roots.get(TeeType.NVGPU), rim_roots=policy.test_rim_roots)
+
+
+def collateral_cache(folder: Path, services: VendorServices | None, policy: Policy | None = None) -> CollateralCache:
+    s = services or VendorServices()
+    gpu = gpu_collateral_source(folder, s, policy) if policy is not None and TeeType.NVGPU in policy.allowed_tee \
+        else None
     return CollateralCache(folder, pcs_base=s.pcs.rstrip("/"), root_crl_url=s.pcs_root_crl,
-                           kds_base=s.kds.rstrip("/"), refresh_after_s=s.refresh_after_s)
+                           kds_base=s.kds.rstrip("/"), refresh_after_s=s.refresh_after_s, gpu_source=gpu)
 
 
 def make_verifier(*, policy: Policy, manifest_digest: bytes, overlay: ipaddress.IPv4Network,
@@ -54,15 +70,16 @@ def make_verifier(*, policy: Policy, manifest_digest: bytes, overlay: ipaddress.
                   collateral_dir: Path | None = None) -> Verifier:
     """A Verifier for this policy: test roots from the policy (unsafe_test_roots, never production),
     its own collateral cache whenever the policy allows TDX or SNP (collateral_dir required then)."""
-    wants_collateral = bool(policy.allowed_tee & {TeeType.TDX, TeeType.SNP})
+    wants_collateral = bool(policy.allowed_tee & {TeeType.TDX, TeeType.SNP, TeeType.NVGPU})
     cache = None
     if wants_collateral:
         if collateral_dir is None:
-            raise ValueError("a verifier admitting TDX/SNP needs a collateral cache folder")
-        cache = collateral_cache(collateral_dir, services)
+            raise ValueError("a verifier admitting TDX/SNP/NVIDIA GPUs needs a collateral cache folder")
+        cache = collateral_cache(collateral_dir, services, policy)
     return Verifier(policy=policy, manifest_digest=manifest_digest, overlay=overlay,
                     trusted_sim_roots=trusted_sim_roots, trusted_roots=policy.test_roots or None,
-                    collateral_for=cache.collateral_for if cache is not None else None)
+                    collateral_for=cache.collateral_for if cache is not None else None,
+                    gpu_roots=policy.test_roots.get(TeeType.NVGPU), rim_roots=policy.test_rim_roots)
 
 
 def build_verifier(cfg) -> Verifier:
@@ -74,4 +91,4 @@ def build_verifier(cfg) -> Verifier:
                          collateral_dir=folder)
 
 
-__all__ = ["VendorServices", "collateral_cache", "make_verifier", "build_verifier"]
+__all__ = ["VendorServices", "collateral_cache", "gpu_collateral_source", "make_verifier", "build_verifier"]

@@ -124,8 +124,9 @@ POLICY_JSON_SCHEMA: dict = {
             "properties": {tee: {"type": "array", "minItems": 1, "maxItems": 4, "uniqueItems": True,
                                  "items": {"type": "string", "pattern": "^-----BEGIN CERTIFICATE-----",
                                            "maxLength": 8192}}
-                           for tee in ("tdx", "snp")},
-            "description": "PEM roots that replace Intel's / AMD's pinned roots for that TEE (emulated "
+                           for tee in ("tdx", "snp", "nvgpu", "nvgpu_rim")},
+            "description": "PEM roots that replace Intel's / AMD's / NVIDIA's pinned roots for that TEE "
+                           "(nvgpu: the device identity root; nvgpu_rim: the RIM signing root) (emulated "
                            "hardware in local mode only; refused in production)."},
         "allowed_tcb_statuses": {"type": "array", "minItems": 1, "uniqueItems": True,
                                  "items": {"enum": list(TCB_STATUSES)},
@@ -239,10 +240,25 @@ def _constrains_identity(tee: TeeType, section: Mapping[str, Any] | None) -> boo
     return bool(sets) and all(any(k in s for k in identity) for s in sets)
 
 
+RIM_TEST_ROOTS = "nvgpu_rim"   # unsafe_test_roots key of the test RIM signing root (emulated GPUs)
+
+
+def _parse_rim_test_roots(section: Mapping[str, Any]) -> tuple[x509.Certificate, ...] | None:
+    pems = section.get(RIM_TEST_ROOTS)
+    if not pems:
+        return None
+    try:
+        return tuple(x509.load_pem_x509_certificate(p.encode()) for p in pems)
+    except ValueError:
+        raise PolicyError(Reason.POLICY_INVALID, f"unsafe_test_roots.{RIM_TEST_ROOTS}: not a PEM certificate") from None
+
+
 def _parse_test_roots(section: Mapping[str, Any]) -> dict[TeeType, tuple[x509.Certificate, ...]]:
     """unsafe_test_roots' PEM strings as certificates; one that is no certificate is policy_invalid."""
     out = {}
     for tee, pems in section.items():
+        if tee == RIM_TEST_ROOTS:
+            continue   # not a TEE: the RIM signing root (test_rim_roots)
         try:
             out[TeeType(tee)] = tuple(x509.load_pem_x509_certificate(p.encode()) for p in pems)
         except ValueError:
@@ -300,6 +316,11 @@ class Policy:
         return _parse_test_roots(self.data.get("unsafe_test_roots") or {})
 
     @property
+    def test_rim_roots(self) -> tuple[x509.Certificate, ...] | None:
+        """unsafe_test_roots.nvgpu_rim: the test RIM signing root(s) of emulated GPUs (None: NVIDIA's pinned)."""
+        return _parse_rim_test_roots(self.data.get("unsafe_test_roots") or {})
+
+    @property
     def allowed_tcb_statuses(self) -> tuple[str, ...]:
         return tuple(self.data.get("allowed_tcb_statuses", DEFAULT_TCB_STATUSES))
 
@@ -336,6 +357,7 @@ class Policy:
             raise PolicyError(Reason.POLICY_INVALID,
                               "unsafe_test_roots is refused in a production policy (vendor roots only)")
         _parse_test_roots(data.get("unsafe_test_roots") or {})
+        _parse_rim_test_roots(data.get("unsafe_test_roots") or {})
         if "Revoked" in data.get("allowed_tcb_statuses", ()):
             raise PolicyError(Reason.POLICY_INVALID, "TCB status Revoked can never be allowed")
         for tee in (TeeType(t) for t in data["allowed_tee"]):

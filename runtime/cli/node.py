@@ -77,6 +77,10 @@ def register(subparsers) -> None:
     vendor.add_argument("--pcs-root-crl-url", default=None, metavar="URL",
                         help="Intel SGX root CA CRL URL (default Intel's certificates host)")
     vendor.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL (default https://kdsintf.amd.com)")
+    vendor.add_argument("--rim-url", default=None, metavar="URL",
+                        help="NVIDIA RIM service base URL (default https://rim.attestation.nvidia.com)")
+    vendor.add_argument("--nvidia-ocsp-url", default=None, metavar="URL",
+                        help="NVIDIA OCSP responder for GPU device and RIM chains (default https://ocsp.ndis.nvidia.com/)")
     vendor.add_argument("--collateral-refresh", type=float, default=None, metavar="S",
                         help="fetch cached collateral again after this many seconds (default 3600)")
     vendor.add_argument("--collateral-dir", type=Path, default=None,
@@ -295,6 +299,8 @@ def vendor_services(args):
         return VendorServices(pcs=getattr(args, "pcs_url", None) or defaults.pcs,
                               pcs_root_crl=getattr(args, "pcs_root_crl_url", None) or defaults.pcs_root_crl,
                               kds=getattr(args, "kds_url", None) or defaults.kds,
+                              rim=getattr(args, "rim_url", None) or defaults.rim,
+                              nvidia_ocsp=getattr(args, "nvidia_ocsp_url", None) or defaults.nvidia_ocsp,
                               refresh_after_s=(defaults.refresh_after_s if getattr(args, "collateral_refresh", None)
                                                is None else args.collateral_refresh))
     except ValueError as exc:

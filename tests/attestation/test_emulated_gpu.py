@@ -224,3 +224,77 @@ def test_gpu_evidence_of_one_host_replayed_by_another_is_refused(authority, host
     with pytest.raises(AdmissionRejected) as err:
         replay()
     assert err.value.reason == Reason.NONCE_MISMATCH
+
+
+# --- the node's own verifier: policy test roots, its GPU collateral cache, the manifest's `gpus` -----------
+
+def _pem(cert) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+def _node_verifier(authority, services, tmp_path, root, requirement_for=None):
+    from conclave.runtime.agent.verifier import VendorServices, make_verifier
+    rims, responder = services
+    policy = Policy.from_dict({"production": False, "allowed_tee": ["sim", "nvgpu"], "unsafe_allow_simulated": True,
+                               "sim": {"measurement": [GOOD.hex()]}, "nvgpu": {"require_rim": True},
+                               "unsafe_test_roots": {"nvgpu": [_pem(authority.device_root)],
+                                                     "nvgpu_rim": [_pem(authority.rim_root)]}})
+    v = make_verifier(policy=policy, manifest_digest=DIGEST, overlay=NET, trusted_sim_roots=[root.certificate],
+                      services=VendorServices(rim=rims.base_url, nvidia_ocsp=responder.url),
+                      collateral_dir=tmp_path / "collateral")
+    v.gpu_requirement_for = requirement_for
+    return v
+
+
+def _reply(root, name, gpus):
+    ident = NodeIdentity.generate()
+    ann = Announcement(node_id=name, owner="o", role=Role.WORKER, underlay_host="198.19.0.7",
+                       admission_port=51821, wireguard_port=51820, wg_public_key=ident.wg_public,
+                       hpke_public_key=ident.hpke_public, overlay_address=ipaddress.IPv4Address("100.64.0.7"))
+    src = NodeEvidenceSource(collect.SimulatedSource(root.issue_attester(name, measurement=GOOD)), gpus)
+    nonces = NonceCache()
+    reply = answer_challenge(me=ann, source=src, manifest_digest=DIGEST, nonce=nonces.issue(name))
+    return ann, reply, nonces
+
+
+def test_node_verifier_validates_rims_it_fetched_itself_with_the_policys_test_roots(authority, services, hosts,
+                                                                                     tmp_path):
+    root = SimulatedRoot.generate()
+    v = _node_verifier(authority, services, tmp_path, root, requirement_for=lambda node: H100)
+    assert v.gpu_roots == (authority.device_root,) and v.rim_roots == (authority.rim_root,)
+    ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
+    assert v.admit(challenged=ann, reply=reply, nonces=nonces).announcement.node_id == "host-a"
+    assert any((tmp_path / "collateral" / "nvgpu" / "rims").iterdir())   # fetched from the RIM service, cached
+    emu.set_switches(hosts[0] / "gpu0", tamper_index=2)
+    ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
+    with pytest.raises(AdmissionRejected) as err:
+        v.admit(challenged=ann, reply=reply, nonces=nonces)
+    assert err.value.reason == Reason.RIM_MISMATCH
+
+
+def test_node_verifier_takes_each_stages_gpus_from_the_bound_manifest(authority, services, hosts, tmp_path):
+    from types import SimpleNamespace
+    root = SimulatedRoot.generate()
+    v = _node_verifier(authority, services, tmp_path, root)
+    stages = {"host-a": SimpleNamespace(node="host-a", role="worker", gpus=H100)}
+    v.manifest = SimpleNamespace(digest=DIGEST, stage_for=stages.get)
+    ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
+    assert v.admit(challenged=ann, reply=reply, nonces=nonces, enrolment_optional=True)
+    emu.set_switches(hosts[0] / "gpu0", present=False)
+    ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
+    with pytest.raises(AdmissionRejected) as err:
+        v.admit(challenged=ann, reply=reply, nonces=nonces, enrolment_optional=True)
+    assert err.value.reason == Reason.GPU_MISSING
+
+
+def test_production_policy_refuses_nvgpu_test_roots(authority):
+    from conclave.runtime.attestation.core import PolicyError
+    for key, cert in (("nvgpu", authority.device_root), ("nvgpu_rim", authority.rim_root)):
+        with pytest.raises(PolicyError) as err:
+            Policy.from_dict({"production": True, "allowed_tee": ["nvgpu"], "nvgpu": {"require_rim": True},
+                              "unsafe_test_roots": {key: [_pem(cert)]}})
+        assert err.value.reason == Reason.POLICY_INVALID
+    with pytest.raises(PolicyError):
+        Policy.from_dict({"production": False, "allowed_tee": ["nvgpu"], "nvgpu": {"require_rim": True},
+                          "unsafe_test_roots": {"nvgpu_rim": ["-----BEGIN CERTIFICATE-----garbage"]}})
