@@ -48,13 +48,16 @@ class VendorServices:
             raise ValueError("collateral refresh interval must be >= 0")
 
 
-def gpu_collateral_source(folder: Path, services: VendorServices | None, policy: Policy) -> GpuCollateralSource:
+def gpu_collateral_source(folder: Path, services: VendorServices | None,
+                          policy: Policy | None) -> GpuCollateralSource:
     """RIMs from the RIM service and OCSP from NVIDIA's responder, cached under folder, the paths
-    built to the policy's roots (NVIDIA's pinned ones unless unsafe_test_roots names test roots)."""
+    built to the policy's roots (NVIDIA's pinned ones unless unsafe_test_roots names test roots;
+    policy None: NVIDIA's)."""
     s = services or VendorServices()
     return GpuCollateralSource(rim_service=RimService(s.rim.rstrip("/"), cache_dir=folder / "nvgpu"),
                                ocsp_fetcher=OcspFetcher(s.nvidia_ocsp, cache_dir=folder / "nvgpu"),
-                               device_roots=policy.test_roots.get(TeeType.NVGPU), rim_roots=policy.test_rim_roots)
+                               device_roots=policy.test_roots.get(TeeType.NVGPU) if policy is not None else None,
+                               rim_roots=policy.test_rim_roots if policy is not None else None)
 
 
 def collateral_cache(folder: Path, services: VendorServices | None, policy: Policy | None = None) -> CollateralCache:

@@ -123,13 +123,16 @@ def resolve_local(args) -> None:
 def client_collateral(args):
     """The client's own TDX/SNP collateral source (CollateralCache.collateral_for)."""
     from conclave.runtime import config
-    from conclave.runtime.agent.verifier import VendorServices, collateral_cache
+    from conclave.runtime.agent.verifier import VendorServices, collateral_cache, gpu_collateral_source
     from conclave.runtime.cli.node import vendor_services
     services = vendor_services(args)
     # a client verifies now: a copy older than a minute is fetched again (the cache still bridges outages)
     services = VendorServices(pcs=services.pcs, pcs_root_crl=services.pcs_root_crl, kds=services.kds,
-                              refresh_after_s=60.0)
-    return collateral_cache(config.cache_dir() / "collateral", services).collateral_for
+                              refresh_after_s=60.0, rim=services.rim, nvidia_ocsp=services.nvidia_ocsp)
+    folder = config.cache_dir() / "collateral"
+    cache = collateral_cache(folder, services)
+    cache.gpu_source = gpu_collateral_source(folder, services, None)   # GPU evidence: RIMs and OCSP too
+    return cache.collateral_for
 
 
 def _cmd_verify(args) -> int:

@@ -224,7 +224,7 @@ def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
 def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes | None,
                  roots: Sequence[x509.Certificate] | None, certs: Sequence[x509.Certificate],
                  collateral: object | None, collateral_for: Callable[[TeeType, bytes], object | None] | None = None,
-                 ) -> VerifiedEvidence:
+                 rim_roots: Sequence[x509.Certificate] | None = None) -> VerifiedEvidence:
     """The client's own collateral first (given, else fetched by collateral_for); collateral carried
     in the bundle only where it verifies and is fresher, piece by piece (collateral_merge)."""
     try:
@@ -236,7 +236,8 @@ def _verify_blob(blob: EvidenceBlob, tee: TeeType, *, at: datetime, nonce: bytes
     carried = _load_collateral(tee, blob.collateral) if blob.collateral else None
     collateral = collateral_merge.merge(tee, collateral, carried, at=at, trusted_roots=roots)
     return attestation.verify_evidence(blob.data, tee=tee, at=at, certs=[*certs, *extra_certs],
-                                       collateral=collateral, nonce=nonce, trusted_roots=roots)
+                                       collateral=collateral, nonce=nonce, trusted_roots=roots,
+                                       rim_roots=rim_roots if tee == TeeType.NVGPU else None)
 
 
 def _record_steps(r: NodeResult, prefix: str, steps) -> None:
@@ -335,8 +336,10 @@ def _check_node(entry: NodeEntry, parsed: ParsedBundle, *, manifest: VerifiedMan
     for i, blob in enumerate(entry.evidence.gpus):
         step = f"05.gpu{i}"
         try:
+            # NVIDIA's pinned device and RIM roots, or the policy's unsafe_test_roots (emulated GPUs)
             gpu = _verify_blob(blob, TeeType.NVGPU, at=at, nonce=gpu_nonce, certs=certs,
-                               roots=vendor_roots, collateral=None, collateral_for=collateral_for)
+                               roots=vendor_roots if vendor_roots is not None else policy.test_roots.get(TeeType.NVGPU),
+                               collateral=None, collateral_for=collateral_for, rim_roots=policy.test_rim_roots)
             _record_steps(r, f"gpu{i}.", gpu.steps)
             att_binding.check_binding(gpu, gpu_nonce)
             validate(gpu, policy)
