@@ -14,26 +14,29 @@ from conclave.runtime.errors import ConclaveError
 
 MAX_REQUEST_BYTES = 16 * 1024          # anything a node or the rendezvous receives as a server
 MAX_REPLY_BYTES = 2 * 1024 * 1024       # evidence + chains + collateral
+# a request that itself carries evidence (a node proving its stage to the key broker): the evidence
+# may ship the node's vendor-signed collateral, so it is sized like a reply
+EVIDENCE_REQUEST_BYTES = MAX_REPLY_BYTES
 RPC_TIMEOUT = 5.0
 # gRPC's default reconnect backoff grows to 120 s: after a partition heals, a peer would stay
 # unreachable that long. Cap it so recovery takes seconds (a handful of peers, cheap retries).
 RECONNECT_BACKOFF_MS = (500, 5000)   # initial, max
 
 
-def server(workers: int = 8) -> grpc.Server:
+def server(workers: int = 8, max_request_bytes: int = MAX_REQUEST_BYTES) -> grpc.Server:
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conclave-rpc"),
-        options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        options=[("grpc.max_receive_message_length", max_request_bytes),
                  ("grpc.max_send_message_length", MAX_REPLY_BYTES),
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=64)
 
 
-def channel(target: str) -> grpc.Channel:
+def channel(target: str, max_request_bytes: int = MAX_REQUEST_BYTES) -> grpc.Channel:
     """A plaintext channel: everything on it is public or HPKE-sealed, and believed only via evidence."""
     return grpc.insecure_channel(target, options=[
         ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
-        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_send_message_length", max_request_bytes),
         ("grpc.enable_http_proxy", 0),
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
         ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 
 from conclave.runtime import log as clog
+from conclave.overlay import rpc
 from conclave.runtime.cli.grpc_service import serve_until_signalled
 from conclave.runtime.errors import UsageError
 
@@ -84,5 +85,6 @@ def run_broker(args) -> int:
     clog.setup()
     service = build_service(args)
     serve_until_signalled(lambda server: pb_grpc.add_KeyBrokerServicer_to_server(service, server),
-                          args.host, args.port, what=f"key broker for {len(service.manifest.stages)} stages")
+                          args.host, args.port, what=f"key broker for {len(service.manifest.stages)} stages",
+                          max_request_bytes=rpc.EVIDENCE_REQUEST_BYTES)   # requests carry evidence
     return 0

@@ -26,7 +26,7 @@ def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes
 
     broker_key: the broker's Ed25519 key the manifest names (model_source.broker_key): the key is
     opened only if the broker signed it (secret_not_authenticated otherwise, before opening)."""
-    channel = rpc.channel(target)
+    channel = rpc.channel(target, max_request_bytes=rpc.EVIDENCE_REQUEST_BYTES)   # our evidence + collateral
     try:
         stub = pb_grpc.KeyBrokerStub(channel)
         try:
