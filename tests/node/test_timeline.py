@@ -111,3 +111,50 @@ def test_the_runner_status_carries_its_timeline(tmp_path):
     described = runner.describe()["timeline"]
     assert described["started"] == 100.0
     assert [s for s, _ in described["steps"]] == ["enrolled"]
+
+
+def test_the_ray_probe_runs_beside_the_engine_and_a_failed_one_stops_it(tmp_path, monkeypatch):
+    """The head launches vLLM once every stage's statement is whole and counts the Ray nodes while
+    vLLM imports; a probe that does not see every stage stops that engine (stage_ray_not_joined)."""
+    import threading
+    from types import SimpleNamespace
+    from conclave.runtime.node.address import ClusterAddress
+    from conclave.runtime.node.stage_runner import StageRunner, StageSpec
+    agent = SimpleNamespace(started_wall=0.0, stage_proof=None, status=lambda: {"peers": []},
+                            peer_statements=lambda: {}, ray_token=lambda: b"t" * 16,
+                            publish_statement=lambda st: None, mark_serving=lambda on: None, metrics=None)
+    spec = StageSpec(name="n0", index=0, stages=1, role="head", layers=(0, 30), layer_counts=(30,),
+                     model_path=tmp_path, model_manifest={}, run_dir=tmp_path / "run")
+    runner = StageRunner(agent, spec, ClusterAddress("100.64.0.1", "cnc0"))
+    runner.shard.update(digest="ab" * 32, verified=True)
+    gate, events = threading.Event(), []
+    monkeypatch.setattr(runner, "_ray_needs_restart", lambda: False)
+    runner.ray_epoch = "e1"
+
+    def launch():
+        import time
+        events.append("launch")
+        runner.engine_pid, runner.engine_started_at = 4242, time.monotonic()
+
+    def probe():
+        events.append("probe")
+        gate.wait(5)
+        return False
+
+    monkeypatch.setattr(runner, "_start_engine", launch)
+    monkeypatch.setattr(runner, "_ray_has_every_stage", probe)
+    monkeypatch.setattr(runner, "_engine_answers", lambda: False)
+    monkeypatch.setattr("conclave.runtime.node.process.alive", lambda pid: True)
+    stopped = []
+    monkeypatch.setattr("conclave.runtime.node.process.stop_group", lambda pid, grace=5.0: stopped.append(pid))
+    runner._head_step()
+    assert events[0] == "launch" and runner.engine_pid == 4242      # launched without waiting for the probe
+    assert runner.reasons[0][0] == "engine_starting"
+    gate.set()
+    for _ in range(50):
+        if runner._ray_probe["ok"] is False:
+            break
+        threading.Event().wait(0.05)
+    runner._head_step()
+    assert stopped == [4242] and runner.engine_pid is None
+    assert runner.reasons[0][0] == "stage_ray_not_joined"
