@@ -82,8 +82,6 @@ class Supervisor:
 
     def _phase(self, phase: str, message: str | None = None) -> None:
         self.state["phase"] = phase
-        self.state.setdefault("phase_times", []).append([phase, round(time.time(), 3)])   # the start timeline
-        del self.state["phase_times"][:-64]
         self._save()
         if message:
             log.progress(message)
@@ -277,17 +275,18 @@ class Supervisor:
                 "node_args": node_args}
 
     def _seal_model(self, context, broker_host) -> None:
-        """Play the model owner: seal the model into one shard per stage, each under its own key
-        (kept only in the owner's 0700 key folder, read by the broker), and name shards and broker in
-        the manifest. The owner keeps its sealed copy per model digest and layer split between `up`s
-        (runtime/local/sealed_cache.py)."""
-        from conclave.runtime.local.sealed_cache import sealed_shards
+        """Play the model owner: seal the model into one shard per stage, each under its own fresh
+        key (kept only in the broker's 0700 key folder), and name shards and broker in the manifest."""
+        from conclave.runtime.sealing.shards import seal_stages
         st = self.state
+        owner_dir = Path(st["run_dir"]) / "model-owner"
+        owner_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sealed, key_dir = owner_dir / "sealed", owner_dir / "keys"
         self._phase("seal", f"model owner: sealing {st['model']['name']} into {st['stages']} stage shards, "
                             "one key per stage")
         manifest = json.loads(Path(st["model"]["manifest"]).read_text())
-        sealed, key_dir, _reused = sealed_shards(Path(st["model"]["path"]), manifest, list(context.layer_ranges),
-                                                 progress=log.progress)
+        seal_stages(Path(st["model"]["path"]), manifest, sealed, key_dir, list(context.layer_ranges),
+                    progress=log.progress)
         context.extra["model_source"] = {"shards": str(sealed),
                                          "broker": f"{broker_host.underlay_ip}:{BROKER_PORT}"}
         context.extra["broker"] = {"host": broker_host, "key_dir": key_dir, "port": BROKER_PORT}

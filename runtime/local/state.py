@@ -45,5 +45,5 @@ def public_view(state: dict) -> dict:
     """What `conclave status --json` prints."""
     keys = ("cluster_id", "phase", "endpoint", "api_key", "model", "stages", "partition", "network",
             "network_kind", "underlay", "nodes", "supervisor_pid", "engine_pid", "error", "run_dir",
-            "manifest", "ca_cert", "health", "phase_times")
+            "manifest", "ca_cert", "health")
     return {k: state.get(k) for k in keys}

@@ -10,11 +10,8 @@ One thread next to the node agent, stepping once a second:
    running Ray epoch, and rejoins when that epoch changes (the head restarted Ray).
 4. Engine (head only): when every manifest stage is meshed, has signed a verified shard and
    joined this epoch, the head launches vLLM pipeline-parallel over Ray on its loopback (the TLS
-   front is the public endpoint), and checks from a driver that every stage's Ray node is in the
-   cluster while vLLM imports (not seen within RAY_PROBE_TIMEOUT: the engine is stopped); when a
-   stage is lost or the engine exits it stops the engine at once, reports `degraded` with the
-   reasons, and launches again once the set is whole.
-Every step reached is marked in the node's timeline (runtime/node/timeline.py).
+   front is the public endpoint); when a stage is lost or the engine exits it stops the engine
+   at once, reports `degraded` with the reasons, and launches again once the set is whole.
 The Ray token only ever travels in the children's environment.
 """
 from __future__ import annotations
@@ -131,7 +128,6 @@ class StageRunner:
         self._published: bytes | None = None
         self.timeline = Timeline(started=getattr(agent, "started_wall", None))
         self._shard_retry_at = 0.0
-        self._ray_probe: dict | None = None   # the Ray membership probe of the engine now starting
         self._shard_retry_delay = 0.0   # 0.5, 1, 2, 4, 5, 5... s between tries for the sealed shard
 
     # -- thread ----------------------------------------------------------------------------
@@ -349,14 +345,12 @@ class StageRunner:
             return
         if self.engine_pid is None:
             self.timeline.mark("stages_ready")   # every stage meshed, shard-verified, in this Ray epoch
+            if not self._ray_has_every_stage():
+                self._set(NodeState.RAY_JOINED, [(LifecycleReason.STAGE_RAY_NOT_JOINED,
+                                                  "not every stage's Ray node is in the cluster yet")])
+                return
+            self.timeline.mark("ray_all_joined", after="stages_ready")
             self._start_engine()
-            if self.engine_pid is not None:
-                self._start_ray_probe()
-        if self._ray_probe_failed():
-            self._stop_engine("not every stage's Ray node joined this head's Ray cluster in time")
-            self._set(NodeState.DEGRADED if self._was_serving else NodeState.RAY_JOINED,
-                      [(LifecycleReason.STAGE_RAY_NOT_JOINED, "not every stage's Ray node is in the cluster")])
-            return
         self._follow_engine_log()
         if not self.engine_ready:
             if self._engine_answers():
@@ -381,26 +375,6 @@ class StageRunner:
         status = self.agent.status()
         meshed = {p["node_id"] for p in status.get("peers", []) if p.get("state") == "meshed"}
         return [StageView(name, name in meshed, statements.get(name)) for name in self.worker_names]
-
-    def _start_ray_probe(self) -> None:
-        """Count this head's Ray nodes (as a driver) while vLLM starts: its first ~20 s import torch
-        and vLLM before it touches Ray, and its placement group waits for every stage's node
-        anyway (the stage-order plugin then refuses any bundle that is not on exactly its stage's
-        node). A probe that does not see every stage within RAY_PROBE_TIMEOUT stops this engine
-        (stage_ray_not_joined), as the probe before the launch used to keep it from starting."""
-        probe: dict = {"ok": None}
-        self._ray_probe = probe
-
-        def run() -> None:
-            probe["ok"] = self._ray_has_every_stage()
-            if probe["ok"]:
-                self.timeline.mark("ray_all_joined", after="stages_ready")
-
-        threading.Thread(target=run, name="conclave-ray-probe", daemon=True).start()
-
-    def _ray_probe_failed(self) -> bool:
-        probe = self._ray_probe
-        return self.engine_pid is not None and probe is not None and probe["ok"] is False
 
     def _ray_has_every_stage(self) -> bool:
         token = self._token()
@@ -464,7 +438,6 @@ class StageRunner:
             return
         clog.progress(f"engine: stopping ({why})")
         self.timeline.mark("engine_stopped")
-        self._ray_probe = None   # a probe still running belongs to this engine
         process.stop_group(self.engine_pid, grace=5.0)
         self.engine_pid, self.engine_ready = None, False
         try:
