@@ -21,11 +21,9 @@ from conclave.runtime.attestation.core import Reason, TeeType
 from conclave.runtime.attestation.emulated import nvgpu_device as emu
 from conclave.runtime.attestation.nvgpu_collateral_source import GpuCollateralSource
 from conclave.runtime.attestation.nvgpu_requirement import GpuRequirement, check_gpus
-from conclave.runtime.attestation.ocsp_emulated import EmulatedOcspResponder
 from conclave.runtime.attestation.ocsp_fetch import OcspFetcher
 from conclave.runtime.attestation.policy import Policy
 from conclave.runtime.attestation.rim_service import RimService
-from conclave.runtime.attestation.rim_service_emulated import EmulatedRimService
 from conclave.runtime.attestation.sim import SimulatedRoot
 
 H100 = GpuRequirement.from_json({"count": 1, "models": ["H100"], "cc_mode": True})
@@ -39,10 +37,8 @@ def authority():
 
 @pytest.fixture(scope="module")
 def services(authority):
-    rims, responder = EmulatedRimService(), EmulatedOcspResponder()
-    authority.serve(rims, responder)
-    with rims, responder:
-        yield rims, responder
+    with authority.running_services() as running:
+        yield running
 
 
 @pytest.fixture()

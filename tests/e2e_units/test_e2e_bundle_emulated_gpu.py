@@ -19,8 +19,6 @@ from conclave.runtime.attestation import binding
 from conclave.runtime.attestation.core import TeeType
 from conclave.runtime.attestation.emulated import nvgpu_device as emu
 from conclave.runtime.attestation.nvgpu_requirement import GpuRequirement
-from conclave.runtime.attestation.ocsp_emulated import EmulatedOcspResponder
-from conclave.runtime.attestation.rim_service_emulated import EmulatedRimService
 from conclave.runtime.endpoint import verify_bundle
 from conclave.runtime.manifest import verify_bytes
 
@@ -37,9 +35,7 @@ def authority():
 
 @pytest.fixture(scope="module")
 def services(authority):
-    rims, responder = EmulatedRimService(), EmulatedOcspResponder()
-    authority.serve(rims, responder)
-    with rims, responder:
+    with authority.running_services() as (rims, responder):
         yield VendorServices(rim=rims.base_url, nvidia_ocsp=responder.url)
 
 

@@ -31,6 +31,7 @@ import base64
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,6 +104,17 @@ class GpuAuthority:
             ocsp_responder.add_issuer(cert, key)
         for cert, key in zip(self.rims.chain[1:], self.rims.ca_keys):
             ocsp_responder.add_issuer(cert, key)
+
+    @contextmanager
+    def running_services(self):
+        """An emulated RIM service and OCSP responder serving this authority, for the `with` block:
+        yields (rim_service, ocsp_responder)."""
+        from conclave.runtime.attestation.ocsp_emulated import EmulatedOcspResponder
+        from conclave.runtime.attestation.rim_service_emulated import EmulatedRimService
+        rims, responder = EmulatedRimService(), EmulatedOcspResponder()
+        self.serve(rims, responder)
+        with rims, responder:
+            yield rims, responder
 
     def provision(self, host_dir: Path, host_serial: int, count: int = 1) -> list[Path]:
         """Give an emulated host `count` GPUs: one device dir per GPU under host_dir."""
