@@ -23,31 +23,28 @@ from conclave.runtime.attestation.core import TeeType
 from conclave.runtime.attestation.emulated import identity, service
 from conclave.runtime.attestation.emulated.tsm import EmulatedSnpSource, EmulatedTdxSource
 from conclave.runtime.local import trust as local_trust
-from conclave.runtime.manifest.document import DeploymentManifest
 
-STAGES = [("cvshr-n0", "head", (0, 10)), ("cvshr-n1", "worker", (10, 20)), ("cvshr-n2", "worker", (20, 30))]
+from . import emulated_trust
+
+STAGES = emulated_trust.stages("shr")
 REPORT_DATA = bytes(range(64))
 
 
 @pytest.fixture(scope="module")
 def trust(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared-collateral") / "local-shr"
-    return local_trust.create(folder, stages=STAGES, model_digest="cd" * 32, overlay_cidr="10.78.0.0/16",
-                              rendezvous=["198.18.0.1:51822"], tee="mixed")
+    return emulated_trust.create(folder, "shr", model_digest="cd" * 32, overlay_cidr="10.78.0.0/16")
 
 
 @pytest.fixture(scope="module")
 def manifest(trust):
-    return DeploymentManifest.load(trust.manifest_path, trusted_owner=trust.owner_fingerprint)
+    return emulated_trust.manifest_of(trust)
 
 
 @pytest.fixture()
 def vendors(trust):
-    pcs = service.start_vendor("pcs", trust.vendor_state("pcs"), "127.0.0.1", 0)
-    kds = service.start_vendor("kds", trust.vendor_state("kds"), "127.0.0.1", 0)
-    yield pcs, kds
-    pcs.stop()
-    kds.stop()
+    with emulated_trust.vendor_services(trust) as running:
+        yield running
 
 
 def verifier_for(manifest, vendors, folder):

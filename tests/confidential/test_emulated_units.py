@@ -19,30 +19,27 @@ from conclave.runtime.attestation.emulated import identity, service
 from conclave.runtime.attestation.emulated.tsm import EmulatedSnpSource, EmulatedTdxSource
 from conclave.runtime.errors import UsageError
 from conclave.runtime.local import trust as local_trust
-from conclave.runtime.manifest.document import DeploymentManifest
 
-STAGES = [("cvabc-n0", "head", (0, 10)), ("cvabc-n1", "worker", (10, 20)), ("cvabc-n2", "worker", (20, 30))]
+from . import emulated_trust
+
+STAGES = emulated_trust.stages("abc")
 
 
 @pytest.fixture(scope="module")
 def trust(tmp_path_factory):
     folder = tmp_path_factory.mktemp("emulated") / "local-abc"
-    return local_trust.create(folder, stages=STAGES, model_digest="ab" * 32, overlay_cidr="10.77.0.0/16",
-                              rendezvous=["198.18.0.1:51822"], tee="mixed")
+    return emulated_trust.create(folder, "abc", model_digest="ab" * 32, overlay_cidr="10.77.0.0/16")
 
 
 @pytest.fixture(scope="module")
 def manifest(trust):
-    return DeploymentManifest.load(trust.manifest_path, trusted_owner=trust.owner_fingerprint)
+    return emulated_trust.manifest_of(trust)
 
 
 @pytest.fixture(scope="module")
 def vendors(trust):
-    pcs = service.start_vendor("pcs", trust.vendor_state("pcs"), "127.0.0.1", 0)
-    kds = service.start_vendor("kds", trust.vendor_state("kds"), "127.0.0.1", 0)
-    yield pcs, kds
-    pcs.stop()
-    kds.stop()
+    with emulated_trust.vendor_services(trust) as running:
+        yield running
 
 
 def evidence_of(trust, node: str) -> tuple[TeeType, bytes]:
