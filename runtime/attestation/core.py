@@ -57,6 +57,7 @@ class Reason(StrEnum):
     VMPL_NOT_ALLOWED = "vmpl_not_allowed"
     QE_VENDOR_UNKNOWN = "qe_vendor_unknown"
     MIGRATION_ALLOWED = "migration_allowed"
+    SEPT_VE_ENABLED = "sept_ve_enabled"
     SERVICETD_NOT_ALLOWED = "servicetd_not_allowed"
     ADVISORY_DENIED = "advisory_denied"
     # NVIDIA RIMs (nvgpu_rim): a golden value differs / a RIM's signature or chain fails /

@@ -21,7 +21,13 @@ Safe defaults; each weakening is an explicit field (DESIGN.md convention 5):
   migration agent (MIGRATE_MA) is refused (`migration_allowed`) unless `unsafe_allow_migrate_ma`,
   which a production policy cannot set; a production policy must set `min_tcb`.
 - TDX: MRSERVICETD must be all zero (no service TD bound to the guest) unless `mr_servicetd`
-  lists allowed values (`servicetd_not_allowed`).
+  lists allowed values (`servicetd_not_allowed`). TD_ATTRIBUTES (Intel TDX ABI, TDATTRIBUTES):
+  no bit of the TUD group (bits 0-7, "TD under debug": DEBUG and the profiling bits) may be set
+  (`debug_enabled`); MIGRATABLE (bit 29) is refused (`migration_allowed`) unless
+  `unsafe_allow_migratable`; SEPT_VE_DISABLE (bit 28) must be set (`sept_ve_enabled`: without it
+  the host can inject #VE on secure-EPT violations, which a Linux guest refuses too) unless
+  `unsafe_allow_sept_ve`. Neither weakening is allowed in production, and a production policy
+  allowing tdx must list its `xfam` values (the CPU features exposed to the TD).
 - Any TEE: advisory IDs listed in `denied_advisories` are refused (`advisory_denied`).
 
 One schema (POLICY_JSON_SCHEMA, exported verbatim to policy.schema.json); YAML or JSON input.
@@ -158,6 +164,12 @@ POLICY_JSON_SCHEMA: dict = {
                 "mr_servicetd": {**_hex_list_schema(48),
                                  "description": "Allowed MRSERVICETD values (default: all zero, "
                                                 "no service TD bound)."},
+                "unsafe_allow_migratable": {"type": "boolean", "default": False,
+                                            "description": "Accept a TD with TD_ATTRIBUTES.MIGRATABLE "
+                                                           "(refused in production)."},
+                "unsafe_allow_sept_ve": {"type": "boolean", "default": False,
+                                         "description": "Accept a TD without TD_ATTRIBUTES.SEPT_VE_DISABLE "
+                                                        "(refused in production)."},
             },
         },
         "snp": {
@@ -275,6 +287,20 @@ def _check_production(data: Mapping[str, Any]) -> None:
     if TeeType.SNP.value in data["allowed_tee"] and "min_tcb" not in snp:
         raise PolicyError(Reason.POLICY_INVALID,
                           "a production policy allowing snp must set snp.min_tcb (minimum TCB)")
+    tdx = data.get(TeeType.TDX.value) or {}
+    for weakening in ("unsafe_allow_migratable", "unsafe_allow_sept_ve"):
+        if tdx.get(weakening, False):
+            raise PolicyError(Reason.POLICY_INVALID, f"tdx.{weakening} is refused in a production policy")
+    if TeeType.TDX.value in data["allowed_tee"] and not _tdx_constrains_xfam(tdx):
+        raise PolicyError(Reason.POLICY_INVALID,
+                          "a production policy allowing tdx must list tdx.xfam (in every measurement set)")
+
+
+def _tdx_constrains_xfam(tdx: Mapping[str, Any]) -> bool:
+    sets = tdx.get("measurement_sets")
+    if "xfam" in tdx:
+        return True
+    return bool(sets) and all("xfam" in s for s in sets)
 
 
 @dataclass(frozen=True)
@@ -444,7 +470,36 @@ def _check_value_lists(out: _Collector, tee: TeeType, section: Mapping[str, Any]
                     "evidence matches none of the allowed measurement sets", sets, actual_all)
 
 
+# TDATTRIBUTES bits (Intel TDX Module ABI): the TUD group (0-7) marks a TD under debug or profiling,
+# untrusted if any bit is set; bit 0 is DEBUG itself (the `debug` claim).
+TDX_ATTR_TUD_MASK = 0xFF
+TDX_ATTR_SEPT_VE_DISABLE = 1 << 28
+TDX_ATTR_MIGRATABLE = 1 << 29
+
+
+def _check_tdx_attributes(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    raw = claims.get("td_attributes")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 8:
+        out.add(Reason.MEASUREMENT_MISMATCH, "tdx.td_attributes", "TD_ATTRIBUTES absent or not 8 bytes",
+                None, _as_hex(raw))
+        return
+    attrs = int.from_bytes(bytes(raw), "little")
+    if attrs & TDX_ATTR_TUD_MASK & ~1:   # DEBUG (bit 0) is reported once, as the debug claim
+        out.add(Reason.DEBUG_ENABLED, "tdx.td_attributes",
+                "a TD-under-debug attribute (TUD group, bits 1-7: profiling) is set", 0,
+                hex(attrs & TDX_ATTR_TUD_MASK))
+    if attrs & TDX_ATTR_MIGRATABLE and not section.get("unsafe_allow_migratable", False):
+        out.add(Reason.MIGRATION_ALLOWED, "tdx.unsafe_allow_migratable",
+                "the TD is MIGRATABLE (TD_ATTRIBUTES bit 29): a migration TD can export its memory",
+                False, True)
+    if not attrs & TDX_ATTR_SEPT_VE_DISABLE and not section.get("unsafe_allow_sept_ve", False):
+        out.add(Reason.SEPT_VE_ENABLED, "tdx.unsafe_allow_sept_ve",
+                "TD_ATTRIBUTES.SEPT_VE_DISABLE (bit 28) is clear: the host can inject #VE on "
+                "secure-EPT violations", True, False)
+
+
 def _check_tdx(out: _Collector, section: Mapping[str, Any], claims: Mapping[str, Any]) -> None:
+    _check_tdx_attributes(out, section, claims)
     minimum = section.get("min_tee_tcb_svn")
     if minimum is not None:
         actual = claims.get("tee_tcb_svn")

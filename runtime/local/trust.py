@@ -29,7 +29,7 @@ from typing import Sequence
 
 from conclave.runtime.attestation.emulated import identity as emulated_identity
 from conclave.runtime.attestation.emulated.snp_issuer import DEFAULT_TCB, SnpImage, SnpTestHierarchy
-from conclave.runtime.attestation.emulated.tdx_issuer import TdImage, TdxTestHierarchy
+from conclave.runtime.attestation.emulated.tdx_issuer import XFAM, TdImage, TdxTestHierarchy
 from conclave.runtime.attestation.sim import SimulatedAttester, SimulatedRoot
 from conclave.runtime.manifest import document as doc
 from conclave.runtime.manifest import ed25519_keys as keys
@@ -80,7 +80,7 @@ def emulated_policy(measurement: bytes, tees: Sequence[str], roots: dict[str, by
                     "max_collateral_age": LOCAL_MAX_COLLATERAL_AGE_S,
                     "unsafe_test_roots": {tee: [roots[tee].decode()] for tee in allowed}}
     if "tdx" in allowed:
-        policy["tdx"] = {"mr_td": [measurement.hex()]}
+        policy["tdx"] = {"mr_td": [measurement.hex()], "xfam": [XFAM.hex()]}
     if "snp" in allowed:
         policy["snp"] = {"measurement": [measurement.hex()], "min_tcb": dict(DEFAULT_TCB[SNP_PRODUCT])}
     return policy

@@ -56,7 +56,7 @@ def cache(tmp_path, pcs, kds):
 def tdx_policy(hierarchy, **extra) -> policy_mod.Policy:
     return policy_mod.Policy.from_dict({"production": False, "require_revocation_check": True,
                                         "max_collateral_age": 3600, "allowed_tee": ["tdx"],
-                                        "tdx": {"mr_td": [hierarchy.image.mr_td.hex()]}, **extra})
+                                        "tdx": {"mr_td": [hierarchy.image.mr_td.hex()], "xfam": [hierarchy.image.xfam.hex()]}, **extra})
 
 
 def snp_policy(hierarchy, **extra) -> policy_mod.Policy:
@@ -178,7 +178,7 @@ def test_carried_collateral_without_crls_is_revocation_unchecked(tdx_hierarchy, 
     v = tdx.verify(tdx.parse(quote), at=now(), collateral=merged, trusted_roots=roots)
     assert v.tcb_status == "UpToDate" and v.revocation_checked is False
     production = policy_mod.Policy.from_dict({"production": True, "allowed_tee": ["tdx"],
-                                              "tdx": {"mr_td": [tdx_hierarchy.image.mr_td.hex()]}})
+                                              "tdx": {"mr_td": [tdx_hierarchy.image.mr_td.hex()], "xfam": [tdx_hierarchy.image.xfam.hex()]}})
     with pytest.raises(PolicyViolated) as info:
         policy_mod.validate(v, production)
     assert info.value.reason == "revocation_unchecked"

@@ -30,7 +30,8 @@ def _tdx_claims(**over) -> dict:
          "mr_td": bytes.fromhex(MR_TD), "rtmr0": bytes.fromhex(RTMR0), "rtmr1": bytes(48),
          "rtmr2": bytes(48), "rtmr3": bytes(48), "mr_config_id": bytes(48), "mr_owner": bytes(48),
          "mr_owner_config": bytes(48), "mr_seam": bytes(48),
-         "tee_tcb_svn": bytes.fromhex("05010200000000000000000000000000")}
+         "tee_tcb_svn": bytes.fromhex("05010200000000000000000000000000"),
+         "td_attributes": bytes.fromhex(TD_ATTRIBUTES), "xfam": bytes.fromhex(XFAM)}
     c.update(over)
     return c
 
@@ -46,7 +47,8 @@ def _snp_claims(**over) -> dict:
     return c
 
 
-TDX_POLICY = {"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": [MR_TD]}}
+TD_ATTRIBUTES, XFAM = "0000001000000000", "e702060000000000"   # SEPT_VE_DISABLE; x87/SSE/AVX/AVX-512/PKRU/AMX
+TDX_POLICY = {"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": [MR_TD], "xfam": [XFAM]}}
 SIM_POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
               "sim": {"measurement": [MEASUREMENT.hex()]}}
 
@@ -71,7 +73,7 @@ def test_load_yaml_and_json(tmp_path: Path):
 
 
 def test_hex_case_is_normalized_and_digest_stable():
-    upper = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD.upper()]}})
+    upper = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD.upper()], "xfam": [XFAM]}})
     assert upper.digest == Policy.from_dict(TDX_POLICY).digest
 
 
@@ -132,7 +134,7 @@ def test_validated_evidence_cannot_be_forged():
 
 
 def test_collects_every_violation():
-    p = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD], "rtmr0": ["cc" * 48],
+    p = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD], "xfam": [XFAM], "rtmr0": ["cc" * 48],
                                                  "min_tee_tcb_svn": "06000000000000000000000000000000"}})
     ev = _verified(TeeType.TDX, _tdx_claims(mr_td=bytes(48), debug=True), tcb_status="OutOfDate")
     with pytest.raises(core.PolicyViolated) as info:
@@ -178,7 +180,7 @@ def test_debug_never_accepted_fail_closed(debug):
 
 
 def test_tdx_measurement_sets():
-    p = Policy.from_dict({**TDX_POLICY, "tdx": {"measurement_sets": [
+    p = Policy.from_dict({**TDX_POLICY, "tdx": {"xfam": [XFAM], "measurement_sets": [
         {"mr_td": MR_TD, "rtmr0": "cc" * 48}, {"mr_td": MR_TD, "rtmr0": RTMR0}]}})
     validate(_verified(TeeType.TDX, _tdx_claims(), tcb_status="UpToDate"), p)
     with pytest.raises(core.PolicyViolated) as info:
@@ -187,7 +189,7 @@ def test_tdx_measurement_sets():
 
 
 def test_tdx_svn_componentwise():
-    p = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD],
+    p = Policy.from_dict({**TDX_POLICY, "tdx": {"mr_td": [MR_TD], "xfam": [XFAM],
                                                  "min_tee_tcb_svn": "04010300000000000000000000000000"}})
     with pytest.raises(core.PolicyViolated) as info:  # byte 2 is 2 < 3 although byte 0 is higher
         validate(_verified(TeeType.TDX, _tdx_claims(), tcb_status="UpToDate"), p)

@@ -27,6 +27,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 SNP_DIR, TDX_DIR = DATA / "snp" / "policy", DATA / "tdx"
 AT = datetime(2026, 1, 15, tzinfo=timezone.utc)
 H48, H32, H64, H8 = "ab" * 48, "cd" * 32, "ef" * 64, "00" * 8
+XFAM = "e702060000000000"
 SNP_MIN = {"bootloader": 4, "tee": 0, "snp": 24, "microcode": 219}
 
 
@@ -35,7 +36,7 @@ def _snp_policy(**section) -> dict:
 
 
 def _tdx_policy(**section) -> dict:
-    return {"production": True, "allowed_tee": ["tdx"], "tdx": section}
+    return {"production": True, "allowed_tee": ["tdx"], "tdx": {"xfam": [XFAM], **section}}
 
 
 # --- hole 3: code identity ----------------------------------------------------------------------
@@ -60,7 +61,7 @@ NON_IDENTITY = [
     ("nvgpu-driver-vbios", {"production": True, "allowed_tee": ["nvgpu"],
                             "nvgpu": {"driver_versions": ["550.90.07"], "vbios_versions": ["96.00.5e"]}}),
     ("tdx-ok-snp-host-only", {"production": True, "allowed_tee": ["tdx", "snp"],
-                              "tdx": {"mr_td": [H48]}, "snp": {"host_data": [H32], "min_tcb": SNP_MIN}}),
+                              "tdx": {"mr_td": [H48], "xfam": [XFAM]}, "snp": {"host_data": [H32], "min_tcb": SNP_MIN}}),
 ]
 
 
@@ -228,5 +229,8 @@ def test_every_weakening_field_is_explicit_in_the_schema():
     assert schema["properties"]["snp"]["properties"]["unsafe_allow_migrate_ma"]["default"] is False
     assert "mr_servicetd" in schema["properties"]["tdx"]["properties"]
     assert "denied_advisories" in schema["properties"]
-    for reason in ("qe_vendor_unknown", "migration_allowed", "servicetd_not_allowed", "advisory_denied"):
+    for field in ("unsafe_allow_migratable", "unsafe_allow_sept_ve"):
+        assert schema["properties"]["tdx"]["properties"][field]["default"] is False
+    for reason in ("qe_vendor_unknown", "migration_allowed", "servicetd_not_allowed", "advisory_denied",
+                   "sept_ve_enabled"):
         assert Reason(reason)

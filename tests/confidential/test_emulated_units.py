@@ -66,7 +66,7 @@ def test_local_policy_is_strict_and_names_the_test_roots_only_as_unsafe(trust, m
     assert "unsafe_allow_simulated" not in policy
     assert policy["require_revocation_check"] is True
     assert policy["max_collateral_age"] == local_trust.LOCAL_MAX_COLLATERAL_AGE_S
-    assert policy["tdx"] == {"mr_td": [measurement]}
+    assert policy["tdx"] == {"mr_td": [measurement], "xfam": ["e702060000000000"]}   # xfam as production requires
     assert policy["snp"]["measurement"] == [measurement] and policy["snp"]["min_tcb"]
     pem = trust.test_roots_pem_path.read_bytes()
     assert oct(trust.test_roots_pem_path.stat().st_mode & 0o777) == "0o644"
