@@ -21,7 +21,9 @@ Verification steps (numbered; cryptographic checks stop at the first failure):
   nvgpu.06.rim            only with RIM collateral (nvgpu_rim.RimSet, e.g. --rim FILE): every
                           RIM's signature and chain to the RIM root (rim_invalid), the driver
                           and VBIOS RIM for each GPU's versions (rim_missing), every active
-                          index equal to a golden value (rim_mismatch); claims then carry
+                          index equal to a golden value (rim_mismatch; gpu_cc_off when every
+                          mismatched index is one the RIM names as the CC-mode configuration,
+                          nvgpu_rim.CC_MODE_RESOURCE_PREFIX); claims then carry
                           rim_validated=True and the RIMs' digests
   nvgpu.07.revocation     only with OCSP responses (nvgpu_collateral.NvgpuCollateral.ocsp, fetched
                           by ocsp_fetch from NVIDIA's responder): every certificate of each device
@@ -522,6 +524,10 @@ def _check_rims(log: StepLog, parsed: ParsedNvgpu, leaves: list[x509.Certificate
     if mismatches:
         log.steps.append(core.Step(step, False))
         indices = sorted({m.spdm_index for m in mismatches})
+        if all(m.cc_mode_configuration for m in mismatches):
+            raise nvgpu_rim.RimMismatch(mismatches, f"GPU measurement(s) {indices}: the CC-mode configuration the "
+                                        "RIM names differs from its golden value (GPU not in CC mode)",
+                                        steps=log.steps, reason=Reason.GPU_CC_OFF)
         raise nvgpu_rim.RimMismatch(mismatches, f"GPU measurement(s) {indices} differ from NVIDIA's RIM golden values",
                                     steps=log.steps)
     log.ok(step)

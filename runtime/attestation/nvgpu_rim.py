@@ -103,6 +103,13 @@ class RimSet:
             raise MalformedEvidence("no RIM given")
 
 
+# Resource name prefix by which a RIM marks an index as the GPU's measured CC-mode configuration:
+# a mismatch only at such indices is reported gpu_cc_off (the GPU is outside CC mode) instead of
+# rim_mismatch. NVIDIA's published RIMs name no such index (a real GPU outside CC mode therefore
+# shows rim_mismatch); the emulated H100s' test RIMs do (emulated/nvgpu_device). Either way it fails.
+CC_MODE_RESOURCE_PREFIX = "ConclaveCcModeConfiguration_"
+
+
 @dataclass(frozen=True)
 class Mismatch:
     """An active RIM index whose runtime value is none of its golden alternatives."""
@@ -111,6 +118,11 @@ class Mismatch:
     rim: str
     expected: tuple[str, ...]
     actual: str | None
+    name: str | None = None   # the RIM resource's name
+
+    @property
+    def cc_mode_configuration(self) -> bool:
+        return bool(self.name) and self.name.startswith(CC_MODE_RESOURCE_PREFIX)
 
     def to_json(self) -> dict:
         return {"index": self.spdm_index, "rim_index": self.spdm_index - 1, "rim": self.rim,
@@ -118,10 +130,12 @@ class Mismatch:
 
 
 class RimMismatch(VerificationFailed):
-    """rim_mismatch, with every mismatched index (SPDM numbering) for the CLI's JSON."""
+    """rim_mismatch (gpu_cc_off when every mismatched index is the RIM's CC-mode configuration),
+    with every mismatched index (SPDM numbering) for the CLI's JSON."""
 
-    def __init__(self, mismatches: Sequence[Mismatch], message: str, *, steps=None):
-        super().__init__(Reason.RIM_MISMATCH, message, steps=steps)
+    def __init__(self, mismatches: Sequence[Mismatch], message: str, *, steps=None,
+                 reason: Reason = Reason.RIM_MISMATCH):
+        super().__init__(reason, message, steps=steps)
         self.mismatches = tuple(mismatches)
 
     @property
@@ -348,7 +362,7 @@ def compare(rims: Sequence[Rim], measurements: Mapping[int, bytes]) -> list[Mism
             actual = measurements.get(index + 1)
             if actual is None or actual not in m.alternatives:
                 out.append(Mismatch(index + 1, rim.label, tuple(a.hex() for a in m.alternatives),
-                                    actual.hex() if actual is not None else None))
+                                    actual.hex() if actual is not None else None, m.name))
     return sorted(out, key=lambda x: x.spdm_index)
 
 

@@ -71,9 +71,11 @@ class TestRimAuthority:
         return cls(root=root, chain=(l4, l3, ca, root), signer_key=keys[3], ca_keys=(keys[2], keys[1], keys[0]))
 
     def sign_rim(self, *, version: str, golden: Mapping[int, tuple[bytes, ...] | bytes],
-                 product: str = "GH100", inactive: Mapping[int, bytes] | None = None) -> bytes:
+                 product: str = "GH100", inactive: Mapping[int, bytes] | None = None,
+                 names: Mapping[int, str] | None = None) -> bytes:
         """A signed RIM swidtag. `golden`: RIM index (0-based) -> golden value(s), all active;
-        `inactive`: indices listed with active="False" (never compared)."""
+        `inactive`: indices listed with active="False" (never compared); `names`: resource names
+        for some indices (default Measurement_<i>)."""
         from lxml import etree
         from signxml import CanonicalizationMethod, DigestAlgorithm, SignatureMethod, XMLSigner
         nsmap = {None: SWID_NS, "ns0": SWID_NS, "ns2": SHA384_NS}
@@ -91,7 +93,7 @@ class TestRimAuthority:
             active, values = entries[index]
             res = etree.SubElement(payload, f"{{{SWID_NS}}}Resource", type="Measurement", index=str(index),
                                    active="True" if active else "False", alternatives=str(len(values)),
-                                   name=f"Measurement_{index}", size=str(len(values[0])))
+                                   name=(names or {}).get(index, f"Measurement_{index}"), size=str(len(values[0])))
             for k, value in enumerate(values):
                 res.set(f"{{{SHA384_NS}}}Hash{k}", value.hex())
         signer = XMLSigner(signature_algorithm=SignatureMethod.ECDSA_SHA384, digest_algorithm=DigestAlgorithm.SHA384,

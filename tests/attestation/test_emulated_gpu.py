@@ -116,13 +116,54 @@ def test_no_gpu_switch_presents_nothing_and_the_stage_is_gpu_missing(hosts):
     assert [i.tee for i in node.collect(REPORT_DATA)] == [TeeType.SIM, TeeType.NVGPU]
 
 
-def test_cc_off_is_a_rim_mismatch_at_the_cc_config_index(authority, services, hosts):
+def test_cc_off_is_gpu_cc_off_at_the_index_the_rim_names_cc_mode(authority, services, hosts):
+    """The emulated VBIOS RIM names CC_CONFIG_INDEX as the CC-mode configuration: a mismatch there
+    alone is gpu_cc_off (still a RimMismatch naming the index); another mismatched index beside it
+    keeps the general rim_mismatch."""
+    from conclave.runtime.attestation.nvgpu_rim import RimMismatch
     a, _ = hosts
     emu.set_switches(a / "gpu0", cc_mode=False)
     data, nonce = _collect(a)
-    with pytest.raises(attestation.VerificationFailed) as err:
-        _verify(authority, data, nonce, _gpu_source(authority, services).collateral_for(TeeType.NVGPU, data))
-    assert err.value.reason == Reason.RIM_MISMATCH and f"[{emu.CC_CONFIG_INDEX}]" in err.value.message
+    source = _gpu_source(authority, services)
+    with pytest.raises(RimMismatch) as err:
+        _verify(authority, data, nonce, source.collateral_for(TeeType.NVGPU, data))
+    assert err.value.reason == Reason.GPU_CC_OFF and err.value.indices == [emu.CC_CONFIG_INDEX]
+    emu.set_switches(a / "gpu0", tamper_index=6)
+    data, nonce = _collect(a)
+    with pytest.raises(RimMismatch) as err:
+        _verify(authority, data, nonce, source.collateral_for(TeeType.NVGPU, data))
+    assert err.value.reason == Reason.RIM_MISMATCH and err.value.indices == [emu.CC_CONFIG_INDEX, 6]
+
+
+def test_authority_round_trips_as_bytes_and_its_services_state_holds_no_signer(authority, services, hosts,
+                                                                              tmp_path):
+    """Local mode keeps the authority 0600 (gpu-authority.key) and hands the NVIDIA services process
+    only the signed RIMs and the OCSP issuers: a restored authority provisions GPUs the same roots
+    accept, and the services started from that state serve what the verifier needs."""
+    from conclave.runtime.attestation.emulated import service
+    restored = emu.GpuAuthority.from_secret_bytes(authority.to_secret_bytes())
+    assert restored.device_root == authority.device_root and restored.rim_root == authority.rim_root
+    assert "PRIVATE" not in repr(restored) and "redacted" in repr(restored)
+    host = tmp_path / "late-host"
+    restored.provision(host, 9)
+    state = authority.service_state()
+    assert b"signer_key" not in state and b"root_key" not in state
+    nvidia = service.start_vendor("nvidia", state, "127.0.0.1", 0)
+    try:
+        data, nonce = _collect(host)
+        source = GpuCollateralSource(rim_service=RimService(nvidia.base_url), ocsp_fetcher=OcspFetcher(nvidia.ocsp_url),
+                                     device_roots=[authority.device_root], rim_roots=[authority.rim_root])
+        verified = _verify(authority, data, nonce, source.collateral_for(TeeType.NVGPU, data))
+        assert verified.claims["rim_validated"] is True and verified.revocation_checked is True
+        assert service.control(nvidia, {"cmd": "down"}) == {"ok": True} and nvidia.down
+        assert service.control(nvidia, {"cmd": "status"})["down"] is True
+        assert service.control(nvidia, {"cmd": "revoke", "host": "x"})["reason"] == "unsupported"
+    finally:
+        nvidia.stop()
+    with pytest.raises(ValueError):
+        emu.GpuAuthority.from_secret_bytes(b'{"format": "something else"}')
+    with pytest.raises(ValueError):
+        service.start_vendor("nvidia", b'{"format": "conclave-emulated-nvidia-services/v1"}', "127.0.0.1", 0)
 
 
 def test_cc_off_without_rim_validation_is_gpu_cc_off(authority, services, hosts):

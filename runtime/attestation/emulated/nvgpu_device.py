@@ -17,9 +17,12 @@ The switches are read on every collection, so flipping one while the cluster run
 the next (re-)attestation presents (set_switches / `conclave` tests write them):
 - present false: the GPU is not presented (the node sends no GPU evidence for it) -> gpu_missing
 - cc_mode false: the CC-mode configuration is measured in CC_CONFIG_INDEX; a GPU outside CC mode
-  reports the CC-off value there, which its VBIOS RIM does not list -> rim_mismatch at that index
-  under RIM validation (and gpu_cc_off where RIM validation did not run: CC mode is only proven
-  by measurements matching the RIMs, see nvgpu_requirement)
+  reports the CC-off value there, which its VBIOS RIM does not list. The emulated VBIOS RIM names
+  that index as the CC-mode configuration (resource name nvgpu_rim.CC_MODE_RESOURCE_PREFIX...), so
+  under RIM validation the verifier reports gpu_cc_off (a mismatch ONLY at indices the RIM names so;
+  any other mismatched index keeps rim_mismatch), and gpu_cc_off where RIM validation did not run
+  (CC mode is only proven by measurements matching the RIMs, see nvgpu_requirement). NVIDIA's
+  published RIMs name no such index, so a real H100 outside CC mode shows rim_mismatch.
 - tamper_index N: SPDM measurement block N reports a value outside its RIM -> rim_mismatch.
 What differs from a real H100: the key is a file (a real GPU's key never leaves the chip), the
 hierarchy is the cluster's own (trusted only through an explicitly passed test root), and the
@@ -87,23 +90,69 @@ class GpuAuthority:
         return self.rims.root
 
     def signed_rims(self) -> dict[str, bytes]:
-        """RIM service id -> signed swidtag, for the driver and the VBIOS every emulated GPU runs."""
+        """RIM service id -> signed swidtag, for the driver and the VBIOS every emulated GPU runs.
+        The VBIOS RIM names CC_CONFIG_INDEX's resource as the CC-mode configuration (gpu_cc_off)."""
+        from conclave.runtime.attestation.nvgpu_rim import CC_MODE_RESOURCE_PREFIX
         m = golden_measurements()
         driver = self.rims.sign_rim(version=DRIVER_VERSION, golden={b - 1: m[b] for b in DRIVER_BLOCKS})
-        vbios = self.rims.sign_rim(version=VBIOS_VERSION, golden={b - 1: m[b] for b in VBIOS_BLOCKS})
+        vbios = self.rims.sign_rim(version=VBIOS_VERSION, golden={b - 1: m[b] for b in VBIOS_BLOCKS},
+                                   names={CC_CONFIG_INDEX - 1: f"{CC_MODE_RESOURCE_PREFIX}{CC_CONFIG_INDEX - 1}"})
         driver_id, vbios_id = rim_ids_of_emulated_gpus()
         return {driver_id: driver, vbios_id: vbios}
+
+    def _ocsp_issuers(self) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:
+        """Every CA of the device chain and of the RIM signing chain, with its key."""
+        return [(self.pki.root, self.pki.root_key), (self.pki.identity, self.pki.identity_key),
+                (self.pki.ica, self.pki.ica_key), *zip(self.rims.chain[1:], self.rims.ca_keys)]
 
     def serve(self, rim_service, ocsp_responder) -> None:
         """Publish the RIMs on an emulated RIM service and let the emulated OCSP responder answer
         for every CA of the device chain and of the RIM signing chain."""
         for rim_id, xml in self.signed_rims().items():
             rim_service.add(rim_id, xml)
-        for cert, key in ((self.pki.root, self.pki.root_key), (self.pki.identity, self.pki.identity_key),
-                          (self.pki.ica, self.pki.ica_key)):
+        for cert, key in self._ocsp_issuers():
             ocsp_responder.add_issuer(cert, key)
-        for cert, key in zip(self.rims.chain[1:], self.rims.ca_keys):
-            ocsp_responder.add_issuer(cert, key)
+
+    # -- as bytes, for local mode's processes (CA keys inside: 0600 files and stdin only) ----------
+    def to_secret_bytes(self) -> bytes:
+        """The whole authority, CA and signer keys included (local mode keeps it 0600 in the state dir,
+        so tests and `conclave` tooling can provision another host for the running cluster)."""
+        p, r = self.pki, self.rims
+        body = {"format": AUTHORITY_FORMAT,
+                "pki": {"root_key": _key_pem(p.root_key), "root": _cert_pem(p.root),
+                        "identity_key": _key_pem(p.identity_key), "identity": _cert_pem(p.identity),
+                        "ica_key": _key_pem(p.ica_key), "ica": _cert_pem(p.ica)},
+                "rims": {"chain": [_cert_pem(c) for c in r.chain], "signer_key": _key_pem(r.signer_key),
+                         "ca_keys": [_key_pem(k) for k in r.ca_keys]}}
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_secret_bytes(cls, data: bytes) -> "GpuAuthority":
+        try:
+            d = json.loads(data)
+            if d.get("format") != AUTHORITY_FORMAT:
+                raise ValueError("not an emulated GPU authority")
+            p, r = d["pki"], d["rims"]
+            pki = nvgpu_build.TestPki(_load_key(p["root_key"]), _load_cert(p["root"]), _load_key(p["identity_key"]),
+                                      _load_cert(p["identity"]), _load_key(p["ica_key"]), _load_cert(p["ica"]))
+            chain = tuple(_load_cert(c) for c in r["chain"])
+            rims = TestRimAuthority(root=chain[-1], chain=chain, signer_key=_load_key(r["signer_key"]),
+                                    ca_keys=tuple(_load_key(k) for k in r["ca_keys"]))
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"emulated GPU authority: {type(exc).__name__}") from None
+        return cls(pki, rims)
+
+    def service_state(self) -> bytes:
+        """What the emulated NVIDIA services process needs (emulated/service.py nvidia, over stdin):
+        the signed RIMs (public) and the OCSP issuers' certificates and keys; no RIM signer key, no
+        way to certify a device."""
+        body = {"format": SERVICES_FORMAT,
+                "rims": {rim_id: base64.b64encode(xml).decode() for rim_id, xml in self.signed_rims().items()},
+                "ocsp_issuers": [{"cert": _cert_pem(c), "key": _key_pem(k)} for c, k in self._ocsp_issuers()]}
+        return json.dumps(body, sort_keys=True).encode()
+
+    def __repr__(self) -> str:
+        return "GpuAuthority(device_root=..., rim_root=..., keys=<redacted>)"
 
     @contextmanager
     def running_services(self):
@@ -135,6 +184,61 @@ class GpuAuthority:
             set_switches(gpu, **DEFAULT_SWITCHES)
             out.append(gpu)
         return out
+
+
+AUTHORITY_FORMAT = "conclave-emulated-gpu-authority/v1"
+SERVICES_FORMAT = "conclave-emulated-nvidia-services/v1"
+
+
+def _key_pem(key) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _load_key(text) -> ec.EllipticCurvePrivateKey:
+    if not isinstance(text, str):
+        raise TypeError("expected a PEM private key")
+    key = serialization.load_pem_private_key(text.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("expected an EC key")
+    return key
+
+
+def _cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _load_cert(text) -> x509.Certificate:
+    if not isinstance(text, str):
+        raise TypeError("expected a PEM certificate")
+    return x509.load_pem_x509_certificate(text.encode())
+
+
+def start_services(state: bytes, host: str = "127.0.0.1", rim_port: int = 0, ocsp_port: int = 0):
+    """The emulated RIM service and OCSP responder over service_state() bytes, started:
+    returns (rim_service, ocsp_responder)."""
+    from conclave.runtime.attestation.ocsp_emulated import EmulatedOcspResponder
+    from conclave.runtime.attestation.rim_service_emulated import EmulatedRimService
+    try:
+        d = json.loads(state)
+        if d.get("format") != SERVICES_FORMAT:
+            raise ValueError("not the emulated NVIDIA services state")
+        rims = {str(k): base64.b64decode(v, validate=True) for k, v in d["rims"].items()}
+        issuers = [(_load_cert(i["cert"]), _load_key(i["key"])) for i in d["ocsp_issuers"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"emulated NVIDIA services state: {type(exc).__name__}") from None
+    rim_service, responder = EmulatedRimService(host, rim_port), EmulatedOcspResponder(host, ocsp_port)
+    for rim_id, xml in rims.items():
+        rim_service.add(rim_id, xml)
+    for cert, key in issuers:
+        responder.add_issuer(cert, key)
+    rim_service.start()
+    try:
+        responder.start()
+    except BaseException:
+        rim_service.stop()
+        raise
+    return rim_service, responder
 
 
 def rim_ids_of_emulated_gpus() -> tuple[str, str]:
@@ -247,5 +351,5 @@ def gpu_summary(host_dir: Path) -> list[dict]:
     return out
 
 
-__all__ = ["GpuAuthority", "EmulatedGpuSource", "set_switches", "read_switches", "gpu_dirs", "gpu_summary",
+__all__ = ["GpuAuthority", "EmulatedGpuSource", "start_services", "set_switches", "read_switches", "gpu_dirs", "gpu_summary",
            "golden_measurements", "measurements_for", "CC_CONFIG_INDEX", "DRIVER_VERSION", "VBIOS_VERSION"]

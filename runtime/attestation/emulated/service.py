@@ -1,7 +1,11 @@
-"""One emulated vendor service as its own process: the Intel PCS or the AMD KDS of one local cluster.
+"""One emulated vendor service as its own process: the Intel PCS, the AMD KDS or NVIDIA's services
+(RIM service + OCSP responder for the emulated H100s) of one local cluster.
 
     python -m conclave.runtime.attestation.emulated.service pcs|kds --host IP --port N --admin-socket PATH
     (the vendor state, emulated/identity.vendor_secret_bytes, on stdin)
+    python -m conclave.runtime.attestation.emulated.service nvidia --host IP --port N --ocsp-port M ...
+    (emulated/nvgpu_device.GpuAuthority.service_state on stdin: the RIM service answers GET /v1/rim/ID
+    on --port, the OCSP responder on --ocsp-port)
 
 Why a process of its own: the vendor is not part of any node; nodes reach it over the underlay
 like they would reach api.trustedservices.intel.com or kdsintf.amd.com, and a test can make it
@@ -11,7 +15,7 @@ of the nodes' reach over the network): one JSON request per connection, one JSON
   {"cmd": "status"}                         -> {"ok", "down", "revoked", "recoveries", "requests"}
   {"cmd": "revoke" | "unrevoke", "host": NAME}
   {"cmd": "tcb_recovery" | "tcb_restore"}   (PCS only; KDS answers reason "unsupported")
-  {"cmd": "down" | "up"}
+  {"cmd": "down" | "up"}                    (nvidia: both the RIM service and the OCSP responder)
 
 Why the KDS has no TCB recovery: as at AMD, there is no vendor-published TCB status for SNP. After a
 security bulletin the fixed firmware reports higher SPLs, the KDS keeps issuing VCEKs for every TCB
@@ -37,8 +41,42 @@ from pathlib import Path
 MAX_REQUEST = 4096
 
 
-def start_vendor(kind: str, state: bytes, host: str, port: int):
-    """The started EmulatedPcs / EmulatedKds over the vendor state."""
+class NvidiaServices:
+    """NVIDIA's emulated RIM service and OCSP responder as one vendor (down/up/status together)."""
+
+    def __init__(self, rim_service, ocsp_responder):
+        self.rim_service, self.ocsp_responder = rim_service, ocsp_responder
+
+    @property
+    def base_url(self) -> str:
+        return self.rim_service.base_url
+
+    @property
+    def ocsp_url(self) -> str:
+        return self.ocsp_responder.url
+
+    @property
+    def down(self) -> bool:
+        return self.rim_service.down
+
+    @property
+    def requests(self) -> list:
+        return self.rim_service.requests
+
+    def set_down(self, down: bool = True) -> None:
+        self.rim_service.set_down(down)
+        self.ocsp_responder.set_down(down)
+
+    def stop(self) -> None:
+        self.rim_service.stop()
+        self.ocsp_responder.stop()
+
+
+def start_vendor(kind: str, state: bytes, host: str, port: int, ocsp_port: int = 0):
+    """The started EmulatedPcs / EmulatedKds / NvidiaServices over the vendor state."""
+    if kind == "nvidia":
+        from conclave.runtime.attestation.emulated.nvgpu_device import start_services
+        return NvidiaServices(*start_services(state, host, port, ocsp_port))
     from conclave.runtime.attestation.emulated import identity
     from conclave.runtime.attestation.emulated.kds_server import EmulatedKds
     from conclave.runtime.attestation.emulated.pcs_server import EmulatedPcs
@@ -51,9 +89,18 @@ def start_vendor(kind: str, state: bytes, host: str, port: int):
 
 
 def control(server, request: dict) -> dict:
-    """Apply one admin request to a running EmulatedPcs / EmulatedKds."""
-    h = server.hierarchy
+    """Apply one admin request to a running EmulatedPcs / EmulatedKds / NvidiaServices."""
     cmd = request.get("cmd")
+    if isinstance(server, NvidiaServices):
+        if cmd == "status":
+            return {"ok": True, "down": server.down, "requests": len(server.requests),
+                    "ocsp_requests": server.ocsp_responder.requests}
+        if cmd in ("down", "up"):
+            server.set_down(cmd == "down")
+            return {"ok": True}
+        return {"ok": False, "reason": "unsupported" if cmd in ("revoke", "unrevoke", "tcb_recovery", "tcb_restore")
+                else "command_unknown"}
+    h = server.hierarchy
     name = request.get("host")
     if cmd == "status":
         return {"ok": True, "down": server.down, "revoked": h.revoked_hosts(), "hosts": h.host_names(),
@@ -123,14 +170,15 @@ def request(path: Path | str, cmd: str, timeout: float = 10.0, **fields) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conclave.runtime.attestation.emulated.service")
-    p.add_argument("kind", choices=["pcs", "kds"])
+    p.add_argument("kind", choices=["pcs", "kds", "nvidia"])
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ocsp-port", type=int, default=0, help="nvidia: the OCSP responder's port")
     p.add_argument("--admin-socket", type=Path, required=True)
     args = p.parse_args(argv)
     state = sys.stdin.buffer.read(1024 * 1024)
     try:
-        server = start_vendor(args.kind, state, args.host, args.port)
+        server = start_vendor(args.kind, state, args.host, args.port, args.ocsp_port)
     except ValueError as exc:
         print(f"conclave: emulated {args.kind}: {exc}", file=sys.stderr)
         return 5
