@@ -139,6 +139,10 @@ class ConclaveMetrics:
         self.node_degraded = Gauge("conclave_node_degraded_reasons",
                                    "Reasons this node (the head: the pipeline) does not serve now (1 each)",
                                    ["reason"], registry=self.registry)
+        self.tcb_grace_until = Gauge("conclave_peer_tcb_grace_until_seconds",
+                                     "Unix time until which this peer's OutOfDate TCB is accepted only under the "
+                                     "policy's tcb_grace_until (absent: not on grace)", ["peer"],
+                                     registry=self.registry)
         self._ages = _AgeCollector(clock)
         self.registry.register(self._ages)
 
@@ -157,6 +161,16 @@ class ConclaveMetrics:
         with self._ages._lock:
             self._ages.evidence_verified_at[peer] = self._clock() if at is None else at
 
+    def record_tcb_grace(self, peer: str, until: float | None) -> None:
+        """After a peer's evidence verified: the end of its TCB grace (unix seconds), None if not on grace."""
+        if until is None:
+            try:
+                self.tcb_grace_until.remove(peer)
+            except KeyError:
+                pass
+        else:
+            self.tcb_grace_until.labels(peer=peer).set(float(until))
+
     def record_eviction(self, peer: str, reason: str) -> None:
         """Counts the eviction and drops every per-peer series of that peer."""
         self.evictions.labels(reason=str(reason)).inc()
@@ -167,6 +181,7 @@ class ConclaveMetrics:
         self.device_restarts.labels(reason=str(reason)).inc()
 
     def forget_peer(self, peer: str) -> None:
+        self.record_tcb_grace(peer, None)
         with self._ages._lock:
             self._ages.evidence_verified_at.pop(peer, None)
             self._ages.wireguard.pop(peer, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 import grpc
 
@@ -43,6 +44,14 @@ def claimed_tee(reply: pb.AttestReply) -> str:
         if tee != TeeType.NVGPU:
             return str(tee)
     return "unknown"
+
+
+def _grace_epoch(admitted) -> float | None:
+    """Unix time of the policy's TCB grace end when the peer was admitted only under it, else None."""
+    text = (getattr(admitted, "claims_summary", None) or {}).get("tcb_grace_until")
+    if not text:
+        return None
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
 class AdmissionFlow:
@@ -118,6 +127,7 @@ class AdmissionFlow:
                 rec.event("admitted")
             self.metrics.record_admission("admitted", "ok")
             self.metrics.record_evidence_verified(rec.node_id)
+            self.metrics.record_tcb_grace(rec.node_id, _grace_epoch(admitted))
             self._refresh_peers_admitted()
         for hook in list(self.admission_hooks):
             try:

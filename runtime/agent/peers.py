@@ -42,6 +42,13 @@ def check_peer_transition(old: PeerState, new: PeerState) -> None:
         raise InvalidPeerTransition(f"peer {old} -> {new} is not a valid transition")
 
 
+def _summary(admitted, key: str):
+    """One value of an admitted peer's claims summary (overlay/admission.py), None when absent."""
+    if admitted is None:
+        return None
+    return (getattr(admitted, "claims_summary", None) or {}).get(key)
+
+
 @dataclass
 class PeerRecord:
     announcement: Announcement
@@ -103,6 +110,11 @@ class PeerRecord:
             "admission_ms": None if self.last_admission_s is None else round(self.last_admission_s * 1000, 1),
             "tee": str(self.admitted.tee) if self.admitted else None,
             "simulated": self.admitted.simulated if self.admitted else None,
+            # what this node's own verifier found in the evidence it admitted (None: not admitted)
+            "tcb_status": _summary(self.admitted, "tcb_status"),
+            "tcb_grace_until": _summary(self.admitted, "tcb_grace_until"),   # kept OutOfDate under the policy's grace
+            "revocation_checked": _summary(self.admitted, "revocation_checked"),
+            "collateral_age_s": _summary(self.admitted, "collateral_age_s"),
             # the owner its enrolment proves (None: not admitted, or admitted without a manifest)
             "owner_proven": (self.admitted.stage_proof.owner if self.admitted and self.admitted.stage_proof
                              else None),

@@ -80,7 +80,8 @@ def _cmd_verify(args) -> int:
         print(f"engine {r.engine_digest}\nmodel  {r.model_digest}\nstarted {r.started_at}")
         for s in r.stages:
             print(f"  {s.node:<16} {s.role:<7} owner={s.owner} layers=[{s.layer_start},{s.layer_end}) "
-                  f"tee={s.tee} evidence={s.evidence_sha256[:16]} shard={s.shard_sha256[:16]}")
+                  f"tee={s.tee} evidence={s.evidence_sha256[:16]} shard={s.shard_sha256[:16]}"
+                  + (f" ON TCB GRACE until {s.tcb_grace_until}" if s.tcb_grace_until else ""))
         for e in r.reattestations:
             print(f"  re-attest {e.at} {e.node}: {e.result}{' (' + e.reason + ')' if e.reason else ''}")
     return 0

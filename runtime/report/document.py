@@ -82,6 +82,9 @@ class StageRecord:
     shard_statement: dict | None = None
     # the owner enrolment the stage runs under (report/owner_proof.py); None where the head has none
     owner_proof: dict | None = None
+    # RFC 3339 UTC: the stage's OutOfDate TCB is accepted only under the policy's tcb_grace_until,
+    # until then (after a TCB recovery); None: not on grace
+    tcb_grace_until: str | None = None
 
     def to_json(self) -> dict:
         out = {"node": self.node, "owner": self.owner, "role": self.role,
@@ -91,14 +94,19 @@ class StageRecord:
             out["shard_statement"] = dict(self.shard_statement)
         if self.owner_proof is not None:
             out["owner_proof"] = dict(self.owner_proof)
+        if self.tcb_grace_until is not None:
+            out["tcb_grace_until"] = self.tcb_grace_until
         return out
 
     @classmethod
     def from_json(cls, obj: Any, i: int) -> "StageRecord":
         want = {"node", "owner", "role", "layers", "tee", "evidence_sha256", "shard_sha256"}
-        if not isinstance(obj, dict) or set(obj) - {"shard_statement", "owner_proof"} != want:
+        if not isinstance(obj, dict) or set(obj) - {"shard_statement", "owner_proof", "tcb_grace_until"} != want:
             raise _bad(f"stages[{i}] must have exactly {', '.join(sorted(want))} "
-                       "(and optionally shard_statement, owner_proof)")
+                       "(and optionally shard_statement, owner_proof, tcb_grace_until)")
+        grace = obj.get("tcb_grace_until")
+        if grace is not None:
+            _time(grace, f"stages[{i}].tcb_grace_until")
         proof = obj.get("owner_proof")
         if proof is not None:
             if not isinstance(proof, dict) or set(proof) != OWNER_PROOF_FIELDS \
@@ -123,7 +131,7 @@ class StageRecord:
             raise _bad(f"stages[{i}].role must be head or worker")
         return cls(obj["node"], obj["owner"], obj["role"], layers[0], layers[1], obj["tee"],
                    _hex64(obj["evidence_sha256"], f"stages[{i}].evidence_sha256"),
-                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"), statement, proof)
+                   _hex64(obj["shard_sha256"], f"stages[{i}].shard_sha256"), statement, proof, grace)
 
 
 def check_stage_statements(report: "RunReport", statement_keys: Mapping[str, bytes]) -> list[str]:

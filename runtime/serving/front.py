@@ -393,6 +393,8 @@ def head_front_for_agent(agent, *, manifest: VerifiedManifest, upstream: str, li
                       require_all_stages=require_all_stages, api_key=api_key)
     agent.admission_hooks.append(front.agent_hook())
     front.node_facts = lambda: agent_facts(agent)
+    report.grace_source = lambda: {node: f["tcb_grace_until"] for node, f in agent_facts(agent).items()
+                                   if f.get("tcb_grace_until")}
     builder.lifecycle_source = lambda: stage_lifecycles(agent)
     return front
 

@@ -75,6 +75,9 @@ class RunReportState:
         self._events: deque[ReattestationEvent] = deque(maxlen=MAX_EVENTS)
         self._dropped_events = 0
         self._lock = threading.Lock()
+        # node -> RFC 3339 end of the policy's TCB grace for stages kept OutOfDate only under it (the
+        # head agent's verified view, status_view.agent_facts); read when the report is signed
+        self.grace_source: Callable[[], Mapping[str, str]] | None = None
         for node, digest in (shards or {}).items():
             self.set_shard(node, digest)
 
@@ -203,16 +206,34 @@ class RunReportState:
                     out.append(f"{s.node}: shard")
             return out
 
+    def _current_grace(self) -> dict[str, str]:
+        """node -> grace end as RFC 3339 UTC seconds ("...Z"); a source that fails gives none."""
+        if self.grace_source is None:
+            return {}
+        try:
+            raw = dict(self.grace_source())
+        except Exception:   # the agent's view is a courtesy here: never fail the report on it
+            log.exception("run report: TCB grace source failed")
+            return {}
+        out = {}
+        for node, text in raw.items():
+            try:
+                out[node] = rfc3339(datetime.fromisoformat(str(text).replace("Z", "+00:00")))
+            except ValueError:
+                continue
+        return out
+
     def snapshot(self) -> RunReport:
         missing = self.missing()
         if missing:
             raise ReportIncomplete(missing)
         proofs = self._current_owner_proofs()
+        grace = self._current_grace()
         with self._lock:
             records = tuple(StageRecord(s.node, s.owner, s.role, s.layer_start, s.layer_end,
                                         self._evidence[s.node][0], self._evidence[s.node][1],
                                         self._shards[s.node], self._statements.get(s.node),
-                                        proofs.get(s.node))
+                                        proofs.get(s.node), grace.get(s.node))
                             for s in self._manifest.stages)
             events = tuple(self._events)
         return RunReport(self._manifest.digest.hex(), self._manifest.engine_digest,

@@ -9,7 +9,8 @@ the head knows it, and aggregate serving figures (serving_stats.py). Nothing her
 per request: no API key, tokens, prompts, keys beyond what the bundle publishes, or addresses.
 
 StatusBoard    what the front's admission hooks learned about each stage (thread-safe).
-agent_facts    the head agent's view: TCB status of each admitted peer's verified evidence and
+agent_facts    the head agent's view: TCB status of each admitted peer's verified evidence (and the
+               end of the policy's TCB grace when an OutOfDate TCB is kept only under it) and
                each node's lifecycle state (its own, and each meshed worker's signed statement).
 build_status   the JSON document.
 """
@@ -89,8 +90,12 @@ def agent_facts(agent) -> dict[str, dict]:
         admitted = getattr(rec, "admitted", None)
         if admitted is None:
             continue
-        tcb = (admitted.claims_summary or {}).get("tcb_status")
+        summary = admitted.claims_summary or {}
+        tcb = summary.get("tcb_status")
         out.setdefault(rec.node_id, {})["tcb_status"] = None if tcb is None else str(tcb)
+        grace = summary.get("tcb_grace_until")   # an OutOfDate TCB kept only under the policy's grace
+        if grace:
+            out[rec.node_id]["tcb_grace_until"] = str(grace)
     return out
 
 
@@ -129,6 +134,7 @@ def build_status(*, manifest: VerifiedManifest, head: str, board: StatusBoard, a
             "evidence_at": rfc3339(ev["at"]) if ev and present else None,
             "evidence_age_s": round((now - ev["at"]).total_seconds(), 1) if ev and present else None,
             "tcb_status": fact.get("tcb_status"),
+            "tcb_grace_until": fact.get("tcb_grace_until"),   # RFC 3339: on the policy's TCB grace until then
             "lifecycle": fact.get("lifecycle"),
             "events": events.get(s.node, []),
         })
