@@ -43,6 +43,14 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DONE = re.compile(rb"(?:\A|(?<=\n\n)|(?<=\r\r)|(?<=\r\n\r\n))data: ?\[DONE\]")
 
 
+def _done_event(out: bytes):
+    """_DONE.search(out), without running the lookbehind pattern over every byte of every relayed
+    chunk (that cost ~1 ms per 100 events): a match contains "[DONE]", so it starts at most 6 bytes
+    ("data: ") before the first one."""
+    i = out.find(b"[DONE]")
+    return None if i < 0 else _DONE.search(out, max(0, i - 6))
+
+
 class ReportArchive:
     """Signed run reports by SHA-256 of their bytes; current() signs a new one only on change."""
 
@@ -164,7 +172,7 @@ class ReceiptGuard(ApiGuard):
 
         async def relay(out: bytes) -> None:
             nonlocal sent
-            if not sent and (m := _DONE.search(out)) is not None:
+            if not sent and (m := _done_event(out)) is not None:
                 before, rest = out[:m.start()], out[m.start():]
                 signed.update(before)
                 await resp.write(before + receipt_event())

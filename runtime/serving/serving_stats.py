@@ -64,14 +64,16 @@ class Exchange:
     def _data(self, payload: bytes) -> None:
         if not payload or payload == b"[DONE]":
             return
-        try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(doc, dict):
-            return
-        self._usage(doc)
-        tokens = sum(1 for c in doc.get("choices") or () if isinstance(c, dict) and _has_content(c))
+        tokens = _compact_tokens(payload)
+        if tokens is None:
+            try:
+                doc = json.loads(payload)
+            except (ValueError, UnicodeDecodeError):
+                return
+            if not isinstance(doc, dict):
+                return
+            self._usage(doc)
+            tokens = sum(1 for c in doc.get("choices") or () if isinstance(c, dict) and _has_content(c))
         if tokens:
             now = time.monotonic()
             if self.first_token is None:
@@ -96,6 +98,25 @@ class Exchange:
     def finish(self, status: int | None) -> None:
         """The response ended (status None: it was cut or aborted)."""
         self.stats._finished(self, status)
+
+
+_CONTENT_KEYS = (b'"text":"', b'"content":"', b'"reasoning_content":"')
+_EMPTY_VALUES = (b'"text":""', b'"content":""', b'"reasoning_content":""')
+_CONTENT_NAMES = (b'"text"', b'"content"', b'"reasoning_content"')
+
+
+def _compact_tokens(payload: bytes) -> int | None:
+    """Tokens (0 or 1) of a one-choice chunk as vLLM streams it (compact JSON), read from the bytes:
+    json.loads of every event was the front's largest per-chunk cost. A key pattern like "text":"
+    cannot occur inside a JSON string (quotes there are escaped). None when the bytes alone do not
+    tell: a usage object, several choices, spaced or other JSON; the caller parses those."""
+    if not (payload.startswith(b"{") and payload.endswith(b"}")) or b'"usage":{' in payload \
+            or payload.count(b'"index":') != 1:
+        return None
+    keys = sum(payload.count(k) for k in _CONTENT_KEYS)
+    if not keys:
+        return None if any(name in payload for name in _CONTENT_NAMES) else 0
+    return 1 if keys > sum(payload.count(e) for e in _EMPTY_VALUES) else 0
 
 
 def _has_content(choice: dict) -> bool:
