@@ -15,6 +15,19 @@ The network layer is always passed explicitly as `conclave up --network NAME` (`
 to the attested overlay); when `conclave up` rejects the name, that arm is skipped
 with the reason recorded. Writes sweep.json, sweep.md and PNG plots into --out.
 Needs root (network namespaces). CPU-heavy: run it on an otherwise idle machine.
+
+Trustworthy ratios (issue 18): the arms run interleaved, for each N every network once per
+repeat (`--repeat K`: plain, attested, plain, attested, ...; each a fresh `conclave up`, since
+two clusters do not fit this machine at once), each cluster measured with every request set of
+`--request-sets` (decode: the request set above; prefill: `--prefill-requests` random prompts
+of `--prefill-input-len` tokens with `--prefill-output-len` output tokens). The summary gives
+every figure as median with min-max over the repeats and every ratio network/plain as the
+ratio of the medians with the range of the per-pair ratios (pair k: the k-th plain and the k-th
+other arm of the same N, measured one after the other). Load average and steal time are
+recorded before and after every arm.
+
+    .venv/bin/python -m benchmarks.sweep --nodes 1,2 --networks plain,attested --repeat 2 \
+        --request-sets decode,prefill --no-baseline --out benchmarks/results/repeat/
 """
 from __future__ import annotations
 
@@ -24,6 +37,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +52,29 @@ from benchmarks.harness import compare, datasets, memory, runner
 
 CONCLAVE = [sys.executable, "-m", "conclave.runtime"]
 PLAIN = "plain"
+REQUEST_SETS = ("decode", "prefill")
+SUMMARY_METRICS = {"output_throughput": ("output_throughput",), "ttft_p50": ("ttft_ms", "p50"),
+                   "tpot_p50": ("tpot_ms", "p50")}
+
+
+def machine_state() -> dict:
+    """Load average and cumulative CPU ticks (steal among them) from /proc: the machine is shared."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "steal_ticks": ticks[7] if len(ticks) > 7 else 0,
+            "total_ticks": sum(ticks[:8])}
+
+
+def steal_share(before: dict, after: dict) -> float | None:
+    total = after["total_ticks"] - before["total_ticks"]
+    return round((after["steal_ticks"] - before["steal_ticks"]) / total, 4) if total > 0 else None
+
+
+def schedule(nodes: list[int], networks: list[str], repeat: int) -> list[tuple[int, int, str]]:
+    """The arms in the order they run: for each N, every network once per repeat, interleaved
+    (N=1: plain, attested, plain, attested; then N=2 ...)."""
+    if repeat < 1:
+        raise ValueError("repeat must be >= 1")
+    return [(n, k, net) for n in nodes for k in range(repeat) for net in networks]
 
 
 def free_port() -> int:
@@ -108,13 +145,16 @@ def bench(opts, endpoint: str, api_key: str | None, hosts, requests, concurrency
     return result
 
 
-def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool) -> dict:
+def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool, *, extra_sets: dict | None = None,
+                repeat: int = 0) -> dict:
+    """One arm: up, the request set (entry["result"]), every set of `extra_sets` on the same cluster
+    (entry["results"][name], the first set under its name too), down; load and steal around it."""
     state = tempfile.mkdtemp(prefix="conclave-sweep-")
     env = dict(os.environ, CONCLAVE_STATE_DIR=state)
     argv = ["up", "--local", "--nodes", str(nodes), "--port", str(free_port()), "--model", opts.model,
             "--detach", "--json", "--network", network]   # always explicit: `up` defaults to attested
     entry: dict = {"config": f"conclave local, {network}, {nodes} node(s)", "kind": "cluster",
-                   "network": network, "nodes": nodes}
+                   "network": network, "nodes": nodes, "repeat": repeat, "machine_before": machine_state()}
     t0 = time.perf_counter()
     up = conclave(argv, env, opts.start_timeout)
     try:
@@ -130,6 +170,11 @@ def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool) -> di
         hosts = memory.netns_hosts(memory.conclave_status_hosts(status))
         ca = status.get("ca_cert")  # the head's TLS front: verified against its own certificate
         entry["result"] = bench(opts, status["endpoint"], status.get("api_key"), hosts, requests, ca_cert=ca)
+        if extra_sets:
+            entry["results"] = {}
+            for name, set_requests in extra_sets.items():
+                entry["results"][name] = entry["result"] if set_requests is requests else bench(
+                    opts, status["endpoint"], status.get("api_key"), hosts, set_requests, ca_cert=ca)
         if calibrate:
             entry["calibration_c1"] = bench(opts, status["endpoint"], status.get("api_key"), None,
                                             requests[:opts.calibration_requests], concurrency=1, ca_cert=ca)
@@ -141,6 +186,8 @@ def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool) -> di
             log(f"conclave down failed: {down.stderr[-600:]}")
         else:
             shutil.rmtree(state, ignore_errors=True)
+        entry["machine_after"] = machine_state()
+        entry["steal_share"] = steal_share(entry["machine_before"], entry["machine_after"])
 
 
 def run_baseline(opts, requests) -> dict:
@@ -218,6 +265,72 @@ def add_ratios(entries: list[dict]) -> None:
                 "tpot_p50": compare.ratio(_m(e, "tpot_ms", "p50"), _m(ref, "tpot_ms", "p50")),
                 "peak_rss_total": compare.ratio(compare.peak_rss_total(e["result"]),
                                                 compare.peak_rss_total(ref["result"]))}
+
+
+def _stat(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
+def aggregate(entries: list[dict], sets: list[str]) -> list[dict]:
+    """Per N and request set: each network's figures as median (min-max) over its repeats, and
+    each non-plain network against plain as the ratio of medians with the range of the per-pair
+    ratios (pairs matched by repeat index)."""
+    clusters = [e for e in entries if e.get("kind") == "cluster" and e.get("results")]
+    rows = []
+    for n in sorted({e["nodes"] for e in clusters}):
+        for name in sets:
+            arms: dict[str, list[dict]] = {}
+            for e in sorted((e for e in clusters if e["nodes"] == n and name in e["results"]),
+                            key=lambda e: e.get("repeat", 0)):
+                arms.setdefault(e["network"], []).append(e)
+            if not arms:
+                continue
+            row: dict = {"nodes": n, "request_set": name, "networks": {}}
+            for net, es in arms.items():
+                row["networks"][net] = {m: _stat([compare.metric(e["results"][name], path) for e in es])
+                                        for m, path in SUMMARY_METRICS.items()}
+                row["networks"][net]["repeats"] = [e.get("repeat", 0) for e in es]
+            base = arms.get(PLAIN)
+            row["vs_plain"] = {}
+            for net, es in arms.items():
+                if net == PLAIN or not base:
+                    continue
+                ratios = {}
+                for m, path in SUMMARY_METRICS.items():
+                    mine, ref = row["networks"][net][m], row["networks"][PLAIN][m]
+                    by_k = {p.get("repeat", 0): compare.metric(p["results"][name], path) for p in base}
+                    pairs = [compare.ratio(compare.metric(e["results"][name], path), by_k.get(e.get("repeat", 0)))
+                             for e in es]
+                    pairs = [x for x in pairs if x is not None]
+                    ratios[m] = {"ratio_of_medians": compare.ratio(mine["median"], ref["median"]) if mine and ref else None,
+                                 "pair_min": round(min(pairs), 3) if pairs else None,
+                                 "pair_max": round(max(pairs), 3) if pairs else None, "pairs": len(pairs)}
+                row["vs_plain"][net] = ratios
+            rows.append(row)
+    return rows
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    def fig(stat, digits=1):
+        return "n/a" if not stat else f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+    def rat(r):
+        if not r or r["ratio_of_medians"] is None:
+            return "n/a"
+        return f"{r['ratio_of_medians']:.3f} ({_f(r['pair_min'], 3)}-{_f(r['pair_max'], 3)})"
+    lines = ["| N | request set | network | repeats | out tok/s median (min-max) | TTFT p50 ms | TPOT p50 ms "
+             "| tok/s ÷ plain (pairs) | TTFT ÷ plain (pairs) |", "|---:|---|---|---:|---|---|---|---|---|"]
+    for row in rows:
+        for net, figs in row["networks"].items():
+            vs = row["vs_plain"].get(net, {})
+            lines.append(f"| {row['nodes']} | {row['request_set']} | {net} | {len(figs['repeats'])} "
+                         f"| {fig(figs['output_throughput'])} | {fig(figs['ttft_p50'])} | {fig(figs['tpot_p50'])} "
+                         f"| {rat(vs.get('output_throughput')) if vs else '-'} | {rat(vs.get('ttft_p50')) if vs else '-'} |")
+    return "\n".join(lines)
 
 
 def _f(value, digits=1) -> str:
@@ -324,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-duration", type=float, default=240.0, help="bound of each measured phase (s)")
     p.add_argument("--start-timeout", type=float, default=900.0)
     p.add_argument("--budget", type=float, default=1500.0, help="skip configurations once this many s have passed")
+    p.add_argument("--repeat", type=int, default=1, help="measurements per arm, interleaved across networks")
+    p.add_argument("--request-sets", default="decode",
+                   help="request sets measured on every cluster: decode (the set above), prefill")
+    p.add_argument("--prefill-requests", type=int, default=8)
+    p.add_argument("--prefill-input-len", type=int, default=1024)
+    p.add_argument("--prefill-output-len", type=int, default=16)
+    p.add_argument("--vocab-size", type=int, help="token ids for random prompts (default: the model's config.json)")
     p.add_argument("--out", required=True, help="folder for sweep.json, sweep.md and plots")
     opts = p.parse_args(argv)
     out = Path(opts.out)
@@ -331,15 +451,30 @@ def main(argv: list[str] | None = None) -> int:
     nodes = [int(x) for x in opts.nodes.split(",") if x]
     networks = [x.strip() for x in opts.networks.split(",") if x.strip()]
 
-    if opts.dataset == "random":
+    sets = [x.strip() for x in opts.request_sets.split(",") if x.strip()]
+    if not sets or any(x not in REQUEST_SETS for x in sets):
+        p.error(f"--request-sets takes {', '.join(REQUEST_SETS)}")
+
+    def vocab() -> int:
+        if opts.vocab_size:
+            return opts.vocab_size
         from conclave.runtime.model import registry
-        vocab = datasets.vocab_size_from_model_dir(registry.lookup(opts.model)[0])
-        requests = datasets.random_tokens(opts.num_requests, opts.input_len, opts.output_len, vocab, seed=opts.seed)
+        return datasets.vocab_size_from_model_dir(registry.lookup(opts.model)[0])
+
+    if opts.dataset == "random":
+        requests = datasets.random_tokens(opts.num_requests, opts.input_len, opts.output_len, vocab(), seed=opts.seed)
     else:
         requests = datasets.fixed_prompts(opts.num_requests, opts.output_len, seed=opts.seed)
+    set_requests = {"decode": requests}
+    if "prefill" in sets:
+        set_requests["prefill"] = datasets.random_tokens(opts.prefill_requests, opts.prefill_input_len,
+                                                         opts.prefill_output_len, vocab(), seed=opts.seed)
+    set_requests = {name: set_requests[name] for name in sets}
+    first_set = set_requests[sets[0]]
 
     started = time.perf_counter()
     load_before = os.getloadavg()
+    state_before = machine_state()
     entries: list[dict] = []
 
     def over_budget(name: str) -> bool:
@@ -354,26 +489,34 @@ def main(argv: list[str] | None = None) -> int:
         log("baseline: plain vLLM in one process")
         entries.append(run_baseline(opts, requests))
         log(json.dumps(entries[-1].get("result", {}).get("metrics", {}).get("output_throughput")))
-    for network in networks:
-        for n in nodes:
-            name = f"conclave local, {network}, {n} node(s)"
-            if over_budget(name):
-                continue
-            log(f"{name}: up, bench, down")
-            entry = run_cluster(opts, network, n, requests, calibrate=(n == 1 and network == networks[0]))
-            entries.append(entry)
-            if entry.get("skipped"):
-                log(f"skipping network {network}: {entry['skipped']}")
-                break
-            if entry.get("error"):
-                log(f"{name} failed: {entry['error']}")
-            else:
-                log(f"{name}: {entry['result']['metrics']['output_throughput']:.1f} tok/s")
+    dropped: set[str] = set()
+    for n, k, network in schedule(nodes, networks, opts.repeat):
+        if network in dropped:
+            continue
+        name = f"conclave local, {network}, {n} node(s)" + (f", repeat {k + 1}" if opts.repeat > 1 else "")
+        if over_budget(name):
+            continue
+        log(f"{name}: up, bench, down")
+        entry = run_cluster(opts, network, n, first_set, calibrate=(n == nodes[0] == 1 and k == 0 and network == networks[0]),
+                            extra_sets=set_requests, repeat=k)
+        if opts.repeat > 1:
+            entry["config"] += f", repeat {k + 1}"
+        entries.append(entry)
+        if entry.get("skipped"):
+            log(f"skipping network {network}: {entry['skipped']}")
+            dropped.add(network)
+            continue
+        if entry.get("error"):
+            log(f"{name} failed: {entry['error']}")
+        else:
+            log(f"{name}: {entry['result']['metrics']['output_throughput']:.1f} tok/s")
     add_ratios(entries)
+    summary = aggregate(entries, sets)
 
     link = measure_loopback_link()
     measured = {e["nodes"]: {"tpot_ms": _m(e, "tpot_ms", "p50"), "output_tok_s": _m(e, "output_throughput")}
-                for e in entries if e["kind"] == "cluster" and e["network"] == networks[0] and e.get("result")}
+                for e in entries if e["kind"] == "cluster" and e["network"] == networks[0] and e.get("result")
+                and e.get("repeat", 0) == 0}
     n1 = next((e for e in entries if e["kind"] == "cluster" and e["nodes"] == 1 and e.get("calibration_c1")), None)
     check = None
     spec = scaling_model.MODELS.get(opts.model)
@@ -388,11 +531,18 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sweep", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    "steal_share": steal_share(state_before, machine_state())},
         "request_set": {"dataset": opts.dataset, "num_requests": opts.num_requests, "output_len": opts.output_len,
                         "input_len": opts.input_len if opts.dataset == "random" else None,
                         "max_concurrency": opts.max_concurrency, "request_rate": str(opts.request_rate),
-                        "seed": opts.seed, "warmups": opts.warmups, "ignore_eos": True, "temperature": 0.0},
+                        "seed": opts.seed, "warmups": opts.warmups, "ignore_eos": True, "temperature": 0.0,
+                        "sets": {name: {"num_requests": len(reqs), "input_len": opts.prefill_input_len if name == "prefill"
+                                        else (opts.input_len if opts.dataset == "random" else None),
+                                        "output_len": opts.prefill_output_len if name == "prefill" else opts.output_len}
+                                 for name, reqs in set_requests.items()}},
+        "repeat": opts.repeat,
+        "summary": summary,
         "sweep_wall_s": round(time.perf_counter() - started, 1),
         "local_link": link,
         "entries": entries,
@@ -403,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"Generated {report['generated']} by `{report['command']}` in {report['sweep_wall_s']} s "
           f"({report['machine']['cpus']} CPUs, load average before {report['machine']['loadavg_before'][0]}).",
           "", markdown(entries)]
+    if summary:
+        md += ["", f"Summary over {opts.repeat} interleaved repeat(s): median (min-max); ratios are ratios of "
+               "medians (range of the per-pair ratios):", "", summary_markdown(summary)]
     if check:
         md += ["", "Scaling model vs measurement (same run):", "", model_check_markdown(check)]
     (out / "sweep.md").write_text("\n".join(md) + "\n")

@@ -96,6 +96,67 @@ def test_sweep_main_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     assert code == 0
     report = json.loads((tmp_path / "out" / "sweep.json").read_text())
     kinds = [(e["network"], e["nodes"], "result" in e, "skipped" in e) for e in report["entries"]]
-    assert kinds == [("plain", 1, True, False), ("plain", 2, True, False), ("attested", 1, False, True)]
+    # interleaved per N; a network `up` rejects is dropped for the later N
+    assert kinds == [("plain", 1, True, False), ("attested", 1, False, True), ("plain", 2, True, False)]
     assert report["scaling_model_check"] is None  # stub-model has no shape in the scaling model
     assert (tmp_path / "out" / "sweep.md").read_text().count("| conclave local, plain") == 2
+
+
+def test_schedule_interleaves_networks_within_each_node_count():
+    assert sweep.schedule([1, 2], ["plain", "attested"], 2) == [
+        (1, 0, "plain"), (1, 0, "attested"), (1, 1, "plain"), (1, 1, "attested"),
+        (2, 0, "plain"), (2, 0, "attested"), (2, 1, "plain"), (2, 1, "attested")]
+    assert sweep.schedule([3], ["plain"], 1) == [(3, 0, "plain")]
+    with pytest.raises(ValueError):
+        sweep.schedule([1], ["plain"], 0)
+
+
+def _arm(network, nodes, repeat, decode_tok_s, prefill_ttft):
+    decode = _entry("cluster", network, nodes, decode_tok_s, 100.0, 30.0, 1000.0)["result"]
+    prefill = _entry("cluster", network, nodes, 50.0, prefill_ttft, 40.0, 1000.0)["result"]
+    return {"kind": "cluster", "network": network, "nodes": nodes, "repeat": repeat, "result": decode,
+            "results": {"decode": decode, "prefill": prefill}}
+
+
+def test_aggregate_gives_medians_ranges_and_pair_ratios():
+    entries = [_arm("plain", 1, 0, 100.0, 200.0), _arm("attested", 1, 0, 90.0, 210.0),
+               _arm("plain", 1, 1, 120.0, 300.0), _arm("attested", 1, 1, 60.0, 330.0),
+               _arm("plain", 1, 2, 80.0, 250.0), _arm("attested", 1, 2, 88.0, 240.0),
+               {"kind": "cluster", "network": "attested", "nodes": 2, "error": "up failed"}]
+    rows = sweep.aggregate(entries, ["decode", "prefill"])
+    assert [(r["nodes"], r["request_set"]) for r in rows] == [(1, "decode"), (1, "prefill")]
+    decode, prefill = rows
+    assert decode["networks"]["plain"]["output_throughput"] == {"median": 100.0, "min": 80.0, "max": 120.0, "n": 3}
+    assert decode["networks"]["attested"]["output_throughput"]["median"] == 88.0
+    tok = decode["vs_plain"]["attested"]["output_throughput"]
+    assert tok["ratio_of_medians"] == pytest.approx(0.88)
+    assert (tok["pair_min"], tok["pair_max"], tok["pairs"]) == (0.5, 1.1, 3)     # 60/120 and 88/80
+    ttft = prefill["vs_plain"]["attested"]["ttft_p50"]
+    assert ttft["ratio_of_medians"] == pytest.approx(240 / 250)
+    assert (ttft["pair_min"], ttft["pair_max"]) == (0.96, 1.1)
+    assert "plain" not in decode["vs_plain"]
+    table = sweep.summary_markdown(rows)
+    assert "| 1 | decode | attested | 3 | 88.0 (60.0-90.0) |" in table and "0.880 (0.500-1.100)" in table
+
+
+def test_repeat_main_runs_every_arm_k_times_with_both_request_sets(tmp_path, monkeypatch):
+    with StubOpenAI(ttft_s=0.01, itl_s=0.002) as stub:
+        monkeypatch.setattr(sweep, "CONCLAVE", _fake_conclave(tmp_path, stub.endpoint, True))
+        code = sweep.main(["--no-baseline", "--nodes", "1", "--networks", "plain,attested", "--model", "stub-model",
+                           "--repeat", "2", "--request-sets", "decode,prefill", "--prefill-requests", "2",
+                           "--prefill-input-len", "32", "--prefill-output-len", "2", "--vocab-size", "1000",
+                           "--num-requests", "2", "--output-len", "3", "--max-concurrency", "2", "--warmups", "0",
+                           "--calibration-requests", "1", "--out", str(tmp_path / "out")])
+        prompts = [body["prompt"] for _, body in stub.received]
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [(e["network"], e["repeat"]) for e in report["entries"]] == [
+        ("plain", 0), ("attested", 0), ("plain", 1), ("attested", 1)]
+    for e in report["entries"]:
+        assert set(e["results"]) == {"decode", "prefill"} and e["results"]["decode"] is not None
+        assert e["machine_before"]["loadavg"] and "steal_share" in e
+        assert e["results"]["prefill"]["metrics"]["completed"] == 2
+    assert sum(1 for p in prompts if isinstance(p, list) and len(p) == 32) == 2 * 4   # prefill prompts, 4 arms
+    assert [(r["nodes"], r["request_set"]) for r in report["summary"]] == [(1, "decode"), (1, "prefill")]
+    assert report["summary"][0]["vs_plain"]["attested"]["output_throughput"]["pairs"] == 2
+    assert "Summary over 2 interleaved repeat(s)" in (tmp_path / "out" / "sweep.md").read_text()
