@@ -16,6 +16,12 @@ Assumptions (each is a parameter; README.md documents them with the anchors):
 - A hop costs latency + bytes x (8 / bandwidth + encryption_s_per_byte). WireGuard's cost is
   modelled as seconds per byte on top of the raw link, so a measured overlay-vs-veth
   throughput pair gives it directly: enc = 1/overlay_Bps - 1/veth_Bps (see encryption_cost).
+  Measured, not assumed (issue 18): the CLI reads benchmarks/results/hop.json (written by
+  benchmarks/hop_bench.py: wireguard-go vs veth ping-pong of pipeline-sized messages) and takes
+  its encryption cost per byte (largest message's throughput pair) and the overlay's added
+  one-way latency (1-token messages, added to --latency-ms). Only without that file, or with an
+  explicit --overlay-gbit, does it fall back to the assumed 10 Gbit/s encrypted stream and no
+  added latency (ASSUMED_OVERLAY_GBIT).
 - Decode step time of the full model for a batch b is affine: t(b) = t_fixed + b x t_seq
   (t_fixed: reading the weights, memory-bound; t_seq: per-sequence compute).
 - Decode: the c concurrent sequences are split into m = min(N, c) micro-batches, all in
@@ -37,9 +43,12 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 KIB = 1024
 GBIT = 1e9
+HOP_RESULTS = Path(__file__).resolve().parent / "results" / "hop.json"
+ASSUMED_OVERLAY_GBIT = 10.0      # fallback only: userspace WireGuard on a server-class core, no measurement
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,30 @@ def encryption_cost(overlay_bps: float, plain_bps: float) -> float:
     if overlay_bps <= 0 or plain_bps <= 0:
         raise ValueError("throughputs must be positive")
     return max(0.0, 8.0 / overlay_bps - 8.0 / plain_bps)
+
+
+def measured_hop_costs(path: Path | str = HOP_RESULTS) -> dict | None:
+    """The hop_costs block of a hop_bench result file (encryption_s_per_byte,
+    overlay_added_latency_s, ...), or None when there is no usable file."""
+    try:
+        costs = json.loads(Path(path).read_text())["hop_costs"]
+        enc, added = float(costs["encryption_s_per_byte"]), float(costs["overlay_added_latency_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if enc < 0 or added < 0 or not (math.isfinite(enc) and math.isfinite(added)):
+        return None
+    return dict(costs, source=str(path))
+
+
+def overlay_link(bandwidth_bps: float, latency_s: float, costs: dict | None = None, *,
+                 overlay_bps: float | None = None, plain_bps: float | None = None) -> tuple[Link, str]:
+    """The link between stages with the overlay's cost: measured `costs` (measured_hop_costs) when
+    given and no explicit overlay_bps, else the assumed encrypted throughput. Returns (link, source)."""
+    if costs is not None and overlay_bps is None:
+        return (Link(bandwidth_bps, latency_s + costs["overlay_added_latency_s"], costs["encryption_s_per_byte"]),
+                f"measured ({costs.get('source', 'hop_bench')})")
+    enc = encryption_cost(overlay_bps or ASSUMED_OVERLAY_GBIT * GBIT, plain_bps or bandwidth_bps)
+    return Link(bandwidth_bps, latency_s, enc), "assumed" if overlay_bps is None else "given"
 
 
 def gpu_compute(model: ModelSpec, *, hbm_bytes_per_s: float = 3.35e12, flops: float = 989e12,
@@ -258,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--link-gbit", type=float, default=100.0, help="raw link bandwidth per stream, Gbit/s")
     p.add_argument("--latency-ms", type=float, default=0.5, help="one-way latency between nodes")
-    p.add_argument("--overlay-gbit", type=float, default=10.0,
-                   help="measured encrypted-overlay throughput per stream, Gbit/s (userspace WireGuard ~10)")
+    p.add_argument("--overlay-gbit", type=float,
+                   help="encrypted-overlay throughput per stream, Gbit/s, instead of the measured hop costs")
+    p.add_argument("--hop-results", default=str(HOP_RESULTS),
+                   help="hop_bench result file with the measured hop costs (absent: assumed "
+                        f"{ASSUMED_OVERLAY_GBIT:g} Gbit/s, no added latency)")
     p.add_argument("--plain-gbit", type=float, help="measured plain throughput on the same path (default --link-gbit)")
     p.add_argument("--no-encryption", action="store_true")
     p.add_argument("--stage-overhead-ms", type=float, default=0.0)
@@ -267,8 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     nodes = [int(x) for x in args.nodes.split(",") if x]
-    enc = 0.0 if args.no_encryption else encryption_cost(args.overlay_gbit * GBIT, (args.plain_gbit or args.link_gbit) * GBIT)
-    link = Link(args.link_gbit * GBIT, args.latency_ms / 1000.0, enc)
+    if args.no_encryption:
+        link, source = Link(args.link_gbit * GBIT, args.latency_ms / 1000.0, 0.0), "none"
+    else:
+        link, source = overlay_link(args.link_gbit * GBIT, args.latency_ms / 1000.0,
+                                    measured_hop_costs(args.hop_results),
+                                    overlay_bps=args.overlay_gbit * GBIT if args.overlay_gbit else None,
+                                    plain_bps=args.plain_gbit * GBIT if args.plain_gbit else None)
+    if not args.json:
+        print(f"overlay hop costs: {source}: +{(link.latency_s - args.latency_ms / 1000.0) * 1e6:.0f} µs one way, "
+              f"{link.encryption_s_per_byte * 1e9:.3f} ns/byte\n")
     out = []
     for key in args.model or ["8b", "70b", "405b"]:
         model = MODELS[key]
@@ -283,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(needs >= {need} node(s) of {args.device_gib:g} GiB to hold the weights; "
                   f"effective overlay {link.effective_bps / GBIT:.2f} Gbit/s)\n")
     if args.json:
-        print(json.dumps({"link": asdict(link), "concurrency": args.concurrency,
+        print(json.dumps({"link": asdict(link), "hop_costs_source": source, "concurrency": args.concurrency,
                           "prompt_tokens": args.prompt_tokens, "models": out}, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """The scaling model's formulas: anchors, monotonicity, regimes, calibration."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -120,3 +121,41 @@ def test_two_point_fit_of_the_step_cost():
     assert comp.decode_per_seq_s == pytest.approx(0.003)
     assert comp.decode_fixed_s == pytest.approx(0.016)
     assert comp.decode_step_s(1) == pytest.approx(0.019) and comp.colocated
+
+
+def _hop_file(tmp_path, enc=2e-9, added=80e-6):
+    path = tmp_path / "hop.json"
+    path.write_text(json.dumps({"bench": "hop", "hop_costs": {"encryption_s_per_byte": enc,
+                                                              "overlay_added_latency_s": added}}))
+    return path
+
+
+def test_measured_hop_costs_replace_the_assumed_ones(tmp_path):
+    costs = sm.measured_hop_costs(_hop_file(tmp_path))
+    link, source = sm.overlay_link(100e9, 0.5e-3, costs)
+    assert source.startswith("measured") and link.encryption_s_per_byte == 2e-9
+    assert link.latency_s == pytest.approx(0.5e-3 + 80e-6)          # the overlay's added one-way latency
+    # no file (or a broken one): the documented assumption, 10 Gbit/s encrypted, nothing added
+    assert sm.measured_hop_costs(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{\"hop_costs\": {\"encryption_s_per_byte\": -1, \"overlay_added_latency_s\": 0}}")
+    assert sm.measured_hop_costs(tmp_path / "bad.json") is None
+    assumed, source = sm.overlay_link(100e9, 0.5e-3, None)
+    assert source == "assumed" and assumed.latency_s == 0.5e-3
+    assert assumed.encryption_s_per_byte == pytest.approx(sm.encryption_cost(10e9, 100e9))
+    # an explicit overlay throughput wins over the file
+    given, source = sm.overlay_link(100e9, 0.5e-3, costs, overlay_bps=1e9)
+    assert source == "given" and given.encryption_s_per_byte == pytest.approx(sm.encryption_cost(1e9, 100e9))
+
+
+def test_cli_uses_the_hop_results_file(tmp_path, capsys):
+    assert sm.main(["--model", "8b", "--nodes", "1,2", "--json", "--hop-results", str(_hop_file(tmp_path))]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hop_costs_source"].startswith("measured") and out["link"]["encryption_s_per_byte"] == 2e-9
+    assert sm.main(["--model", "8b", "--nodes", "1,2", "--json", "--hop-results", str(tmp_path / "none")]) == 0
+    assert json.loads(capsys.readouterr().out)["hop_costs_source"] == "assumed"
+
+
+def test_committed_hop_results_are_usable():
+    costs = sm.measured_hop_costs()
+    assert costs is not None, "benchmarks/results/hop.json (benchmarks/hop_bench.py) is missing or unusable"
+    assert costs["encryption_s_per_byte"] > 0
