@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if seed.tee.value == "sim":
             policy_doc.update(unsafe_allow_simulated=True, sim={"measurement": [verified.claims["measurement"].hex()]})
         elif seed.tee.value == "tdx":
-            policy_doc["tdx"] = {"mr_td": [verified.claims["mr_td"].hex()]}
+            policy_doc["tdx"] = {"mr_td": [verified.claims["mr_td"].hex()], "xfam": [verified.claims["xfam"].hex()]}
         elif seed.tee.value == "snp":
             policy_doc["snp"] = {"measurement": [verified.claims["measurement"].hex()],
                                  "min_tcb": dict(verified.claims["reported_tcb"]),

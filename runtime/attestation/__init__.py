@@ -75,21 +75,26 @@ def load_collateral(tee: TeeType | str, path: Path) -> object:
 
 
 def load_collateral_bytes(tee: TeeType | str, blob: bytes | None) -> object | None:
-    """Collateral that travelled with the evidence (vendor-signed, so untrusted transport is fine).
-
-    The format loaders read files, so the blob goes through a 0600 temp file removed at once.
-    """
+    """Collateral that travelled with the evidence (vendor-signed, so untrusted transport is fine),
+    parsed from the bytes themselves (no file round trip; the shapes of collateral_share and of
+    nvgpu.rim_bundle_json): TDX one QuoteCollateralV3 JSON, SNP one PEM bundle of certificates
+    and CRLs, NVIDIA a RIM bundle JSON or one RIM swidtag. Simulated evidence takes none."""
     if not blob:
         return None
-    import os
-    import tempfile
-    fd, name = tempfile.mkstemp(prefix="conclave-collateral-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        return load_collateral(tee, Path(name))
-    finally:
-        os.unlink(name)
+    tee = TeeType(tee)
+    data = bytes(blob)
+    if tee == TeeType.TDX:
+        from conclave.runtime.attestation.tdx_collateral import collateral_from_v3_json
+        return collateral_from_v3_json(data, source="collateral shipped with the evidence")
+    if tee == TeeType.SNP:
+        from conclave.runtime.attestation.snp_collateral import parse_collateral_bytes
+        return parse_collateral_bytes([("collateral shipped with the evidence", data)])
+    if tee == TeeType.NVGPU:
+        from conclave.runtime.attestation import nvgpu, nvgpu_rim
+        if data.lstrip()[:1] == b"{":
+            return nvgpu.rim_bundle_from_json(data)
+        return nvgpu_rim.RimSet((nvgpu_rim.parse_rim(data, "rim shipped with the evidence"),))
+    raise VerificationFailed(Reason.COLLATERAL_INVALID, f"{tee.value} evidence takes no collateral")
 
 
 def verify_evidence(data: bytes, *, tee: TeeType | str | None = None, at: datetime,

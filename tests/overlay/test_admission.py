@@ -21,7 +21,7 @@ NET = ipaddress.IPv4Network("100.64.0.0/16")
 DIGEST = b"\x42" * 32
 SIM_POLICY = Policy.from_dict({"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
                                "sim": {"measurement": [GOOD.hex()]}})
-PROD_POLICY = Policy.from_dict({"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": ["00" * 48]}})
+PROD_POLICY = Policy.from_dict({"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": ["00" * 48], "xfam": ["00" * 8]}})
 
 
 @pytest.fixture(scope="module")

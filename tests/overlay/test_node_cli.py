@@ -56,7 +56,7 @@ def _setup(tmp: Path, **issue):
 
 def test_sim_node_under_production_policy_refuses_to_start(tmp_path):
     bundle = _setup(tmp_path)
-    res = run_node(tmp_path, {"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": ["00" * 48]}}, bundle)
+    res = run_node(tmp_path, {"production": True, "allowed_tee": ["tdx"], "tdx": {"mr_td": ["00" * 48], "xfam": ["00" * 8]}}, bundle)
     assert res.returncode == 2, res.stderr
     assert b"self_attestation_failed" in res.stderr and b"simulated_not_allowed" in res.stderr
 
