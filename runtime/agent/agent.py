@@ -97,6 +97,7 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
         self._wake = threading.Event()
         self._dirty = threading.Event()   # the admitted set changed: reconcile on the next wake-up
         self._stop = threading.Event()
+        self._discover_now = threading.Event()   # list the rendezvous at once (an inbound challenge)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="conclave-peer")
         self._channels: dict[str, grpc.Channel] = {}
         self._channel_lock = threading.Lock()
@@ -365,8 +366,14 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
 
     def _discovery_loop(self) -> None:
         """Announce and list on its own thread: a slow or black-holed rendezvous must never delay
-        evictions or reconciles in the main loop."""
+        evictions or reconciles in the main loop.
+
+        Announcing keeps its interval. Listing backs off while nothing changes (issue 18: a List
+        every tick was most of an idle agent's CPU and all of the rendezvous'): every tick at first
+        and after any change in the announced set, then doubling up to the announce interval; an
+        inbound challenge (a node that found us and may be new: handle_attest) lists at once."""
         t = self.cfg.timing
+        every, next_list, known = t.tick, 0.0, None
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
@@ -375,13 +382,21 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
                             and self.first_announce_wall is None:
                         self.first_announce_wall = time.time()
                     self._last_announce = now
-                before = len(self.peers)
-                self._merge(self._rendezvous.list())
-                if len(self.peers) != before:
-                    self._wake.set()
+                if now >= next_list or self._discover_now.is_set():
+                    self._discover_now.clear()
+                    before = len(self.peers)
+                    announcements = self._rendezvous.list()
+                    self._merge(announcements)
+                    if len(self.peers) != before:
+                        self._wake.set()
+                    seen = frozenset(announcement_key(a) for a in announcements)
+                    calm = seen == known and not self._rendezvous.errors
+                    every = min(every * 2, max(t.tick, t.announce_interval)) if calm else t.tick
+                    known, next_list = seen, time.monotonic() + every
             except Exception:
                 log.exception("discovery failed")
-            self._stop.wait(t.tick)
+                every, next_list = t.tick, time.monotonic() + t.tick
+            self._discover_now.wait(t.tick)
 
     def _merge(self, announcements: list[Announcement]) -> None:
         now = time.monotonic()
@@ -451,6 +466,7 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
 
     # ------------------------------------------------------------------ served RPCs (they ask us)
     def handle_attest(self, nonce: bytes) -> pb.AttestReply:
+        self._discover_now.set()     # whoever challenges us found us: it may be new to us
         return answer_challenge(me=self.me, source=self.cfg.evidence_source,
                                 manifest_digest=self.cfg.manifest_digest, nonce=nonce,
                                 enrolment=self.enrolment)
