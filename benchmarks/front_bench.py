@@ -39,9 +39,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.machine import machine_state, percentile, proc_cpu_s, steal_share
+
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-front-bench"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 _EVENT_HEAD = (b'data: {"id":"cmpl-bench","object":"text_completion","created":0,"model":"stub",'
                b'"choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null,"stop_reason":null}],'
@@ -308,34 +309,12 @@ async def _client_run(port: int, cert: str, streams: int, per_stream: int, sampl
 
 
 # ---------------------------------------------------------------------------------------- figures
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process in seconds (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def machine_state() -> dict:
-    """Load average and cumulative steal/total CPU ticks (the machine is shared with other work)."""
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    ticks = [int(x) for x in cpu]
-    return {"loadavg": [float(x) for x in load], "steal_ticks": ticks[7] if len(ticks) > 7 else 0,
-            "total_ticks": sum(ticks[:8])}
 
 
-def steal_share(before: dict, after: dict) -> float:
-    total = after["total_ticks"] - before["total_ticks"]
-    return round((after["steal_ticks"] - before["steal_ticks"]) / total, 4) if total > 0 else 0.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
-    if not values:
-        raise ValueError("no samples")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def measure(arm: str, port: int, cert: str, streams: int, per_stream: int, pids: dict[str, int],

@@ -38,6 +38,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.machine import machine_state, percentile, steal_share
+
 NS_A, NS_B = "h5-hop-a", "h5-hop-b"
 VETH_A, VETH_B = "h5-hva", "h5-hvb"
 WG_A, WG_B = "h5wga", "h5wgb"
@@ -228,18 +230,8 @@ class HopPair:
         return json.loads(out)
 
 
-def machine_state() -> dict:
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return {"loadavg": [float(x) for x in load], "steal_ticks": ticks[7] if len(ticks) > 7 else 0,
-            "total_ticks": sum(ticks[:8])}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def case_figures(raw: dict, size: int) -> dict:
@@ -300,12 +292,11 @@ def run_bench(*, models: list[str], prompts: list[int], repeat: int, budget_s: f
         implementation = {"wireguard": "wireguard-go", "pids": wg_pids}
     after = machine_state()
     summary = summarize(cases)
-    total = after["total_ticks"] - before["total_ticks"]
     return {"bench": "hop", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(), "tunnel": implementation["wireguard"], "mtu": 1420,
             "params": {"models": models, "prompts": prompts, "repeat": repeat, "budget_s": budget_s},
             "machine_before": before, "machine_after": after,
-            "steal_share": round((after["steal_ticks"] - before["steal_ticks"]) / total, 4) if total else 0.0,
+            "steal_share": steal_share(before, after),
             "summary": summary, "hop_costs": hop_costs(summary), "cases": cases}
 
 

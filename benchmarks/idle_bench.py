@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import proc_cpu_s
+
 REPO = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
 GOOD = bytes.fromhex("ab" * 48)
 POLICY = {"production": False, "allowed_tee": ["sim"], "unsafe_allow_simulated": True,
           "sim": {"measurement": [GOOD.hex()]}}
@@ -37,9 +38,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _wait_stop() -> None:

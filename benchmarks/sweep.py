@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import scaling_model
+from benchmarks.machine import machine_state, steal_share
 from benchmarks.harness import compare, datasets, memory, runner
 
 CONCLAVE = [sys.executable, "-m", "conclave.runtime"]
@@ -57,16 +58,8 @@ SUMMARY_METRICS = {"output_throughput": ("output_throughput",), "ttft_p50": ("tt
                    "tpot_p50": ("tpot_ms", "p50")}
 
 
-def machine_state() -> dict:
-    """Load average and cumulative CPU ticks (steal among them) from /proc: the machine is shared."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "steal_ticks": ticks[7] if len(ticks) > 7 else 0,
-            "total_ticks": sum(ticks[:8])}
 
 
-def steal_share(before: dict, after: dict) -> float | None:
-    total = after["total_ticks"] - before["total_ticks"]
-    return round((after["steal_ticks"] - before["steal_ticks"]) / total, 4) if total > 0 else None
 
 
 def schedule(nodes: list[int], networks: list[str], repeat: int) -> list[tuple[int, int, str]]:
