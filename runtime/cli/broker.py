@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL (default Intel's)")
     p.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
     p.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL (default AMD's)")
+    p.add_argument("--rim-url", default=None, metavar="URL", help="NVIDIA RIM service base URL (default NVIDIA's)")
+    p.add_argument("--nvidia-ocsp-url", default=None, metavar="URL",
+                   help="NVIDIA OCSP responder for GPU device and RIM chains (default NVIDIA's)")
     p.add_argument("--collateral-refresh", type=float, default=None, metavar="S",
                    help="fetch cached collateral again after this many seconds (default 3600)")
     p.add_argument("--collateral-dir", type=Path, default=None,

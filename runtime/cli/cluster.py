@@ -89,6 +89,14 @@ def build_spec(args) -> dict:
     cluster_id = secrets.token_hex(3)
     dtype = manifest["dtype"] if manifest["dtype"] in ("float32", "bfloat16") else "auto"
     network_kind = "plain-veth" if args.network == "plain" else args.network
+    gpus = None
+    if network_kind == "attested":
+        try:
+            gpus = local_trust.resolve_gpus(args.tee, args.gpus)
+        except ValueError as exc:
+            raise UsageError(str(exc), reason="bad_gpus") from None
+    elif args.gpus:
+        raise UsageError("--gpus needs the attested network (emulated GPUs attest)", reason="bad_gpus")
     front = None
     if network_kind == "attested":
         # The head's public API: the TLS front server (key bound into the head's evidence).
@@ -105,6 +113,7 @@ def build_spec(args) -> dict:
         "underlay": str(subnet),
         "network_kind": network_kind,
         "tee": args.tee if network_kind == "attested" else None,
+        "gpus": gpus,
         "front": front,
         "ca_cert": front["ca_cert"] if front else None,
         "model": {"name": args.model, "path": str(folder), "digest": manifest["digest"],
@@ -251,6 +260,9 @@ def _status(args) -> int:
     view["running"] = bool(pid and process.alive(int(pid)))
     for node in view.get("nodes") or []:
         node["ray_alive"] = bool(node.get("ray_pid") and process.alive(int(node["ray_pid"])))
+        if node.get("gpu_device_dir"):   # emulated GPUs: their switches as they are now
+            from conclave.runtime.local.attested import gpu_summary
+            node["gpus"] = gpu_summary(node["gpu_device_dir"])
     if args.json:
         print(json.dumps(view))
         return 0
@@ -278,6 +290,10 @@ def register(subparsers) -> None:
                     help="attested network: the hosts' CPU TEE: mixed (default: TDX, SNP, TDX, ...), tdx or snp "
                          "(emulated hardware with this cluster's test roots, emulated Intel PCS / AMD KDS), or sim "
                          "(the simulated format)")
+    up.add_argument("--gpus", type=int, default=None, metavar="K",
+                    help="emulated NVIDIA H100s per host with emulated TEEs (default 1; 0: none): each stage of "
+                         "the manifest then requires K attested H100s in CC mode, validated against the "
+                         "cluster's test RIMs")
     up.add_argument("--max-model-len", type=int, default=2048)
     up.add_argument("--kv-cache-mb", type=int, default=256, help="KV cache per stage in MiB (default 256)")
     up.add_argument("--json", action="store_true")

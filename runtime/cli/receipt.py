@@ -69,7 +69,7 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}", reason="unreadable_file") from None
 
 
-def _local_collateral():
+def _local_collateral(manifest=None):
     """The client's own collateral for the local cluster, from its emulated vendor services (the same
     resolution `conclave verify --local` does)."""
     from types import SimpleNamespace
@@ -77,7 +77,7 @@ def _local_collateral():
     local = SimpleNamespace(url=None, manifest=None, owner_pubkey=None, owner_fingerprint=None, sim_root=None,
                             ca=None, pcs_url=None, pcs_root_crl_url=None, kds_url=None, unsafe_unpinned=False)
     resolve_local(local)
-    return client_collateral(local)
+    return client_collateral(local, manifest)
 
 
 def _manifest(path: Path | None, owner_pubkey: Path | None, fingerprint: str | None):
@@ -117,14 +117,14 @@ def _key_source(args):
                                 "(started with --network plain?)", exit_code=ExitCode.USAGE)
         manifest = _manifest(Path(cluster.manifest), None, cluster.owner_fingerprint)
         url, roots, ca = cluster.front_url, load_certificates(Path(cluster.sim_root)), None
-        collateral_for = _local_collateral()
+        collateral_for = _local_collateral(manifest)
     elif args.url:
         manifest = _manifest(args.manifest, args.owner_pubkey, args.owner_fingerprint)
         if manifest is None:
             raise UsageError("--url needs --manifest (the deployment the endpoint must prove)")
         url, roots, ca = args.url, (load_certificates(args.sim_root) if args.sim_root else None), args.ca
         from conclave.runtime.cli.verify import client_collateral
-        collateral_for = client_collateral(args)   # Intel's / AMD's services: the client's own collateral
+        collateral_for = client_collateral(args, manifest)   # the vendors' services: the client's own collateral
     elif args.report_pubkey:
         manifest = _manifest(args.manifest, args.owner_pubkey, args.owner_fingerprint)
         return manifest, report_key_arg(args.report_pubkey), None, None

@@ -14,7 +14,10 @@ CACHE_DIR/collateral, from --pcs-url / --kds-url: Intel PCS and AMD KDS by defau
 the vendors' pinned roots, or to the test roots the owner-signed manifest's policy names
 (unsafe_test_roots: emulated hardware, never in production). `conclave verify --local` takes
 everything from the local cluster's status file: the head's URL, manifest, owner pin, simulated
-root, the head's certificate as CA, and the emulated PCS/KDS as collateral services.
+root, the head's certificate as CA, and the emulated PCS/KDS and NVIDIA RIM service / OCSP responder
+as collateral services. GPU evidence is checked against RIMs the client fetches itself (--rim-url,
+NVIDIA's by default) with OCSP for the device and RIM chains, built to the roots the verified
+manifest's policy names (NVIDIA's pinned ones unless unsafe_test_roots names the emulated GPUs').
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ def _common(p: argparse.ArgumentParser, *, manifest_required: bool = True) -> No
     p.add_argument("--pcs-url", default=None, metavar="URL", help="Intel PCS base URL for TDX collateral")
     p.add_argument("--pcs-root-crl-url", default=None, metavar="URL", help="Intel SGX root CA CRL URL")
     p.add_argument("--kds-url", default=None, metavar="URL", help="AMD KDS base URL for SNP collateral")
+    p.add_argument("--rim-url", default=None, metavar="URL", help="NVIDIA RIM service base URL for GPU RIMs")
+    p.add_argument("--nvidia-ocsp-url", default=None, metavar="URL",
+                   help="NVIDIA OCSP responder for GPU device and RIM chains")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +106,8 @@ def resolve_local(args) -> None:
     from conclave.runtime.cli.env import local_cluster
     from conclave.runtime.local import state as state_mod
     given = [name for name in ("url", "manifest", "owner_pubkey", "owner_fingerprint", "sim_root", "ca",
-                               "pcs_url", "pcs_root_crl_url", "kds_url") if getattr(args, name, None)]
+                               "pcs_url", "pcs_root_crl_url", "kds_url", "rim_url", "nvidia_ocsp_url")
+             if getattr(args, name, None)]
     if given or args.unsafe_unpinned:
         raise UsageError(f"--local takes the endpoint and its trust inputs from the local cluster; drop "
                          f"{', '.join(given) or '--unsafe-unpinned'}", reason="verify_local_conflict")
@@ -118,10 +125,15 @@ def resolve_local(args) -> None:
         args.pcs_root_crl_url = emulators["pcs"]["url"] + ROOT_CRL_PATH
     if "kds" in emulators:
         args.kds_url = emulators["kds"]["url"]
+    if "nvidia" in emulators:
+        args.rim_url = emulators["nvidia"]["url"]
+        args.nvidia_ocsp_url = emulators["nvidia"]["ocsp_url"]
 
 
-def client_collateral(args):
-    """The client's own TDX/SNP collateral source (CollateralCache.collateral_for)."""
+def client_collateral(args, manifest: mdoc.VerifiedManifest | None = None):
+    """The client's own collateral source (CollateralCache.collateral_for): TDX/SNP collateral, and
+    for GPU evidence RIMs and OCSP answers, the OCSP paths built to the roots of the (verified)
+    manifest's policy (NVIDIA's pinned roots without one)."""
     from conclave.runtime import config
     from conclave.runtime.agent.verifier import VendorServices, collateral_cache, gpu_collateral_source
     from conclave.runtime.cli.node import vendor_services
@@ -131,7 +143,8 @@ def client_collateral(args):
                               refresh_after_s=60.0, rim=services.rim, nvidia_ocsp=services.nvidia_ocsp)
     folder = config.cache_dir() / "collateral"
     cache = collateral_cache(folder, services)
-    cache.gpu_source = gpu_collateral_source(folder, services, None)   # GPU evidence: RIMs and OCSP too
+    cache.gpu_source = gpu_collateral_source(folder, services,   # GPU evidence: RIMs and OCSP too
+                                             manifest.policy if manifest is not None else None)
     return cache.collateral_for
 
 
@@ -145,7 +158,7 @@ def _cmd_verify(args) -> int:
                               timeout=args.timeout, unsafe_unpinned=args.unsafe_unpinned,
                               max_cached_age=(timedelta(seconds=args.max_cached_age)
                                               if args.max_cached_age is not None else None),
-                              collateral_for=client_collateral(args))
+                              collateral_for=client_collateral(args, manifest))
     out = outcome.to_json()
     out["owner_pinned"] = manifest.owner_pinned
     if not manifest.owner_pinned:
@@ -180,6 +193,6 @@ def _cmd_proxy(args) -> int:
               "verified upstream", file=sys.stderr)
     proxy = AttestedProxy(args.upstream, manifest, trusted_roots=_roots(args), ca=args.ca,
                           reverify_interval=args.reverify, timeout=args.timeout,
-                          unsafe_unpinned=args.unsafe_unpinned, collateral_for=client_collateral(args))
+                          unsafe_unpinned=args.unsafe_unpinned, collateral_for=client_collateral(args, manifest))
     asyncio.run(serve_forever(proxy, host, port))
     return 0

@@ -32,6 +32,8 @@ ADMISSION_PORT = 51821
 RENDEZVOUS_PORT = 51822
 PCS_PORT = 51840          # the emulated Intel PCS / AMD KDS, on the model owner's host (emulated hardware)
 KDS_PORT = 51841
+RIM_PORT = 51842          # the emulated NVIDIA RIM service and OCSP responder (emulated H100s), same host
+NVIDIA_OCSP_PORT = 51843
 EMULATOR_READY_TIMEOUT = 30.0
 LOCAL_COLLATERAL_REFRESH_S = 5.0   # verifiers fetch again this soon: revocation shows within a re-attestation
 MESH_TIMEOUT = 120.0
@@ -82,7 +84,8 @@ class AttestedOverlayNetwork:
         self.trust = local_trust.create(context.state_dir / f"local-{cid}", stages=stages,
                                         model_digest=context.model_digest, overlay_cidr=str(overlay),
                                         rendezvous=[rendezvous], model_source=context.extra.get("model_source"),
-                                        tee=context.extra.get("tee", local_trust.DEFAULT_TEE_MODE))
+                                        tee=context.extra.get("tee", local_trust.DEFAULT_TEE_MODE),
+                                        gpus=context.extra.get("gpus"))
         agents_dir = context.run_dir / "agents"
         agents_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.trust.tee_mode != "sim":
@@ -129,7 +132,9 @@ class AttestedOverlayNetwork:
         """How a node collects evidence and where its verifier gets collateral."""
         if self.trust.tee_mode == "sim":
             return ["--evidence", "sim", "--sim-root", str(self.trust.root_pem_path)]
-        return ["--evidence", "emulated", *self._collateral_args(),
+        gpu_dir = self.trust.gpu_device_dirs.get(name)
+        gpus = ["--gpu-evidence", "emulated", "--gpu-device-dir", str(gpu_dir)] if gpu_dir is not None else []
+        return ["--evidence", "emulated", *gpus, *self._collateral_args(),
                 "--collateral-dir", str(self.context.run_dir / "collateral" / name)]
 
     def _collateral_args(self) -> list[str]:
@@ -143,6 +148,9 @@ class AttestedOverlayNetwork:
             out += ["--pcs-url", url, "--pcs-root-crl-url", url + ROOT_CRL_PATH]
         if "kds" in self._emulators:
             out += ["--kds-url", self._emulators["kds"]["url"]]
+        if "nvidia" in self._emulators:
+            out += ["--rim-url", self._emulators["nvidia"]["url"],
+                    "--nvidia-ocsp-url", self._emulators["nvidia"]["ocsp_url"]]
         return out
 
     def _bundle_identity(self, name: str) -> dict:
@@ -152,15 +160,16 @@ class AttestedOverlayNetwork:
         return {"emulated_host": base64.b64encode(self.trust.host_identity(name)).decode()}
 
     def _start_emulators(self, host: Host | None) -> None:
-        """The emulated Intel PCS and AMD KDS, each its own process on the model owner's host (the
-        nodes reach them over the underlay, as they would reach Intel's and AMD's services); their
-        vendor keys go over stdin, their admin controls are 0600 Unix sockets in the run folder."""
+        """The emulated Intel PCS, AMD KDS and NVIDIA RIM service + OCSP responder (when the hosts have
+        emulated GPUs), each its own process on the model owner's host (the nodes reach them over the
+        underlay, as they would reach the vendors' services); their vendor keys go over stdin, their
+        admin controls are 0600 Unix sockets in the run folder."""
         if host is None:
             raise ConclaveError("emulator_host_missing", "emulated TEE hardware needs the model owner's host "
                                 "for the emulated vendor services", exit_code=ExitCode.RUNTIME)
         folder = self.context.run_dir / "emulators"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for kind, port in (("pcs", PCS_PORT), ("kds", KDS_PORT)):
+        for kind, port in (("pcs", PCS_PORT), ("kds", KDS_PORT), ("nvidia", RIM_PORT)):
             try:
                 state = self.trust.vendor_state(kind)
             except KeyError:
@@ -168,6 +177,8 @@ class AttestedOverlayNetwork:
             sock = folder / f"{kind}.sock"
             argv = [process.venv_bin("python"), "-m", "conclave.runtime.attestation.emulated.service", kind,
                     "--host", host.underlay_ip, "--port", str(port), "--admin-socket", str(sock)]
+            if kind == "nvidia":
+                argv += ["--ocsp-port", str(NVIDIA_OCSP_PORT)]
             started = process.spawn(f"emulated-{kind}", argv, env=_agent_env(),
                                     log_path=self.context.run_dir / "logs" / f"emulated-{kind}.log",
                                     netns_name=host.netns, stdin_data=state)
@@ -175,6 +186,8 @@ class AttestedOverlayNetwork:
             self.context.record(started)
             self._emulators[kind] = {"pid": started.pid, "url": f"http://{host.underlay_ip}:{port}",
                                      "admin_socket": str(sock), "host": host.name}
+            if kind == "nvidia":
+                self._emulators[kind]["ocsp_url"] = f"http://{host.underlay_ip}:{NVIDIA_OCSP_PORT}/"
         deadline = time.monotonic() + EMULATOR_READY_TIMEOUT
         for kind, emu in self._emulators.items():
             while not Path(emu["admin_socket"]).exists():
@@ -382,10 +395,13 @@ class AttestedOverlayNetwork:
     # -- status / teardown ----------------------------------------------------------------------------
     def node_facts(self, host_name: str) -> dict:
         agent = self._agents.get(host_name, {})
+        gpu_dir = self.trust.gpu_device_dirs.get(agent.get("name")) if self.trust is not None and agent else None
         return {"node_id": agent.get("name"), "overlay_ip": agent.get("overlay_ip"),
                 "wg_ifname": agent.get("ifname"), "admission_port": ADMISSION_PORT, "wireguard_port": WIREGUARD_PORT,
                 "tee": self.trust.tees.get(agent.get("name")) if self.trust is not None and agent else None,
-                "agent_socket": str(agent.get("socket")) if agent else None}
+                "agent_socket": str(agent.get("socket")) if agent else None,
+                "gpu_device_dir": str(gpu_dir) if gpu_dir is not None else None,
+                "gpus": gpu_summary(gpu_dir)}
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "encrypted": True, "attested": True,
@@ -402,7 +418,10 @@ class AttestedOverlayNetwork:
                         "owner_fingerprint": self.trust.owner_fingerprint,
                         "measurement": self.trust.measurement.hex(), "trust_dir": str(self.trust.folder),
                         "test_roots_pem": (str(self.trust.test_roots_pem_path)
-                                           if self.trust.test_roots_pem_path is not None else None)})
+                                           if self.trust.test_roots_pem_path is not None else None),
+                        "gpus_per_host": self.trust.gpus_per_host,
+                        "gpu_test_roots_pem": (str(self.trust.gpu_roots_pem_path)
+                                               if self.trust.gpu_roots_pem_path is not None else None)})
         if self._emulators:
             out["emulators"] = {k: dict(v) for k, v in self._emulators.items()}
         return out
@@ -420,6 +439,19 @@ class AttestedOverlayNetwork:
 
     def __repr__(self) -> str:
         return f"AttestedOverlayNetwork(hosts={sorted(self._hosts)}, token=<held by the agents>)"
+
+
+def gpu_summary(gpu_dir: Path | str | None) -> list[dict]:
+    """A host's emulated GPUs as `conclave status` lists them (index, model, serial, switches read now);
+    [] for a host without GPUs or whose device dir is gone."""
+    if gpu_dir is None or not Path(gpu_dir).is_dir():
+        return []
+    from conclave.runtime.attestation.collect import CollectionError
+    from conclave.runtime.attestation.emulated import nvgpu_device
+    try:
+        return nvgpu_device.gpu_summary(Path(gpu_dir))
+    except CollectionError as exc:
+        return [{"error": exc.reason or "gpu_device_invalid"}]
 
 
 def _agent_env() -> dict[str, str]:

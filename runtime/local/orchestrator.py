@@ -269,6 +269,7 @@ class Supervisor:
                               "--run-dir", str(Path(st["run_dir"]) / f"n{i}")]
                              + ([] if i == 0 else ["--model-manifest", st["model"]["manifest"]]))
         return {"tee": st.get("tee") or "sim",   # a state without the field predates emulated hardware
+                "gpus": st.get("gpus"),           # emulated H100s per host (None: the TEE mode's default)
                 "head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],
                                    "--front-upstream", f"127.0.0.1:{engine.ENGINE_PORT}",
                                    "--model-manifest", self.state["model"]["manifest"]],
