@@ -52,6 +52,144 @@ class DeviceReason(StrEnum):
     INTERFACE_MISSING = "wireguard_interface_missing"   # the network interface vanished
 
 
+class Reason(StrEnum):
+    """Attestation."""
+    MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"
+    SIGNATURE_INVALID = "signature_invalid"
+    CHAIN_UNTRUSTED = "chain_untrusted"
+    CERT_EXPIRED = "cert_expired"
+    CERT_REVOKED = "cert_revoked"
+    CERTS_MISSING = "certs_missing"
+    COLLATERAL_MISSING = "collateral_missing"
+    COLLATERAL_EXPIRED = "collateral_expired"
+    COLLATERAL_INVALID = "collateral_invalid"
+    QE_REPORT_DATA_MISMATCH = "qe_report_data_mismatch"
+    QE_IDENTITY_MISMATCH = "qe_identity_mismatch"
+    TCB_NOT_FOUND = "tcb_not_found"
+    TCB_MISMATCH = "tcb_mismatch"
+    CHIP_ID_MISMATCH = "chip_id_mismatch"
+    TCB_REVOKED = "tcb_revoked"
+    TCB_NOT_ALLOWED = "tcb_not_allowed"
+    TEE_NOT_ALLOWED = "tee_not_allowed"
+    MEASUREMENT_MISMATCH = "measurement_mismatch"
+    SVN_TOO_LOW = "svn_too_low"
+    DEBUG_ENABLED = "debug_enabled"
+    REPORT_DATA_MISMATCH = "report_data_mismatch"
+    NONCE_MISMATCH = "nonce_mismatch"
+    SIMULATED_NOT_ALLOWED = "simulated_not_allowed"
+    POLICY_EMPTY = "policy_empty"
+    POLICY_INVALID = "policy_invalid"
+    EVIDENCE_EXPIRED = "evidence_expired"
+    SIMULATED_MARKER_MISSING = "simulated_marker_missing"
+    VMPL_NOT_ALLOWED = "vmpl_not_allowed"
+    QE_VENDOR_UNKNOWN = "qe_vendor_unknown"
+    MIGRATION_ALLOWED = "migration_allowed"
+    SEPT_VE_ENABLED = "sept_ve_enabled"
+    SERVICETD_NOT_ALLOWED = "servicetd_not_allowed"
+    ADVISORY_DENIED = "advisory_denied"
+    # NVIDIA RIMs (nvgpu_rim): a golden value differs / a RIM's signature or chain fails /
+    # no given RIM matches the evidence's driver or VBIOS version
+    RIM_MISMATCH = "rim_mismatch"
+    RIM_INVALID = "rim_invalid"
+    RIM_MISSING = "rim_missing"
+    # per-stage GPU requirements (nvgpu_requirement): too few attested GPUs / CC (or protected
+    # PCIe) mode not proven / a GPU model the stage does not allow
+    GPU_MISSING = "gpu_missing"
+    GPU_CC_OFF = "gpu_cc_off"
+    GPU_MODEL_NOT_ALLOWED = "gpu_model_not_allowed"
+    REVOCATION_UNCHECKED = "revocation_unchecked"
+
+
+class LifecycleReason(StrEnum):
+    """Why a node (or the head for the whole pipeline) is not serving."""
+    MODEL_SHARD_MISMATCH = "model_shard_mismatch"   # the shard does not match the model manifest
+    SHARD_UNAVAILABLE = "shard_unavailable"         # the shard (or its key) could not be obtained
+    STAGE_NOT_MESHED = "stage_not_meshed"           # a manifest stage is not admitted and meshed
+    STAGE_SHARD_UNVERIFIED = "stage_shard_unverified"   # no signed statement that its shard verified
+    STAGE_RAY_NOT_JOINED = "stage_ray_not_joined"   # its Ray node is not (yet) in this head's Ray cluster
+    RAY_NODE_LOST = "ray_node_lost"                 # our own Ray node exited
+    ENGINE_EXITED = "engine_exited"                 # the vLLM server exited
+    ENGINE_STARTING = "engine_starting"
+    HEAD_NOT_MESHED = "head_not_meshed"             # worker: the manifest's head is not meshed with us
+    SECRET_MISSING = "secret_missing"               # worker: the Ray token was not released yet
+
+
+class ManifestReason(StrEnum):
+    """Manifest."""
+    MALFORMED = "malformed"
+    SIGNATURE_INVALID = "signature_invalid"
+    OWNER_KEY_MISMATCH = "owner_key_mismatch"
+    OWNER_NOT_PINNED = "owner_not_pinned"
+
+
+class ReportReason(StrEnum):
+    """Run report."""
+    MALFORMED = "malformed"
+    SIGNATURE_INVALID = "signature_invalid"
+    REPORT_KEY_MISMATCH = "report_key_mismatch"
+    MANIFEST_MISMATCH = "manifest_mismatch"
+    OWNER_NOT_ENROLLED = "owner_not_enrolled"   # a stage's owner proof is missing or does not hold
+
+
+class SealReason(StrEnum):
+    """Sealed model."""
+    MALFORMED = "malformed"              # not a sealed file/folder, bad magic, bad index structure
+    UNSUPPORTED = "unsupported"          # unknown format version or cipher
+    WRONG_KEY = "seal_wrong_key"         # the key's id differs from the one the folder was sealed with
+    AUTH_FAILED = "seal_auth_failed"     # a chunk did not authenticate: bit flip, reorder, swap, header edit
+    TRUNCATED = "seal_truncated"         # the file ends before its final chunk
+    TRAILING_DATA = "seal_trailing_data" # bytes after the final chunk
+    INDEX_INVALID = "seal_index_invalid" # index MAC does not check (edited listing, renamed files)
+    FILE_MISMATCH = "seal_file_mismatch" # a blob's header names another file than the index says
+    FILE_MISSING = "seal_file_missing"   # a blob listed in the index is absent
+    NOT_TMPFS = "seal_not_tmpfs"         # refusing to write plaintext weights outside memory
+
+
+class BrokerReason(StrEnum):
+    """Key broker."""
+    STAGE_UNKNOWN = "stage_unknown"
+    ROLE_MISMATCH = "role_mismatch"
+    NOT_CHALLENGED = "not_challenged"
+    RATE_LIMITED = "rate_limited"
+
+
+class EndpointReason(StrEnum):
+    """Client endpoint verification."""
+    MALFORMED = "malformed"
+    MANIFEST_MISMATCH = "manifest_mismatch"
+    NONCE_MISMATCH = "nonce_mismatch"
+    TLS_KEY_MISMATCH = "tls_key_mismatch"
+    REPORT_DATA_MISMATCH = "report_data_mismatch"
+    NODE_MISSING = "node_missing"
+    EVIDENCE_EXPIRED = str(Reason.EVIDENCE_EXPIRED)
+    UNREACHABLE = "endpoint_unreachable"
+    # a stage's owner is not proven (step <node>.07.enrolment; same strings as admission's)
+    STAGE_UNKNOWN = str(OverlayReason.STAGE_UNKNOWN)            # the entry names no stage of the manifest
+    ROLE_MISMATCH = str(OverlayReason.ROLE_MISMATCH)            # its role is not the stage's
+    OWNER_NOT_ENROLLED = str(OverlayReason.OWNER_NOT_ENROLLED)  # no valid enrolment by the stage's owner over its bound keys
+    # per-response receipts (endpoint/receipt.py)
+    RECEIPT_MISSING = "receipt_missing"                      # a completion came without a receipt
+    RECEIPT_SIGNATURE_INVALID = "receipt_signature_invalid"  # the receipt's own signature fails
+    RECEIPT_REQUEST_MISMATCH = "receipt_request_mismatch"    # the request body is not the one signed
+    RECEIPT_RESPONSE_MISMATCH = "receipt_response_mismatch"  # the response body is not the one signed
+    RECEIPT_REPORT_MISMATCH = "receipt_report_mismatch"      # the run report changed / is not the one named
+    RECEIPT_FOREIGN_CLUSTER = "receipt_foreign_cluster"      # report/receipt of another manifest or head
+    RECEIPT_KEY_NOT_ATTESTED = "receipt_key_not_attested"    # signed by a key the head's evidence does not bind
+
+
+class ModelReason(StrEnum):
+    """Model and shards."""
+    SHARD_MISMATCH = "model_shard_mismatch"            # a stage's shard is not what the model manifest says
+    SHARD_SOURCE_INVALID = "model_shard_source_invalid"  # not a path or an http(s) URL, or nothing there
+    SHARD_FETCH_FAILED = "model_shard_fetch_failed"    # download failed (HTTP error, timeout, short body)
+    SHARD_TOO_LARGE = "model_shard_too_large"          # the shard exceeds the download size cap
+    SHARD_LAYOUT_INVALID = "model_shard_layout_invalid"  # stages.json malformed or inconsistent
+    NOT_IMPORTED = "model_not_imported"                # sealing needs the folder's model manifest
+    SHARD_DEST_NOT_EMPTY = "model_shard_dest_not_empty"  # a shard is unsealed only into a new/empty folder
+    SHARD_OUTPUT_INVALID = "model_shard_output_invalid"  # seal output not empty, or inside the model folder
+
+
 # ------------------------------------------------------------------ shared values and exit codes
 
 # Reason values that more than one vocabulary defines, with the one meaning they share there

@@ -12,16 +12,16 @@ from conclave.runtime import reasons
 from conclave.runtime.errors import ExitCode
 
 VOCABULARIES = {
-    "attestation": ("conclave.runtime.attestation.core", "Reason"),
+    "attestation": ("conclave.runtime.reasons", "Reason"),
     "overlay": ("conclave.runtime.reasons", "OverlayReason"),
     "device": ("conclave.runtime.reasons", "DeviceReason"),
-    "lifecycle": ("conclave.runtime.node.lifecycle", "LifecycleReason"),
-    "manifest": ("conclave.runtime.manifest.document", "ManifestReason"),
-    "model": ("conclave.runtime.model.reasons", "ModelReason"),
-    "report": ("conclave.runtime.report.document", "ReportReason"),
-    "sealing": ("conclave.runtime.sealing.errors", "SealReason"),
-    "broker": ("conclave.runtime.broker.service", "BrokerReason"),
-    "endpoint": ("conclave.runtime.endpoint.verify", "EndpointReason"),
+    "lifecycle": ("conclave.runtime.reasons", "LifecycleReason"),
+    "manifest": ("conclave.runtime.reasons", "ManifestReason"),
+    "model": ("conclave.runtime.reasons", "ModelReason"),
+    "report": ("conclave.runtime.reasons", "ReportReason"),
+    "sealing": ("conclave.runtime.reasons", "SealReason"),
+    "broker": ("conclave.runtime.reasons", "BrokerReason"),
+    "endpoint": ("conclave.runtime.reasons", "EndpointReason"),
 }
 
 
@@ -93,3 +93,23 @@ def test_endpoint_results_take_the_tables_exit_code():
     r = NodeResult(name="node-1", role="worker", owner="bob", tee="sim", freshness=None)
     assert r.fail("x", "malformed", "m").exit_code == ExitCode.MALFORMED
     assert r.fail("x", "stage_unknown", "m").exit_code == ExitCode.VERIFICATION_FAILED
+
+
+def test_every_reason_vocabulary_lives_in_the_one_registry():
+    """No module but runtime/reasons.py defines a reason vocabulary (a class named *Reason), and
+    every vocabulary the registry defines is a StrEnum listed above."""
+    import ast
+    from enum import StrEnum
+    from pathlib import Path
+    root = Path(reasons.__file__).resolve().parents[1]
+    elsewhere = []
+    for path in sorted(list((root / "runtime").rglob("*.py")) + list((root / "overlay").rglob("*.py"))):
+        if path == Path(reasons.__file__).resolve() or "proto" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Reason"):
+                elsewhere.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    assert not elsewhere, f"reason vocabularies outside runtime/reasons.py: {elsewhere}"
+    defined = {name for name, value in vars(reasons).items()
+               if isinstance(value, type) and issubclass(value, StrEnum) and name.endswith("Reason")}
+    assert defined == {name for _, name in VOCABULARIES.values()}

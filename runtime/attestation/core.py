@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from conclave.runtime.errors import ConclaveError, ExitCode
+from conclave.runtime.reasons import Reason  # noqa: F401 (re-export; the one registry)
 
 
 class TeeType(StrEnum):
@@ -23,54 +24,6 @@ class TeeType(StrEnum):
     SNP = "snp"
     NVGPU = "nvgpu"
     SIM = "sim"
-
-
-class Reason(StrEnum):
-    MALFORMED = "malformed"
-    UNSUPPORTED = "unsupported"
-    SIGNATURE_INVALID = "signature_invalid"
-    CHAIN_UNTRUSTED = "chain_untrusted"
-    CERT_EXPIRED = "cert_expired"
-    CERT_REVOKED = "cert_revoked"
-    CERTS_MISSING = "certs_missing"
-    COLLATERAL_MISSING = "collateral_missing"
-    COLLATERAL_EXPIRED = "collateral_expired"
-    COLLATERAL_INVALID = "collateral_invalid"
-    QE_REPORT_DATA_MISMATCH = "qe_report_data_mismatch"
-    QE_IDENTITY_MISMATCH = "qe_identity_mismatch"
-    TCB_NOT_FOUND = "tcb_not_found"
-    TCB_MISMATCH = "tcb_mismatch"
-    CHIP_ID_MISMATCH = "chip_id_mismatch"
-    TCB_REVOKED = "tcb_revoked"
-    TCB_NOT_ALLOWED = "tcb_not_allowed"
-    TEE_NOT_ALLOWED = "tee_not_allowed"
-    MEASUREMENT_MISMATCH = "measurement_mismatch"
-    SVN_TOO_LOW = "svn_too_low"
-    DEBUG_ENABLED = "debug_enabled"
-    REPORT_DATA_MISMATCH = "report_data_mismatch"
-    NONCE_MISMATCH = "nonce_mismatch"
-    SIMULATED_NOT_ALLOWED = "simulated_not_allowed"
-    POLICY_EMPTY = "policy_empty"
-    POLICY_INVALID = "policy_invalid"
-    EVIDENCE_EXPIRED = "evidence_expired"
-    SIMULATED_MARKER_MISSING = "simulated_marker_missing"
-    VMPL_NOT_ALLOWED = "vmpl_not_allowed"
-    QE_VENDOR_UNKNOWN = "qe_vendor_unknown"
-    MIGRATION_ALLOWED = "migration_allowed"
-    SEPT_VE_ENABLED = "sept_ve_enabled"
-    SERVICETD_NOT_ALLOWED = "servicetd_not_allowed"
-    ADVISORY_DENIED = "advisory_denied"
-    # NVIDIA RIMs (nvgpu_rim): a golden value differs / a RIM's signature or chain fails /
-    # no given RIM matches the evidence's driver or VBIOS version
-    RIM_MISMATCH = "rim_mismatch"
-    RIM_INVALID = "rim_invalid"
-    RIM_MISSING = "rim_missing"
-    # per-stage GPU requirements (nvgpu_requirement): too few attested GPUs / CC (or protected
-    # PCIe) mode not proven / a GPU model the stage does not allow
-    GPU_MISSING = "gpu_missing"
-    GPU_CC_OFF = "gpu_cc_off"
-    GPU_MODEL_NOT_ALLOWED = "gpu_model_not_allowed"
-    REVOCATION_UNCHECKED = "revocation_unchecked"
 
 
 class AttestationError(ConclaveError):

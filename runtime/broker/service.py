@@ -32,16 +32,10 @@ from conclave.runtime.agent.service import RateLimit
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.keys.broker import SecretRefused, SecretsBroker, sign_secret, stage_key_name
 from conclave.runtime.manifest.ed25519_keys import public_key_bytes
+from conclave.runtime.reasons import BrokerReason  # noqa: F401 (re-export; the one registry)
 
 log = logging.getLogger("conclave.broker")
 MAX_PENDING = 256
-
-
-class BrokerReason:
-    STAGE_UNKNOWN = "stage_unknown"
-    ROLE_MISMATCH = "role_mismatch"
-    NOT_CHALLENGED = "not_challenged"
-    RATE_LIMITED = "rate_limited"
 
 
 class KeyBrokerService(pb_grpc.KeyBrokerServicer):

@@ -53,29 +53,7 @@ from conclave.runtime.manifest import enrolment as enrolment_mod
 from conclave.runtime.canonical import CanonicalError
 from conclave.runtime.manifest.document import (ManifestError, ManifestReason, VerifiedManifest,
                                                 content_digest)
-
-
-class EndpointReason:
-    MALFORMED = "malformed"
-    MANIFEST_MISMATCH = "manifest_mismatch"
-    NONCE_MISMATCH = "nonce_mismatch"
-    TLS_KEY_MISMATCH = "tls_key_mismatch"
-    REPORT_DATA_MISMATCH = "report_data_mismatch"
-    NODE_MISSING = "node_missing"
-    EVIDENCE_EXPIRED = str(Reason.EVIDENCE_EXPIRED)
-    UNREACHABLE = "endpoint_unreachable"
-    # a stage's owner is not proven (step <node>.07.enrolment; same strings as admission's)
-    STAGE_UNKNOWN = str(OverlayReason.STAGE_UNKNOWN)            # the entry names no stage of the manifest
-    ROLE_MISMATCH = str(OverlayReason.ROLE_MISMATCH)            # its role is not the stage's
-    OWNER_NOT_ENROLLED = str(OverlayReason.OWNER_NOT_ENROLLED)  # no valid enrolment by the stage's owner over its bound keys
-    # per-response receipts (endpoint/receipt.py)
-    RECEIPT_MISSING = "receipt_missing"                      # a completion came without a receipt
-    RECEIPT_SIGNATURE_INVALID = "receipt_signature_invalid"  # the receipt's own signature fails
-    RECEIPT_REQUEST_MISMATCH = "receipt_request_mismatch"    # the request body is not the one signed
-    RECEIPT_RESPONSE_MISMATCH = "receipt_response_mismatch"  # the response body is not the one signed
-    RECEIPT_REPORT_MISMATCH = "receipt_report_mismatch"      # the run report changed / is not the one named
-    RECEIPT_FOREIGN_CLUSTER = "receipt_foreign_cluster"      # report/receipt of another manifest or head
-    RECEIPT_KEY_NOT_ATTESTED = "receipt_key_not_attested"    # signed by a key the head's evidence does not bind
+from conclave.runtime.reasons import EndpointReason  # noqa: F401 (re-export; the one registry)
 
 
 def require_pinned_owner(manifest: VerifiedManifest, *, unsafe_unpinned: bool = False) -> None:

@@ -38,6 +38,7 @@ from conclave.runtime.errors import ConclaveError
 from conclave.runtime.manifest import ed25519_keys as keys
 from conclave.runtime.canonical import CanonicalError, canonical_json, strict_loads
 from conclave.runtime.reasons import exit_code_for
+from conclave.runtime.reasons import ManifestReason  # noqa: F401 (re-export; the one registry)
 
 MANIFEST_VERSION = 1
 SIGNING_CONTEXT = b"conclave/deployment-manifest/v1\x00"
@@ -51,13 +52,6 @@ _NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _OWNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 MAX_OWNERS = 256
-
-
-class ManifestReason:
-    MALFORMED = "malformed"
-    SIGNATURE_INVALID = "signature_invalid"
-    OWNER_KEY_MISMATCH = "owner_key_mismatch"
-    OWNER_NOT_PINNED = "owner_not_pinned"
 
 
 class ManifestError(ConclaveError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Mapping, Sequence
+from conclave.runtime.reasons import LifecycleReason  # noqa: F401 (re-export; the one registry)
 
 
 class NodeState(StrEnum):
@@ -20,20 +21,6 @@ class NodeState(StrEnum):
     RAY_JOINED = "ray_joined"
     SERVING = "serving"
     DEGRADED = "degraded"
-
-
-class LifecycleReason(StrEnum):
-    """Why a node (or the head for the whole pipeline) is not serving."""
-    MODEL_SHARD_MISMATCH = "model_shard_mismatch"   # the shard does not match the model manifest
-    SHARD_UNAVAILABLE = "shard_unavailable"         # the shard (or its key) could not be obtained
-    STAGE_NOT_MESHED = "stage_not_meshed"           # a manifest stage is not admitted and meshed
-    STAGE_SHARD_UNVERIFIED = "stage_shard_unverified"   # no signed statement that its shard verified
-    STAGE_RAY_NOT_JOINED = "stage_ray_not_joined"   # its Ray node is not (yet) in this head's Ray cluster
-    RAY_NODE_LOST = "ray_node_lost"                 # our own Ray node exited
-    ENGINE_EXITED = "engine_exited"                 # the vLLM server exited
-    ENGINE_STARTING = "engine_starting"
-    HEAD_NOT_MESHED = "head_not_meshed"             # worker: the manifest's head is not meshed with us
-    SECRET_MISSING = "secret_missing"               # worker: the Ray token was not released yet
 
 
 @dataclass(frozen=True)

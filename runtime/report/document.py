@@ -28,6 +28,7 @@ from conclave.runtime.canonical import CanonicalError, canonical_json, strict_lo
 from conclave.runtime.manifest.document import ROLES, VerifiedManifest, rfc3339
 from conclave.runtime.report.owner_proof import FIELDS as OWNER_PROOF_FIELDS
 from conclave.runtime.report.owner_proof import owner_proof_json, owner_proof_problems
+from conclave.runtime.reasons import ReportReason  # noqa: F401 (re-export; the one registry)
 
 REPORT_VERSION = 1
 SIGNING_CONTEXT = b"conclave/run-report/v1\x00"
@@ -36,14 +37,6 @@ MAX_REPORT_LEN = 8 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 REATTEST_RESULTS = ("ok", "failed", "evicted")
-
-
-class ReportReason:
-    MALFORMED = "malformed"
-    SIGNATURE_INVALID = "signature_invalid"
-    REPORT_KEY_MISMATCH = "report_key_mismatch"
-    MANIFEST_MISMATCH = "manifest_mismatch"
-    OWNER_NOT_ENROLLED = "owner_not_enrolled"   # a stage's owner proof is missing or does not hold
 
 
 class ReportError(ConclaveError):
