@@ -22,6 +22,10 @@ VOCABULARIES = {
     "sealing": ("conclave.runtime.reasons", "SealReason"),
     "broker": ("conclave.runtime.reasons", "BrokerReason"),
     "endpoint": ("conclave.runtime.reasons", "EndpointReason"),
+    "usage": ("conclave.runtime.reasons", "UsageReason"),
+    "host": ("conclave.runtime.reasons", "HostReason"),
+    "model_store": ("conclave.runtime.reasons", "ModelStoreReason"),
+    "cluster": ("conclave.runtime.reasons", "ClusterReason"),
 }
 
 
@@ -113,3 +117,51 @@ def test_every_reason_vocabulary_lives_in_the_one_registry():
     defined = {name for name, value in vars(reasons).items()
                if isinstance(value, type) and issubclass(value, StrEnum) and name.endswith("Reason")}
     assert defined == {name for _, name in VOCABULARIES.values()}
+
+
+_ERROR_CALL_SUFFIXES = ("Error", "Rejected", "_Fail")
+
+
+def _literal_reasons(tree):
+    """(reason, line) of every string literal given as the reason of an error: the first positional
+    argument of a call to *Error / *Rejected / _Fail with two or more arguments, or reason=..."""
+    import ast
+    import re
+    word = re.compile(r"^[a-z][a-z0-9_]*$")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if not name.endswith(_ERROR_CALL_SUFFIXES):
+            continue
+        cands = []
+        if len(node.args) > 1 and isinstance(node.args[0], ast.Constant):
+            cands.append(node.args[0].value)
+        cands += [k.value.value for k in node.keywords if k.arg == "reason" and isinstance(k.value, ast.Constant)]
+        for value in cands:
+            if isinstance(value, str) and word.match(value):
+                yield value, node.lineno
+
+
+def test_every_literal_reason_is_in_the_registry():
+    """A reason written inline (ConclaveError("ray_failed", ...), UsageError(..., reason="bad_port"))
+    must still be a value of the one registry, so no module invents a reason of its own."""
+    import ast
+    from pathlib import Path
+    known = {str(value) for _, name in VOCABULARIES.values() for value in getattr(reasons, name)}
+    root = Path(reasons.__file__).resolve().parents[1]
+    unknown = []
+    for path in sorted(list((root / "runtime").rglob("*.py")) + list((root / "overlay").rglob("*.py"))):
+        if "proto" in path.parts:
+            continue
+        for value, line in _literal_reasons(ast.parse(path.read_text())):
+            if value not in known:
+                unknown.append(f"{path.relative_to(root)}:{line} {value}")
+    assert not unknown, f"reasons not in runtime/reasons.py: {unknown}"
+
+
+def test_the_literal_scan_finds_inline_reasons():
+    import ast
+    src = 'raise ConclaveError("ray_failed", "x")\nraise UsageError("msg", reason="bad_port")\nValueError("no reason")'
+    assert sorted(v for v, _ in _literal_reasons(ast.parse(src))) == ["bad_port", "ray_failed"]
