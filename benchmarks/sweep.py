@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import scaling_model
-from benchmarks.machine import machine_state, steal_share
+from benchmarks.machine import machine_state, proc_cpu_s, steal_share
 from benchmarks.harness import compare, datasets, memory, runner
 
 CONCLAVE = [sys.executable, "-m", "conclave.runtime"]
@@ -60,6 +60,51 @@ SUMMARY_METRICS = {"output_throughput": ("output_throughput",), "ttft_p50": ("tt
 
 
 
+
+
+def process_label(pid: int) -> str:
+    """A short name for a process from its command line: `conclave node`, `wireguard-go`, `ray::...`."""
+    try:
+        argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    words = [os.path.basename(argv[0])]
+    if words[0].startswith("python") and len(argv) > 1:
+        rest = argv[1:]
+        words = rest[1:3] if rest[0] == "-m" else [os.path.basename(rest[0]), *rest[1:2]]
+    elif words[0] == "conclave" and len(argv) > 1:
+        words.append(argv[1])
+    return " ".join(words)[:60]
+
+
+def idle_cpu(hosts, seconds: float) -> dict | None:
+    """Every host's processes while the cluster serves nothing (issue 18): % of one core over
+    `seconds`, summed per process label ({host: {label: percent}})."""
+    if hosts is None or seconds <= 0:
+        return None
+    pids = hosts()
+    before: dict[tuple[str, int], float] = {}
+    for host, host_pids in pids.items():
+        for pid in host_pids:
+            try:
+                before[(host, pid)] = proc_cpu_s(pid)
+            except OSError:
+                pass
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    out: dict[str, dict[str, float]] = {}
+    for (host, pid), cpu in before.items():
+        try:
+            used = proc_cpu_s(pid) - cpu
+        except OSError:
+            continue
+        label = process_label(pid)
+        out.setdefault(host, {})
+        out[host][label] = round(out[host].get(label, 0.0) + used / wall * 100, 2)
+    return out
 
 
 def schedule(nodes: list[int], networks: list[str], repeat: int) -> list[tuple[int, int, str]]:
@@ -171,6 +216,8 @@ def run_cluster(opts, network: str, nodes: int, requests, calibrate: bool, *, ex
         if calibrate:
             entry["calibration_c1"] = bench(opts, status["endpoint"], status.get("api_key"), None,
                                             requests[:opts.calibration_requests], concurrency=1, ca_cert=ca)
+        if getattr(opts, "idle_seconds", 0):
+            entry["idle_cpu_percent"] = idle_cpu(hosts, opts.idle_seconds)
         return entry
     finally:
         down = conclave(["down"], env, 600)  # harmless when nothing is running
@@ -436,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill-requests", type=int, default=8)
     p.add_argument("--prefill-input-len", type=int, default=1024)
     p.add_argument("--prefill-output-len", type=int, default=16)
+    p.add_argument("--idle-seconds", type=float, default=0.0,
+                   help="after the benchmark, CPU of every host's processes while idle for this long (0: off)")
     p.add_argument("--vocab-size", type=int, help="token ids for random prompts (default: the model's config.json)")
     p.add_argument("--out", required=True, help="folder for sweep.json, sweep.md and plots")
     opts = p.parse_args(argv)

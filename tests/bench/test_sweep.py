@@ -160,3 +160,19 @@ def test_repeat_main_runs_every_arm_k_times_with_both_request_sets(tmp_path, mon
     assert [(r["nodes"], r["request_set"]) for r in report["summary"]] == [(1, "decode"), (1, "prefill")]
     assert report["summary"][0]["vs_plain"]["attested"]["output_throughput"]["pairs"] == 2
     assert "Summary over 2 interleaved repeat(s)" in (tmp_path / "out" / "sweep.md").read_text()
+
+
+def test_idle_cpu_is_summed_per_process_label(tmp_path):
+    import os
+    import subprocess
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        out = sweep.idle_cpu(lambda: {"h0": [busy.pid, os.getpid()]}, 1.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert set(out) == {"h0"}
+    spinning = [v for label, v in out["h0"].items() if label.startswith("-c")]
+    assert spinning and spinning[0] > 5             # the spinning child (a share of a busy machine)
+    assert sweep.idle_cpu(None, 1.0) is None and sweep.idle_cpu(lambda: {}, 0) is None
+    assert sweep.process_label(os.getpid()) != "?"
