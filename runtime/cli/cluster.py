@@ -76,6 +76,8 @@ def build_spec(args) -> dict:
         raise UsageError("--nodes must be between 1 and 16", reason="bad_nodes")
     if args.max_model_len < 16 or args.kv_cache_mb < 16:
         raise UsageError("--max-model-len and --kv-cache-mb are too small", reason="bad_engine_args")
+    if getattr(args, "reattest_interval", None) is not None and args.reattest_interval < 5:
+        raise UsageError("--reattest-interval must be at least 5 seconds", reason="bad_reattest_interval")
     folder, manifest = registry.lookup(args.model)
     partition = engine.parse_partition(args.partition, args.nodes, int(manifest["num_layers"]))
     if args.nodes > int(manifest["num_layers"]):
@@ -121,6 +123,7 @@ def build_spec(args) -> dict:
                   "num_layers": int(manifest["num_layers"]), "dtype": dtype},
         "max_model_len": args.max_model_len,
         "kv_cache_mb": args.kv_cache_mb,
+        "reattest_interval": getattr(args, "reattest_interval", None),
         "run_dir": f"/tmp/cv{cluster_id}",
         "nodes": [],
         "groups": [],
@@ -290,6 +293,8 @@ def register(subparsers) -> None:
                     help="attested network: the hosts' CPU TEE: mixed (default: TDX, SNP, TDX, ...), tdx or snp "
                          "(emulated hardware with this cluster's test roots, emulated Intel PCS / AMD KDS), or sim "
                          "(the simulated format)")
+    up.add_argument("--reattest-interval", type=float, default=None, metavar="S",
+                    help="attested network: every node re-attests its peers this often (default: the node's, 600 s)")
     up.add_argument("--gpus", type=int, default=None, metavar="K",
                     help="emulated NVIDIA H100s per host with emulated TEEs (default 1; 0: none): each stage of "
                          "the manifest then requires K attested H100s in CC mode, validated against the "

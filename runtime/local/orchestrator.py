@@ -267,7 +267,9 @@ class Supervisor:
                               "--dtype", st["model"]["dtype"], "--max-model-len", str(st["max_model_len"]),
                               "--kv-cache-mb", str(st["kv_cache_mb"]), "--omp-bind", binds[i],
                               "--run-dir", str(Path(st["run_dir"]) / f"n{i}")]
-                             + ([] if i == 0 else ["--model-manifest", st["model"]["manifest"]]))
+                             + ([] if i == 0 else ["--model-manifest", st["model"]["manifest"]])
+                             + (["--reattest-interval", str(st["reattest_interval"])]
+                                if st.get("reattest_interval") else []))
         return {"tee": st.get("tee") or "sim",   # a state without the field predates emulated hardware
                 "gpus": st.get("gpus"),           # emulated H100s per host (None: the TEE mode's default)
                 "head_node_args": ["--front-port", str(front["port"]), "--front-cert-out", front["ca_cert"],

@@ -15,19 +15,29 @@ import pytest
 
 from serving import harness
 
+# Every node of the package cluster re-attests its peers this often (`conclave up --reattest-interval`;
+# the node's default is 600 s): revocation, TCB recovery and vendor outages must show within a few
+# periods (tests/confidential/test_revocation_live.py), and the evidence age limit is 2 x this + 30 s.
+REATTEST_INTERVAL_S = 30
+
 
 def wg_sockets(status: dict) -> list[str]:
     return [f"/var/run/wireguard/{n['wg_ifname']}.sock" for n in status["nodes"]]
 
 
+# Files whose tests break and heal the shared cluster, in the order they run: after every other test
+# of this folder (GPU switches evicting a worker first, then revocation and TCB recovery, then the faults,
+# which end with the orchestrator killed), and before anything outside it (the cluster is package-scoped).
+DISRUPTIVE = ("test_gpus.py", "test_revocation_live.py", "test_faults.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The fault tests (test_faults.py) break and heal the shared cluster: run them after every other
-    test of this folder, and before anything outside it (the cluster is package-scoped)."""
     here = Path(__file__).parent
     mine = [i for i in items if Path(str(i.fspath)).parent == here]
     if not mine:
         return
-    faults = [i for i in mine if Path(str(i.fspath)).name == "test_faults.py"]
+    faults = sorted((i for i in mine if Path(str(i.fspath)).name in DISRUPTIVE),
+                    key=lambda i: DISRUPTIVE.index(Path(str(i.fspath)).name))
     others = [i for i in mine if i not in faults]
     if not faults or not others:
         return
@@ -42,7 +52,8 @@ def ccluster(tmp_path_factory):
         pytest.fail("the confidential cluster tests need root (network namespaces); CI runs as root")
     state_dir = tmp_path_factory.mktemp("conclave-confidential")
     cluster = None
-    with harness.running_cluster(3, state_dir, network=None) as cluster:
+    with harness.running_cluster(3, state_dir, network=None,
+                                 extra=["--reattest-interval", str(REATTEST_INTERVAL_S)]) as cluster:
         assert cluster.status["network_kind"] == "attested", "the default network must be the attested overlay"
         sockets = wg_sockets(cluster.status)
         trust_dir = cluster.status["network"]["trust_dir"]

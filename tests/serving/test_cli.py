@@ -66,6 +66,7 @@ def test_import_errors(dirs, capsys):
     (["up", "--local", "--model", "tiny", "--underlay-cidr", "10.0.0.1/8"], "bad_underlay_cidr"),
     (["up", "--local", "--model", "tiny", "--no-api-key", "--api-key-file", "/dev/null"], "bad_api_key"),
     (["up", "--local", "--model", "tiny", "--api-key-file", "/nonexistent/key"], "bad_api_key"),
+    (["up", "--local", "--model", "tiny", "--reattest-interval", "1"], "bad_reattest_interval"),
 ])
 def test_bad_up_arguments_fail_before_creating_anything(dirs, capsys, argv, reason):
     _write_model(dirs / "tiny")
