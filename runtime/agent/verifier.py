@@ -9,12 +9,14 @@ collateral is merged by the Verifier only where it checks and is fresher (collat
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from conclave.overlay.admission import Verifier
 from conclave.runtime.attestation import collateral_fetch as cf
@@ -54,10 +56,18 @@ def gpu_collateral_source(folder: Path, services: VendorServices | None,
     built to the policy's roots (NVIDIA's pinned ones unless unsafe_test_roots names test roots;
     policy None: NVIDIA's)."""
     s = services or VendorServices()
-    return GpuCollateralSource(rim_service=RimService(s.rim.rstrip("/"), cache_dir=folder / "nvgpu"),
-                               ocsp_fetcher=OcspFetcher(s.nvidia_ocsp, cache_dir=folder / "nvgpu"),
-                               device_roots=policy.test_roots.get(TeeType.NVGPU) if policy is not None else None,
-                               rim_roots=policy.test_rim_roots if policy is not None else None)
+    rim_roots = policy.test_rim_roots if policy is not None else None
+    device_roots = policy.test_roots.get(TeeType.NVGPU) if policy is not None else None
+    cache = folder / "nvgpu"
+    if rim_roots or device_roots:
+        # test roots (emulated GPUs): every emulated cluster publishes RIMs under the same ids, signed by
+        # its own test RIM root, so a cache shared by clusters (a client's) keeps one folder per root set
+        digest = hashlib.sha256(b"".join(c.fingerprint(hashes.SHA256()) for c in (*(rim_roots or ()),
+                                                                                    *(device_roots or ()))))
+        cache = cache / f"test-{digest.hexdigest()[:16]}"
+    return GpuCollateralSource(rim_service=RimService(s.rim.rstrip("/"), cache_dir=cache),
+                               ocsp_fetcher=OcspFetcher(s.nvidia_ocsp, cache_dir=cache),
+                               device_roots=device_roots, rim_roots=rim_roots)
 
 
 def collateral_cache(folder: Path, services: VendorServices | None, policy: Policy | None = None) -> CollateralCache:

@@ -302,7 +302,7 @@ def test_node_verifier_validates_rims_it_fetched_itself_with_the_policys_test_ro
     assert v.gpu_roots == (authority.device_root,) and v.rim_roots == (authority.rim_root,)
     ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
     assert v.admit(challenged=ann, reply=reply, nonces=nonces).announcement.node_id == "host-a"
-    assert any((tmp_path / "collateral" / "nvgpu" / "rims").iterdir())   # fetched from the RIM service, cached
+    assert list((tmp_path / "collateral" / "nvgpu").glob("test-*/rims/*"))   # fetched from the RIM service, cached
     emu.set_switches(hosts[0] / "gpu0", tamper_index=2)
     ann, reply, nonces = _reply(root, "host-a", [emu.EmulatedGpuSource(hosts[0])])
     with pytest.raises(AdmissionRejected) as err:
@@ -335,3 +335,25 @@ def test_production_policy_refuses_nvgpu_test_roots(authority):
     with pytest.raises(PolicyError):
         Policy.from_dict({"production": False, "allowed_tee": ["nvgpu"], "nvgpu": {"require_rim": True},
                           "unsafe_test_roots": {"nvgpu_rim": ["-----BEGIN CERTIFICATE-----garbage"]}})
+
+
+def test_one_client_cache_serves_two_emulated_clusters(authority, services, hosts, tmp_path):
+    """Every emulated cluster publishes its RIMs under the same ids, signed by its own test RIM root: a
+    client's collateral cache shared by two clusters must keep them apart (before, the second cluster's
+    GPUs failed rim_invalid with the first cluster's cached RIMs)."""
+    from conclave.runtime.agent.verifier import VendorServices, gpu_collateral_source
+    other = emu.GpuAuthority.generate()
+    other_host = tmp_path / "other-host"
+    other.provision(other_host, 5)
+    folder = tmp_path / "client-cache"
+    with other.running_services() as (other_rims, other_responder):
+        for auth, host, (rims, responder) in ((authority, hosts[0], services),
+                                              (other, other_host, (other_rims, other_responder))):
+            policy = Policy.from_dict({"production": False, "allowed_tee": ["nvgpu"], "nvgpu": {"require_rim": True},
+                                       "unsafe_test_roots": {"nvgpu": [_pem(auth.device_root)],
+                                                             "nvgpu_rim": [_pem(auth.rim_root)]}})
+            source = gpu_collateral_source(folder, VendorServices(rim=rims.base_url, nvidia_ocsp=responder.url), policy)
+            data, nonce = _collect(host)
+            verified = _verify(auth, data, nonce, source.collateral_for(TeeType.NVGPU, data))
+            assert verified.claims["rim_validated"] is True and verified.revocation_checked is True
+    assert len(list((folder / "nvgpu").glob("test-*"))) == 2
