@@ -17,7 +17,7 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("reason", "peer", "node", "step"):
+        for key in ("reason", "peer", "node", "step", "took_s"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:

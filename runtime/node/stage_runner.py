@@ -35,10 +35,13 @@ from conclave.runtime.node import engine as engine_mod
 from conclave.runtime.node import process
 from conclave.runtime.node import ray_cluster
 from conclave.runtime.node.address import ClusterAddress
+from conclave.runtime.node.timeline import Timeline
 
 log = logging.getLogger("conclave.node")
 STEP = 1.0
 RAY_RESTART_BACKOFF = 3.0
+SHARD_RETRY_FIRST = 0.5     # the broker refuses until our owner enrolled us (usually well under a second)
+SHARD_RETRY_MAX = 5.0       # doubling up to this while the broker or the shard source stays unreachable
 RAY_PROBE_TIMEOUT = 60.0
 ENGINE_READY_TIMEOUT = 900.0
 _ENGINE_MILESTONES = (
@@ -123,10 +126,14 @@ class StageRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._published: bytes | None = None
+        self.timeline = Timeline(started=getattr(agent, "started_wall", None))
+        self._shard_retry_at = 0.0
+        self._shard_retry_delay = 0.0   # 0.5, 1, 2, 4, 5, 5... s between tries for the sealed shard
 
     # -- thread ----------------------------------------------------------------------------
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.timeline.mark("agent_started")
         self._thread = threading.Thread(target=self._run, name="conclave-stage", daemon=True)
         self._thread.start()
 
@@ -150,6 +157,7 @@ class StageRunner:
     # -- one step --------------------------------------------------------------------------
     def step(self) -> None:
         process.reap()
+        self._mark_agent_steps()
         if self.shard["digest"] is None:
             self._verify_shard()
         if self.shard["digest"] is None:   # sealed shard not obtained yet (broker or source unreachable)
@@ -189,6 +197,7 @@ class StageRunner:
         if not self.shard["verified"]:
             clog.progress(f"error [model_shard_mismatch]: {s.name}: {self.shard['error']}; this node will not serve")
         else:
+            self.timeline.mark("shard_verified")
             self._set(NodeState.SHARD_VERIFIED, [])
 
     def _open_sealed_shard(self) -> None:
@@ -201,7 +210,7 @@ class StageRunner:
         from conclave.runtime.sealing.shards import key_from_secret
         s = self.spec
         now = time.monotonic()
-        if now < getattr(self, "_shard_retry_at", 0.0):
+        if now < self._shard_retry_at:
             return
         agent = self.agent
         try:
@@ -209,6 +218,7 @@ class StageRunner:
                                      source=agent.cfg.evidence_source, manifest_digest=agent.cfg.manifest_digest,
                                      enrolment=agent.enrolment, broker_key=_broker_key(s.model_source))
             clog.progress(f"model: the broker released the shard key of stage {s.name}")
+            self.timeline.mark("stage_key")
             if s.mount_shard_tmpfs:
                 _mount_private_tmpfs(s.shard_mount)
             else:
@@ -223,12 +233,14 @@ class StageRunner:
             clog.progress(f"error [model_shard_mismatch]: {s.name}: {exc.message}; this node will not serve")
             return
         except ConclaveError as exc:
-            self._shard_retry_at = now + 5.0
+            self._shard_retry_delay = min(SHARD_RETRY_MAX, max(SHARD_RETRY_FIRST, self._shard_retry_delay * 2))
+            self._shard_retry_at = now + self._shard_retry_delay
             self._set(NodeState.DEGRADED, [(LifecycleReason.SHARD_UNAVAILABLE, f"[{exc.reason}] {exc.message}")])
             log.warning("shard not available yet [%s]: %s", exc.reason, exc.message)
             return
         self.shard.update(result.to_json())
         self.shard.pop("error", None)
+        self.timeline.mark("shard_verified", after="stage_key")
         self._set(NodeState.SHARD_VERIFIED, [])
 
     # -- Ray ---------------------------------------------------------------------------------
@@ -255,6 +267,7 @@ class StageRunner:
         self.ray_pid = started.pid
         self.ray_epoch = epoch
         self._ray_token_fp = _fingerprint(token)
+        self.timeline.mark("ray_started")
 
     def _stop_ray(self) -> None:
         if self.ray_pid is not None:
@@ -331,10 +344,12 @@ class StageRunner:
             self._set(NodeState.DEGRADED if self._was_serving else NodeState.RAY_JOINED, problems)
             return
         if self.engine_pid is None:
+            self.timeline.mark("stages_ready")   # every stage meshed, shard-verified, in this Ray epoch
             if not self._ray_has_every_stage():
                 self._set(NodeState.RAY_JOINED, [(LifecycleReason.STAGE_RAY_NOT_JOINED,
                                                   "not every stage's Ray node is in the cluster yet")])
                 return
+            self.timeline.mark("ray_all_joined", after="stages_ready")
             self._start_engine()
         self._follow_engine_log()
         if not self.engine_ready:
@@ -344,6 +359,7 @@ class StageRunner:
                     self.recoveries += 1
                     clog.progress(f"ready again after recovery {self.recoveries}")
                 self._was_serving = True
+                self.timeline.mark("engine_ready", after="engine_launched")
                 clog.progress("serving: every stage admitted, shard-verified and joined; the engine answers")
                 self._set(NodeState.SERVING, [])
                 return
@@ -399,6 +415,7 @@ class StageRunner:
         del env
         self.engine_pid, self.engine_ready = started.pid, False
         self.engine_started_at = time.monotonic()
+        self.timeline.mark("engine_launched")
         self._milestones = set()
         try:
             self._engine_log_offset = (self.logs / "engine.log").stat().st_size
@@ -420,6 +437,7 @@ class StageRunner:
         if self.engine_pid is None:
             return
         clog.progress(f"engine: stopping ({why})")
+        self.timeline.mark("engine_stopped")
         process.stop_group(self.engine_pid, grace=5.0)
         self.engine_pid, self.engine_ready = None, False
         try:
@@ -477,7 +495,18 @@ class StageRunner:
                 "shard_error": self.shard.get("error"),
                 "ray": {"running": self._ray_alive(), "epoch": self.ray_epoch, "pid": self.ray_pid},
                 "engine": {"pid": self.engine_pid, "ready": self.engine_ready, "recoveries": self.recoveries}
-                if self.spec.is_head else None}
+                if self.spec.is_head else None,
+                "timeline": self.timeline.to_json()}
+
+    def _mark_agent_steps(self) -> None:
+        """Timeline marks for what the agent did by itself: enrolled by our owner, every peer this
+        stage needs meshed (head: every worker stage; worker: the head)."""
+        if not self.timeline.seen("enrolled") and getattr(self.agent, "stage_proof", None) is not None:
+            self.timeline.mark("enrolled")
+        if not self.timeline.seen("peers_meshed"):
+            meshed = {p.get("node_id") for p in self.agent.status().get("peers", []) if p.get("state") == "meshed"}
+            if (set(self.worker_names) <= meshed) if self.spec.is_head else (self._meshed_head() is not None):
+                self.timeline.mark("peers_meshed")
 
     def _publish(self) -> None:
         statement = {"stage": self.spec.name, "index": self.spec.index, "state": str(self.state),
