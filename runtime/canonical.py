@@ -8,7 +8,7 @@ The default (`canonical_json(value)`) is the signed-document encoding (manifest,
 report, receipt, sealed-shard index). Formats that were fixed before it keep their exact bytes
 through the keyword arguments, each named at its format:
 - simulated attestation evidence (attestation/sim.py): `strict=False, ensure_ascii=True`
-- policy digest (attestation/policy.py), model manifest digest (model/manifest.py) and the
+- policy digest (attestation/policy/load.py), model manifest digest (model/manifest.py) and the
   stage shard digest (model/stage_check.py): `strict=False, ensure_ascii=True, allow_nan=True`
 tests/test_canonical.py pins each setting's bytes.
 """

@@ -49,7 +49,8 @@ IO_MODULES = ("subprocess", "socket", "grpc", "aiohttp", "ctypes", "fcntl", "req
               "http.client", "conclave.overlay.proto", "conclave.runtime.attestation.collect")
 PURE_CORE = (
     "runtime.attestation.core", "runtime.attestation.der", "runtime.attestation.binding",
-    "runtime.attestation.policy", "runtime.attestation.collateral_merge",
+    "runtime.attestation.policy", "runtime.attestation.policy.schema", "runtime.attestation.policy.load",
+    "runtime.attestation.policy.validate", "runtime.attestation.collateral_merge",
     "runtime.attestation.snp_report", "runtime.attestation.snp_certs", "runtime.attestation.snp_der",
     "runtime.attestation.tdx_quote", "runtime.attestation.tdx_pck", "runtime.attestation.tdx_tcb",
     "runtime.attestation.nvgpu_chain", "runtime.attestation.nvgpu_rim", "runtime.attestation.nvgpu_spdm",
