@@ -179,7 +179,7 @@ def _b64(value, what: str) -> bytes:
 
 def build_config(args, bundle: dict | None = None):
     from conclave.overlay.addressing import DEFAULT_OVERLAY_CIDR, parse_cidr
-    from conclave.overlay.evidence import NodeEvidenceSource, SimEvidenceSource
+    from conclave.overlay.evidence import NodeEvidenceSource
     from conclave.runtime.agent import config as ac
     from conclave.runtime.attestation import collect
     from conclave.runtime.attestation.sim import SimulatedAttester
@@ -194,7 +194,9 @@ def build_config(args, bundle: dict | None = None):
         if "sim_attester" not in bundle:
             raise UsageError("--evidence sim needs the simulated attester in the bundle (never argv)",
                              reason="attester_missing")
-        source = SimEvidenceSource(SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester")))
+        attester = SimulatedAttester.from_secret_bytes(_b64(bundle["sim_attester"], "sim_attester"))
+        # --gpu-evidence counts here too (it was silently dropped with --evidence sim)
+        source = NodeEvidenceSource(collect.SimulatedSource(attester), gpu_sources(args))
     elif args.evidence == "emulated":
         source = emulated_evidence_source(bundle, gpu_sources(args))
     else:

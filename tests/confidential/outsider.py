@@ -80,8 +80,12 @@ class Outsider:
         attester = root.issue_attester(name, measurement=wrong)
         from conclave.runtime.manifest.document import DeploymentManifest
         manifest = DeploymentManifest.load(status["manifest"], trusted_owner=net["owner_fingerprint"])
+        own_policy = local_trust.sim_policy(wrong)
+        gpu_args = []
+        if net.get("gpus_per_host"):   # the stage asks for GPUs: the impostor brings an emulated H100 of its own
+            gpu_args, own_policy = self._own_gpus(net, trust, workdir, own_policy)
         policy = workdir / "policy.json"
-        policy.write_text(json.dumps(local_trust.sim_policy(wrong)))
+        policy.write_text(json.dumps(own_policy))
         sock = workdir / "intruder.sock"
         head = status["nodes"][0]
         # the manifest lists only the cluster's stages: the intruder claims a worker's stage to boot
@@ -94,7 +98,8 @@ class Outsider:
                 "--overlay-address", str(ipaddress.IPv4Network(net["overlay_cidr"]).broadcast_address - 7),
                 "--shard-mount", str(workdir / "shard"),
                 "--interface", f"{self.netns}w", "--rendezvous", f"{head['underlay_ip']}:{net['rendezvous_port']}",
-                "--firewall", "none", "--metrics-port", "0", "--status-socket", str(sock), "--retry-interval", "2"]
+                "--firewall", "none", "--metrics-port", "0", "--status-socket", str(sock), "--retry-interval", "2",
+                *gpu_args]
         bundle = json.dumps({"sim_attester": base64.b64encode(attester.to_secret_bytes()).decode()}).encode()
         log = open(workdir / "intruder.log", "ab")
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv], stdin=subprocess.PIPE,
@@ -109,6 +114,21 @@ class Outsider:
                                      + (workdir / "intruder.log").read_text()[-2000:])
             time.sleep(0.2)
         return sock
+
+    @staticmethod
+    def _own_gpus(net: dict, trust: Path, workdir: Path, policy: dict) -> tuple[list[str], dict]:
+        """An emulated H100 certified by the cluster's own GPU authority (a genuine GPU in the wrong
+        hands), and the impostor's own policy allowing it, so it passes its self-check and tries."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+        authority = local_trust.load_gpu_authority(trust)
+        gpu_dir = authority.provision(workdir / "gpus", 0x99, int(net["gpus_per_host"]))[0].parent
+        pem = lambda cert: cert.public_bytes(Encoding.PEM).decode()   # noqa: E731
+        policy = dict(policy, allowed_tee=["sim", "nvgpu"], nvgpu={"require_rim": True},
+                      unsafe_test_roots={"nvgpu": [pem(authority.device_root)],
+                                         "nvgpu_rim": [pem(authority.rim_root)]})
+        nvidia = net["emulators"]["nvidia"]
+        return (["--gpu-evidence", "emulated", "--gpu-device-dir", str(gpu_dir), "--rim-url", nvidia["url"],
+                 "--nvidia-ocsp-url", nvidia["ocsp_url"], "--collateral-dir", str(workdir / "collateral")], policy)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -47,11 +47,12 @@ def test_status_describes_the_confidential_cluster(ccluster):
                             status["network"]["owner_fingerprint"], "--json"], ccluster.env)
     assert json.loads(verified.stdout)["ok"] is True
     content = json.loads(manifest.read_text())["manifest"]
-    # emulated hardware (the default): TDX, SNP, TDX; test roots only through unsafe_test_roots,
-    # otherwise as strict as production (revocation checked, collateral age, code identity)
+    # emulated hardware (the default): TDX, SNP, TDX, one emulated H100 each (RIMs required); test roots
+    # only through unsafe_test_roots, otherwise as strict as production (revocation, collateral age, code identity)
     policy = content["policy"]
-    assert policy["production"] is False and policy["allowed_tee"] == ["snp", "tdx"]
-    assert set(policy["unsafe_test_roots"]) == {"snp", "tdx"} and policy["require_revocation_check"] is True
+    assert policy["production"] is False and policy["allowed_tee"] == ["snp", "tdx", "nvgpu"]
+    assert set(policy["unsafe_test_roots"]) == {"snp", "tdx", "nvgpu", "nvgpu_rim"}
+    assert policy["require_revocation_check"] is True and policy["nvgpu"] == {"require_rim": True}
     assert policy["tdx"]["mr_td"] == [status["network"]["measurement"]]
     assert policy["snp"]["measurement"] == [status["network"]["measurement"]]
     assert [n["tee"] for n in status["nodes"]] == ["tdx", "snp", "tdx"]
@@ -225,11 +226,13 @@ def test_no_secret_in_argv_logs_or_readable_files(ccluster):
 # -- the head's public API: TLS bound into the head's evidence ---------------------------------------------
 def _verify_args(cluster, manifest: str, fingerprint: str) -> list[str]:
     st = cluster.status
-    emulators = st["network"]["emulators"]      # the client fetches its own collateral (emulated PCS/KDS)
+    emulators = st["network"]["emulators"]      # the client fetches its own collateral (emulated PCS/KDS/NVIDIA)
+    nvidia = (["--rim-url", emulators["nvidia"]["url"], "--nvidia-ocsp-url", emulators["nvidia"]["ocsp_url"]]
+              if "nvidia" in emulators else [])
     return ["verify", f"https://127.0.0.1:{st['endpoint'].split(':')[2].split('/')[0]}", "--manifest", manifest,
             "--owner-fingerprint", fingerprint, "--ca", st["ca_cert"], "--pcs-url", emulators["pcs"]["url"],
             "--pcs-root-crl-url", emulators["pcs"]["url"] + "/IntelSGXRootCA.der", "--kds-url",
-            emulators["kds"]["url"], "--json"]
+            emulators["kds"]["url"], *nvidia, "--json"]
 
 
 def test_endpoint_is_tls_and_conclave_verify_accepts_it(ccluster):
