@@ -9,6 +9,13 @@ otherwise, always through `wg` (wireguard-tools). Secrets go to `wg` through a p
 Devices that can die (a wireguard-go process killed or crashed, an interface deleted) offer
 `check()` (why it is dead, or None) and `recreate()` (same key, port and address); the
 reconciler heals them on its next step.
+
+With `netns` (a serving node's inner namespace, runtime/node/inner_netns.py) the device is
+created here, so its UDP socket stays in this namespace on the underlay, and then moved into
+`netns`, where its address, MTU and link state are set: the overlay address and routes exist only
+there. wireguard-go keeps serving a moved TUN device, and its UAPI socket is a file
+(/var/run/wireguard/IF.sock), so `wg` runs here; kernel WireGuard is driven by netlink in the
+namespace that holds the interface, so `wg` runs inside `netns` (`ip netns exec`).
 """
 from __future__ import annotations
 
@@ -131,17 +138,18 @@ def scrub_wg_stderr(stderr: str, secret: bytes | None) -> str:
     return text
 
 
-def _wg(args: list[str], *, secret: bytes | None = None, timeout: float = 10) -> str:
-    """Run `wg ARGS`; `secret` (if any) is readable by wg as /dev/fd/N, substituted for '{fd}'."""
+def _wg(args: list[str], *, secret: bytes | None = None, timeout: float = 10, prefix: list[str] = ()) -> str:
+    """Run `wg ARGS` (after `prefix`, e.g. `ip netns exec NS`); `secret` (if any) is readable by wg as
+    /dev/fd/N, substituted for '{fd}'."""
     if secret is None:
-        res = subprocess.run(["wg", *args], capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run([*prefix, "wg", *args], capture_output=True, text=True, timeout=timeout)
     else:
         r, w = os.pipe()
         try:
             os.write(w, secret)  # < pipe buffer; wg reads it after we close the write end
             os.close(w)
             w = -1
-            res = subprocess.run(["wg", *[a.replace("{fd}", f"/dev/fd/{r}") for a in args]],
+            res = subprocess.run([*prefix, "wg", *[a.replace("{fd}", f"/dev/fd/{r}") for a in args]],
                                  capture_output=True, text=True, timeout=timeout, pass_fds=(r,))
         finally:
             os.close(r)
@@ -161,12 +169,27 @@ def kernel_wireguard_available(probe_name: str = "cncprobe0") -> bool:
     return False
 
 
+def bring_up_commands(interface: str, *, listen_port: int, address: ipaddress.IPv4Address,
+                      overlay: ipaddress.IPv4Network, netns: str | None) -> list[tuple[list[str], bool]]:
+    """The commands that configure a freshly created device, in order: (argv, takes the private key).
+    Key and port are set where the device was created (its UDP socket's namespace); with `netns`
+    the device then moves there and is addressed and brought up inside it."""
+    key = (["wg", "set", interface, "private-key", "{fd}", "listen-port", str(listen_port)], True)
+    cidr = f"{address}/{overlay.prefixlen}"
+    if not netns:
+        return [key, (["ip", "addr", "replace", cidr, "dev", interface], False),
+                (["ip", "link", "set", interface, "mtu", "1420", "up"], False)]
+    return [key, (["ip", "link", "set", "dev", interface, "netns", netns], False),
+            (["ip", "-n", netns, "addr", "replace", cidr, "dev", interface], False),
+            (["ip", "-n", netns, "link", "set", interface, "mtu", "1420", "up"], False)]
+
+
 class WgDevice:
     """A real WireGuard interface in the current network namespace, driven through `wg`."""
 
     def __init__(self, interface: str, *, private_key: WgPrivateKey, listen_port: int,
                  address: ipaddress.IPv4Address, overlay: ipaddress.IPv4Network,
-                 implementation: str = "auto"):
+                 implementation: str = "auto", netns: str | None = None):
         if len(interface) > 15:
             raise ValueError("interface names are at most 15 characters")
         self.interface = interface
@@ -178,6 +201,8 @@ class WgDevice:
         self._listen_port = listen_port
         self._address = address
         self._overlay = overlay
+        self.netns = netns
+        self._moved = False
         if shutil.which("wg") is None:
             raise ConclaveError("no_wireguard_tools", "`wg` (wireguard-tools) is not installed")
         self._bring_up()
@@ -186,13 +211,24 @@ class WgDevice:
         self.implementation = self._wanted
         self._create()
         try:
-            _wg(["set", self.interface, "private-key", "{fd}", "listen-port", str(self._listen_port)],
-                secret=self._private_key.wg_text())
-            self._ip(["addr", "replace", f"{self._address}/{self._overlay.prefixlen}", "dev", self.interface])
-            self._ip(["link", "set", self.interface, "mtu", "1420", "up"])
+            for args, secret in bring_up_commands(self.interface, listen_port=self._listen_port,
+                                                  address=self._address, overlay=self._overlay,
+                                                  netns=self.netns):
+                if args[0] == "wg":
+                    _wg(args[1:], secret=self._private_key.wg_text() if secret else None, prefix=self._wg_prefix())
+                else:
+                    self._ip(args[1:])
+                    if args[1:3] == ["link", "set"] and "netns" in args:
+                        self._moved = True
         except Exception:
             self.close()
             raise
+
+    def _wg_prefix(self) -> list[str]:
+        """Kernel WireGuard moved into another namespace answers netlink only there."""
+        if self.netns and self.implementation == "kernel" and self._moved:
+            return ["ip", "netns", "exec", self.netns]
+        return []
 
     @property
     def pid(self) -> int | None:
@@ -200,11 +236,16 @@ class WgDevice:
         return self._proc.pid if self._proc is not None else None
 
     def check(self) -> DeviceReason | None:
-        """Why this device no longer works (None: it does). Cheap: no subprocess."""
+        """Why this device no longer works (None: it does). Cheap: no subprocess, except one `ip -n`
+        for a device in another namespace."""
         if self._proc is not None and self._proc.poll() is not None:
             return DeviceReason.DAEMON_EXITED
         if self.implementation == "wireguard-go" and not (WG_RUN_DIR / f"{self.interface}.sock").exists():
             return DeviceReason.SOCKET_MISSING
+        if self.netns:
+            res = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show", "dev", self.interface],
+                                 capture_output=True, timeout=10)
+            return DeviceReason.INTERFACE_MISSING if res.returncode != 0 else None
         try:
             socket.if_nametoindex(self.interface)
         except OSError:
@@ -225,6 +266,7 @@ class WgDevice:
             raise ConclaveError("ip_failed", f"ip {' '.join(args)}: {res.stderr.strip()}")
 
     def _create(self) -> None:
+        self._moved = False
         impl = self.implementation
         if impl in ("auto", "kernel"):
             res = subprocess.run(["ip", "link", "add", self.interface, "type", "wireguard"],
@@ -256,7 +298,7 @@ class WgDevice:
             time.sleep(0.02)
 
     def read(self) -> ObservedDevice:
-        out = _wg(["show", self.interface, "dump"])
+        out = _wg(["show", self.interface, "dump"], prefix=self._wg_prefix())
         lines = out.splitlines()
         if not lines:
             raise ConclaveError("wg_failed", "empty wg dump")
@@ -284,17 +326,20 @@ class WgDevice:
         _wg(["set", self.interface, "peer", spec.public_key.to_base64(), "preshared-key", "{fd}",
              "endpoint", spec.endpoint, "persistent-keepalive", str(spec.keepalive),
              "allowed-ips", ",".join(spec.allowed_ips)],
-            secret=spec.psk.wg_text())
+            secret=spec.psk.wg_text(), prefix=self._wg_prefix())
 
     def remove_peer(self, public_key: WgPublicKey) -> None:
-        _wg(["set", self.interface, "peer", public_key.to_base64(), "remove"])
+        _wg(["set", self.interface, "peer", public_key.to_base64(), "remove"], prefix=self._wg_prefix())
 
     def set_listen_port(self, port: int) -> None:
-        _wg(["set", self.interface, "listen-port", str(port)])
+        _wg(["set", self.interface, "listen-port", str(port)], prefix=self._wg_prefix())
 
     def close(self) -> None:
         """Delete the interface and stop wireguard-go (our own child, by PID)."""
+        if self.netns:
+            subprocess.run(["ip", "-n", self.netns, "link", "del", self.interface], capture_output=True)
         subprocess.run(["ip", "link", "del", self.interface], capture_output=True)
+        self._moved = False
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -267,10 +267,51 @@ def _is_wildcard(address: str) -> bool:
 
 
 def fetch_exposition(url: str, timeout: float = UPSTREAM_TIMEOUT_S) -> bytes:
-    """GET another Prometheus text exposition (vLLM's /metrics), asking for format 0.0.4."""
+    """GET another Prometheus text exposition (vLLM's /metrics), asking for format 0.0.4.
+    `http+unix://<percent-encoded socket path>/metrics` reaches a server on a unix socket."""
+    if url.startswith("http+unix://"):
+        return _fetch_unix(url, timeout)
     request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator URL
         return response.read()
+
+
+def _fetch_unix(url: str, timeout: float) -> bytes:
+    from urllib.parse import unquote, urlsplit
+    parts = urlsplit(url)
+    status, body = unix_http_get(unquote(parts.netloc), parts.path or "/",
+                                 {"Accept": "text/plain;version=0.0.4"}, timeout)
+    if status != 200:
+        raise OSError(f"upstream answered {status}")
+    return body
+
+
+def unix_http_get(socket_path: str, path: str, headers: dict, timeout: float) -> tuple[int, bytes]:
+    """GET `path` from an HTTP server on the unix socket `socket_path` -> (status, body); OSError
+    when it cannot be reached or does not speak HTTP."""
+    import http.client
+    import socket
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(socket_path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except http.client.HTTPException as exc:
+        raise OSError(str(exc)) from None
+    finally:
+        conn.close()
 
 
 def merged_exposition(registry: CollectorRegistry, upstream_url: str | None,

@@ -102,6 +102,7 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
         self._channels: dict[str, grpc.Channel] = {}
         self._channel_lock = threading.Lock()
         self._device = None
+        self.inner = None            # runtime.node.inner_netns.InnerNetns of a serving node (cfg.inner_netns)
         self._reconciler: Reconciler | None = None
         self._device_lock = threading.Lock()
         self._firewall: Firewall | None = None
@@ -174,9 +175,13 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
         if cfg.device_factory is not None:
             self._device = cfg.device_factory(cfg, self.identity, cfg.overlay_address)
         else:
+            if cfg.inner_netns:
+                # Ray and vLLM live in a namespace that has no underlay: only lo and this device
+                from conclave.runtime.node.inner_netns import InnerNetns
+                self.inner = InnerNetns.for_node(cfg.node_name, cfg.interface).create()
             self._device = WgDevice(cfg.interface, private_key=self.identity.wg_private,
                                     listen_port=cfg.wireguard_port, address=cfg.overlay_address,
-                                    overlay=cfg.overlay_cidr)
+                                    overlay=cfg.overlay_cidr, netns=self.inner.name if self.inner else None)
         self._reconciler = Reconciler(self._device)
 
     def _start_firewall(self) -> None:
@@ -212,8 +217,13 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
             # default: the overlay address only (the operator's scraper is inside the deployment, never on
             # the underlay); --metrics-host names another specific address (e.g. the pod IP), never a wildcard
             host = cfg.metrics_host or str(cfg.overlay_address)
-            self._metrics_server = serve_metrics(self.metrics.registry, host,
-                                                 cfg.metrics_port, upstream_url=cfg.metrics_upstream)
+            if self.inner is not None and cfg.metrics_host is None:
+                # the overlay address exists only in the inner namespace: bind (and serve) there
+                self._metrics_server = self.inner.call(lambda: serve_metrics(
+                    self.metrics.registry, host, cfg.metrics_port, upstream_url=cfg.metrics_upstream))
+            else:
+                self._metrics_server = serve_metrics(self.metrics.registry, host,
+                                                     cfg.metrics_port, upstream_url=cfg.metrics_upstream)
         self._status = StatusServer(cfg.status_socket, self.handle_status_command)
         self._status.start()
 
@@ -253,7 +263,8 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
                        lambda: self._metrics_server and self._metrics_server.close(),
                        lambda: self._rendezvous and self._rendezvous.close(),
                        lambda: self._firewall and self._firewall.remove(),
-                       lambda: self._device is not None and hasattr(self._device, "close") and self._device.close()):
+                       lambda: self._device is not None and hasattr(self._device, "close") and self._device.close(),
+                       lambda: self.inner is not None and self.inner.close()):
             try:
                 closer()
             except Exception as exc:  # keep tearing down the rest
@@ -551,6 +562,10 @@ class NodeAgent(AdmissionFlow, KeyExchange, LivenessFlow, StageStatements):
             "state": str(self.state), "wg_public_key": self.identity.wg_public.to_base64(),
             "overlay_address": str(self.cfg.overlay_address), "overlay_cidr": str(self.cfg.overlay_cidr),
             "interface": self.cfg.interface,
+            # Ray and vLLM's namespace (lo + the device): its name, nsfs inode, and a path any root
+            # process here can enter (`nsenter --net=PATH`); None: they share this node's namespace
+            "inner_netns": None if self.inner is None else {"name": self.inner.name, "inode": self.inner.inode,
+                                                            "enter": self.inner.enter_path},
             "device": getattr(self._device, "implementation", "fake"),
             "firewall": "nft" if self._firewall is not None and self._firewall.applied else "none",
             "underlay": self.me.admission_target, "wireguard_port": self.cfg.wireguard_port,

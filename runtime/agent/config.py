@@ -85,6 +85,8 @@ class NodeConfig:
     manifest: object | None = None           # the VerifiedManifest the node booted with (--manifest)
     vendor_services: object | None = None    # agent.verifier.VendorServices: collateral URLs (None: Intel/AMD)
     collateral_dir: Path | None = None       # the verifier's collateral cache (None: STATE_DIR/collateral/NAME)
+    inner_netns: bool = False                # a serving node: WireGuard, Ray and vLLM in a private inner
+                                             # namespace (lo + the device only; runtime/node/inner_netns.py)
 
     def __post_init__(self) -> None:
         if not NODE_ID_RE.match(self.node_name):

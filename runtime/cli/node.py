@@ -52,7 +52,9 @@ def register(subparsers) -> None:
                    help="head only: serve the public API (TLS whose key the head's evidence binds, "
                         "/v1/attestation, /v1/report, OpenAI API forwarded to --front-upstream) on the "
                         "underlay address at this port")
-    p.add_argument("--front-upstream", default="127.0.0.1:8000", help="the vLLM server inside the head")
+    p.add_argument("--front-upstream", default=None,
+                   help="the vLLM server inside the head (default: its unix socket when Ray and vLLM run in the "
+                        "node's inner namespace, else 127.0.0.1:8000; a loopback address then means that socket)")
     p.add_argument("--front-cert-out", type=Path, default=None, help="write the front's public TLS certificate here")
     p.add_argument("--model-manifest", type=Path, default=None,
                    help="model manifest (JSON) for the run report's per-stage shard digests")
@@ -110,6 +112,10 @@ def register(subparsers) -> None:
     p.add_argument("--liveness-timeout", type=float, default=10.0, metavar="S",
                    help="evict a peer (peer_unreachable) after this long without a ping reply")
     p.add_argument("--firewall", choices=["auto", "nft", "none"], default="auto")
+    p.add_argument("--inner-netns", choices=["auto", "on", "off"], default="auto",
+                   help="run WireGuard's interface, Ray and vLLM in a private network namespace whose only "
+                        "interfaces are lo and the WireGuard device, so nothing they bind is on the underlay "
+                        "even without firewall rules (auto: on when this node serves a stage)")
     p.add_argument("--metrics-port", type=int, default=None, help="0 disables")
     p.add_argument("--metrics-host", default=None, metavar="ADDR",
                    help="bind address of /metrics (default: the overlay address); a specific IP such as the "
@@ -234,13 +240,19 @@ def build_config(args, bundle: dict | None = None):
         kwargs["metrics_port"] = args.metrics_port or None
     if args.metrics_host is not None:
         kwargs["metrics_host"] = _metrics_host(args.metrics_host)
+    inner = wants_inner_netns(args, manifest)
     if args.front_port is not None and args.role == "head":
         # the head serves vLLM behind its front: one scrape of the agent's metrics sees both
         from conclave.runtime.serving.front import parse_upstream
         try:
-            kwargs["metrics_upstream"] = parse_upstream(args.front_upstream) + "/metrics"
+            upstream = parse_upstream(front_upstream(args, inner))
         except ValueError as exc:
             raise UsageError(f"--front-upstream: {exc}", reason="front_invalid") from None
+        if upstream.startswith("unix:"):
+            from urllib.parse import quote
+            kwargs["metrics_upstream"] = "http+unix://" + quote(upstream[len("unix:"):], safe="") + "/metrics"
+        else:
+            kwargs["metrics_upstream"] = upstream + "/metrics"
     try:
         cidr = parse_cidr(args.overlay_cidr or manifest.overlay_cidr or DEFAULT_OVERLAY_CIDR)
         addr = ipaddress.IPv4Address(args.overlay_address) if args.overlay_address else None
@@ -256,7 +268,49 @@ def build_config(args, bundle: dict | None = None):
         public_tcp_ports=tuple(args.public_port) + ((args.front_port,) if args.front_port and args.role == "head" else ())
         + _own_rendezvous_ports(manifest, args.underlay_host),
         allow_launch=args.allow_launch, manifest=manifest, vendor_services=vendor_services(args),
-        collateral_dir=args.collateral_dir, **kwargs)
+        collateral_dir=args.collateral_dir, inner_netns=inner, **kwargs)
+
+
+def wants_inner_netns(args, manifest) -> bool:
+    """--inner-netns: on, off, or (auto) on whenever this node serves a stage (runs Ray; the head vLLM)."""
+    mode = getattr(args, "inner_netns", "auto")
+    if mode == "auto":
+        return args.model is not None or bool(manifest.model_source)
+    return mode == "on"
+
+
+def node_run_dir(args, node_name: str) -> Path:
+    from conclave.runtime import config as env_config
+    return getattr(args, "run_dir", None) or (env_config.state_dir() / f"node-{node_name}")
+
+
+def front_upstream(args, inner: bool) -> str:
+    """Where the head's front reaches vLLM. With the inner namespace vLLM listens on a unix socket
+    only (a loopback TCP address there is unreachable from the front's namespace), so the default
+    and any loopback --front-upstream mean that socket."""
+    given = getattr(args, "front_upstream", None)
+    if inner and (given is None or _is_loopback(given)):
+        from conclave.runtime.node.inner_netns import engine_socket_path
+        name = getattr(args, "name", None) or socket.gethostname()
+        return f"unix:{engine_socket_path(node_run_dir(args, name))}"
+    return given or "127.0.0.1:8000"
+
+
+def _engine_socket(args, inner_head: bool) -> Path | None:
+    """The head's vLLM socket when its engine runs in the inner namespace (else vLLM listens on TCP)."""
+    if not inner_head:
+        return None
+    upstream = front_upstream(args, True)
+    return Path(upstream[len("unix:"):]) if upstream.startswith("unix:") else None
+
+
+def _is_loopback(upstream: str) -> bool:
+    from urllib.parse import urlsplit
+    try:
+        host = urlsplit(upstream if "://" in upstream else f"http://{upstream}").hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def gpu_sources(args) -> list:
@@ -413,10 +467,11 @@ def _stage_runner(args, cfg, agent, api_key: str | None):
         model_path=args.model or args.shard_mount,
         model_manifest=model_manifest, served_name=args.served_name, dtype=dtype, max_model_len=args.max_model_len,
         kv_cache_bytes=args.kv_cache_mb * 1024 * 1024,
-        run_dir=args.run_dir or (env_config.state_dir() / f"node-{cfg.node_name}"),
+        run_dir=node_run_dir(args, cfg.node_name),
         omp_bind=args.omp_bind or (f"0-{cores - 1}" if cores > 1 else "0"), api_key=api_key,
         model_source=manifest.model_source, shard_index=names.index(me.node), shard_mount=args.shard_mount,
-        mount_shard_tmpfs=args.shard_mount_mode == "mount")
+        mount_shard_tmpfs=args.shard_mount_mode == "mount",
+        engine_socket=_engine_socket(args, getattr(cfg, "inner_netns", False) and me.role == "head"))
     return StageRunner(agent, spec, ClusterAddress(str(cfg.overlay_address), cfg.interface),
                        worker_names=[n for n in names if n != me.node])
 
@@ -445,7 +500,7 @@ def _head_front(args, cfg, agent, api_key: str | None = None):
             model_manifest = json.loads(args.model_manifest.read_text())
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read --model-manifest: {exc}", reason="model_manifest_invalid") from None
-    front = head_front_for_agent(agent, manifest=cfg.manifest, upstream=args.front_upstream,
+    front = head_front_for_agent(agent, manifest=cfg.manifest, upstream=front_upstream(args, getattr(cfg, "inner_netns", False)),
                                  listen_host=cfg.underlay_host, listen_port=args.front_port,
                                  tls_names=[cfg.underlay_host, "127.0.0.1", "localhost"],
                                  model_manifest=model_manifest, api_key=api_key)

@@ -74,9 +74,12 @@ def stage_layer_ranges(num_layers: int, stages: int, partition: tuple[int, ...] 
     return out
 
 
-def engine_argv(spec: EngineSpec, head: ClusterAddress, bind_host: str | None = None) -> list[str]:
+def engine_argv(spec: EngineSpec, head: ClusterAddress, bind_host: str | None = None,
+                uds: str | None = None) -> list[str]:
     """bind_host: where the OpenAI server listens (default the head's cluster address; 127.0.0.1
-    when the head's TLS front server is the public endpoint)."""
+    when the head's TLS front server is the public endpoint). uds: listen on this unix socket
+    instead (vLLM then ignores host and port): a node whose engine runs in its inner namespace,
+    reached by the TLS front from outside it (runtime/node/inner_netns.py)."""
     argv = [process.venv_bin("python"), "-m", "vllm.entrypoints.openai.api_server",
             "--model", spec.model_path, "--served-model-name", spec.served_name,
             "--host", bind_host or head.ip, "--port", str(ENGINE_PORT),
@@ -84,6 +87,8 @@ def engine_argv(spec: EngineSpec, head: ClusterAddress, bind_host: str | None = 
             "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len),
             "--kv-cache-memory-bytes", str(spec.kv_cache_bytes), "--max-num-seqs", str(spec.max_num_seqs),
             "--max-logprobs", "5"]
+    if uds:
+        argv += ["--uds", uds]
     if spec.stages == 1:
         argv.append("--enforce-eager")
     return argv

@@ -124,14 +124,22 @@ def pids_in_group(pgid: int) -> list[int]:
 
 
 def pids_in_netns(name: str) -> list[int]:
+    """Processes of the host whose namespace is `name`: in it, and in the inner namespaces its nodes
+    created for Ray and vLLM (inner_netns), which die with the host like the rest."""
     if not netns.netns_exists(name):
         return []
+    from conclave.runtime.node import inner_netns
     res = netns.run(["ip", "netns", "pids", name], check=False)
-    return [int(p) for p in res.stdout.split() if p.isdigit()]
+    pids = [int(p) for p in res.stdout.split() if p.isdigit()]
+    return pids + [p for p in inner_netns.pids_for_outer(name) if p not in pids]
 
 
 def kill_netns_processes(name: str, *, grace: float = 5.0) -> None:
-    """Stop whatever still runs inside a namespace this cluster created (Ray daemons that double-fork)."""
+    """Stop whatever still runs inside a namespace this cluster created (Ray daemons that double-fork),
+    and inside the inner namespaces its nodes created (inner_netns: Ray and vLLM of a node that may
+    have died without removing them)."""
+    from conclave.runtime.node import inner_netns
+    inner_netns.cleanup_for_outer(name)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         pids = pids_in_netns(name)
         if not pids:

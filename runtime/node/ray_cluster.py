@@ -4,6 +4,9 @@ Token authentication is on (RAY_AUTH_MODE=token) and the token travels only in t
 environment. GLOO_SOCKET_IFNAME and VLLM_HOST_IP are set on each node so the vLLM workers its
 raylet spawns inherit them; VLLM_CPU_OMP_THREADS_BIND pins each node's worker to its own core.
 Each node advertises one "GPU" slot (one pipeline stage), see cpu_platform.
+A serving node runs its Ray node inside its inner network namespace (runtime/node/inner_netns.py),
+where the overlay interface is the only one besides lo: the wildcard ports Ray opens (GCS, raylet,
+workers, dashboard agent) then exist only there.
 """
 from __future__ import annotations
 

@@ -10,9 +10,12 @@ One thread next to the node agent, stepping once a second:
    running Ray epoch, and rejoins when that epoch changes (the head restarted Ray).
 4. Engine (head only): when every manifest stage is meshed, has signed a verified shard and
    joined this epoch, the head launches vLLM pipeline-parallel over Ray on its loopback (the TLS
-   front is the public endpoint); when a stage is lost or the engine exits it stops the engine
-   at once, reports `degraded` with the reasons, and launches again once the set is whole.
-The Ray token only ever travels in the children's environment.
+   front is the public endpoint; with the agent's inner namespace, on a unix socket there); when a
+   stage is lost or the engine exits it stops the engine at once, reports `degraded` with the
+   reasons, and launches again once the set is whole.
+The Ray token only ever travels in the children's environment. When the agent has an inner
+network namespace (runtime/node/inner_netns.py: lo + the WireGuard device only), Ray, the engine
+and every probe of them run inside it, so nothing they bind is on the underlay.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ class StageSpec:
     shard_mount: Path = Path("/run/conclave/shard")   # private tmpfs; the same path on every node
     mount_shard_tmpfs: bool = True         # False: shard_mount already is this node's own memory fs
     stage_order: tuple[str, ...] = ()      # stage (node) names in pipeline order
+    engine_socket: Path | None = None      # head: vLLM listens on this unix socket (in a 0700 folder), not TCP
 
     @property
     def sealed(self) -> bool:
@@ -247,6 +251,14 @@ class StageRunner:
     def _token(self) -> bytes | None:
         return self.agent.ray_token()
 
+    def _inner(self):
+        """The agent's inner namespace (Ray and vLLM run there), or None."""
+        return getattr(self.agent, "inner", None)
+
+    def _netns_name(self) -> str | None:
+        inner = self._inner()
+        return inner.name if inner is not None else None
+
     def _ray_alive(self) -> bool:
         return self.ray_pid is not None and process.alive(self.ray_pid)
 
@@ -262,7 +274,7 @@ class StageRunner:
         clog.progress(f"ray: starting {'head' if plan.head else 'worker'} on {self.address.ip} "
                       f"({self.address.ifname})" + ("" if plan.head else f", joining {head_ip}"))
         started = process.spawn("ray", ray_cluster.node_argv(plan, head_ip), env=env,
-                                log_path=self.logs / "ray.log", netns_name=None)
+                                log_path=self.logs / "ray.log", netns_name=self._netns_name())
         del env
         self.ray_pid = started.pid
         self.ray_epoch = epoch
@@ -381,8 +393,10 @@ class StageRunner:
         if token is None:
             return False
         env = ray_cluster.ray_env(self.address, token.hex())
-        argv = [process.venv_bin("python"), "-c", ray_cluster._WAIT_SNIPPET,
-                f"{self.address.ip}:{ray_cluster.RAY_PORT}", str(self.spec.stages), str(RAY_PROBE_TIMEOUT)]
+        inner = self._inner()
+        argv = (inner.exec_prefix() if inner is not None else []) + [
+            process.venv_bin("python"), "-c", ray_cluster._WAIT_SNIPPET,
+            f"{self.address.ip}:{ray_cluster.RAY_PORT}", str(self.spec.stages), str(RAY_PROBE_TIMEOUT)]
         try:
             res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=RAY_PROBE_TIMEOUT + 30)
         except subprocess.TimeoutExpired:
@@ -410,8 +424,18 @@ class StageRunner:
             clog.progress("engine: a stage's overlay address is unknown; not launching")
             return
         env[STAGE_ORDER_ENV] = ",".join(ips)   # pipeline rank k on stage k's node (vllm_stage_order)
-        argv = engine_mod.engine_argv(spec, self.address, bind_host="127.0.0.1")
-        started = process.spawn("engine", argv, env=env, log_path=self.logs / "engine.log", netns_name=None)
+        uds = None
+        if self.spec.engine_socket is not None:
+            uds = str(self.spec.engine_socket)
+            self.spec.engine_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.spec.engine_socket.parent.chmod(0o700)
+            try:
+                self.spec.engine_socket.unlink()      # a previous engine's socket: vLLM binds a fresh one
+            except FileNotFoundError:
+                pass
+        argv = engine_mod.engine_argv(spec, self.address, bind_host="127.0.0.1", uds=uds)
+        started = process.spawn("engine", argv, env=env, log_path=self.logs / "engine.log",
+                                netns_name=self._netns_name())
         del env
         self.engine_pid, self.engine_ready = started.pid, False
         self.engine_started_at = time.monotonic()
@@ -446,9 +470,10 @@ class StageRunner:
             pass
 
     def _engine_answers(self) -> bool:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.spec.engine_port}/v1/models")
-        if self.spec.api_key:
-            request.add_header("Authorization", f"Bearer {self.spec.api_key}")
+        headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+        if self.spec.engine_socket is not None:
+            return _models_over_unix_socket(self.spec.engine_socket, headers)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.spec.engine_port}/v1/models", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=5) as resp:
                 return resp.status == 200 and bool(json.loads(resp.read()).get("data"))
@@ -517,6 +542,16 @@ class StageRunner:
             self.agent.publish_statement(statement)
             self._published = body
         self.agent.stage_extra = self.describe()
+
+
+def _models_over_unix_socket(path: Path, headers: dict, timeout: float = 5) -> bool:
+    """GET /v1/models from the vLLM server listening on the unix socket `path`: True when it lists a model."""
+    from conclave.runtime.metrics import unix_http_get
+    try:
+        status, body = unix_http_get(str(path), "/v1/models", headers, timeout)
+        return status == 200 and bool(json.loads(body).get("data"))
+    except (OSError, ValueError):
+        return False
 
 
 def _fingerprint(token: bytes) -> str:

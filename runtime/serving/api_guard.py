@@ -77,7 +77,14 @@ def sse_error_event(code: str, message: str, type_: str) -> bytes:
 
 def parse_upstream(upstream: str) -> str:
     """"127.0.0.1:8000" or "http://127.0.0.1:8000" -> "http://127.0.0.1:8000" (plain HTTP only:
-    the upstream is vLLM on the head's loopback or the local cluster's private address)."""
+    the upstream is vLLM on the head's loopback or the local cluster's private address), or
+    "unix:/ABS/PATH" -> itself: vLLM on a unix socket (a head whose engine runs in its inner
+    network namespace, unreachable over TCP from the front's)."""
+    if upstream.startswith("unix:"):
+        path = upstream[len("unix:"):]
+        if not path.startswith("/") or "\0" in path or len(path.encode()) > 107:
+            raise ValueError(f"a unix upstream needs an absolute socket path (at most 107 bytes), got {upstream!r}")
+        return f"unix:{path}"
     text = upstream if "://" in upstream else f"http://{upstream}"
     parts = urlsplit(text)
     if parts.scheme != "http" or not parts.hostname or parts.port is None:
@@ -86,6 +93,13 @@ def parse_upstream(upstream: str) -> str:
         raise ValueError("upstream takes no path, query or fragment")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"http://{host}:{parts.port}"
+
+
+def upstream_target(upstream: str) -> tuple[str, str | None]:
+    """A parsed upstream -> (base URL for requests, unix socket path or None)."""
+    if upstream.startswith("unix:"):
+        return "http://localhost", upstream[len("unix:"):]
+    return upstream, None
 
 
 def bad_path(raw_path: str) -> bool:
@@ -181,6 +195,7 @@ class ApiGuard:
         if max_body <= 0:
             raise ValueError("max_body must be positive")
         self.upstream = parse_upstream(upstream)
+        self._base_url, self._socket_path = upstream_target(self.upstream)
         self.api_key = ApiKey(api_key) if api_key is not None else None
         self.max_body = int(max_body)
         self.connect_timeout = float(connect_timeout)
@@ -197,8 +212,10 @@ class ApiGuard:
         self._loop = asyncio.get_running_loop()
         # no pool limit (vLLM queues requests itself; aiohttp's default of 100 would hold the 101st
         # stream back and count that wait as a connect timeout): like the TCP forwarder it replaces
+        connector = (aiohttp.UnixConnector(path=self._socket_path, limit=0) if self._socket_path
+                     else aiohttp.TCPConnector(limit=0))
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            connector=connector, auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=None))
 
     async def close(self) -> None:
@@ -307,7 +324,7 @@ class ApiGuard:
                                 type_="invalid_request_error", headers={"Connection": "close"})
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in HOP_BY_HOP and k.lower() not in REQUEST_ONLY_STRIP)
-        url = URL(self.upstream + request.rel_url.raw_path_qs, encoded=True)   # exactly what we routed
+        url = URL(self._base_url + request.rel_url.raw_path_qs, encoded=True)   # exactly what we routed
         try:
             async with self._session.request(request.method, url, headers=headers, data=body or None,
                                              allow_redirects=False, skip_auto_headers=_NO_AUTO) as up:

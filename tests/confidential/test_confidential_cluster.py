@@ -20,6 +20,7 @@ import pytest
 from serving import harness
 
 from .conftest import agent_status, in_netns, listening_tcp_ports, state_of
+from .inner import in_inner
 from .outsider import Outsider
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(1800)]
@@ -67,8 +68,10 @@ def test_status_describes_the_confidential_cluster(ccluster):
         assert shard["sealed"] is True and shard["verified"] is True and shard["layers"] == node["layers"]
         assert len(shard["key_id"]) == 32 and len(shard["digest"]) == 64
         assert node["state"] == ("serving" if node["role"] == "head" else "ray_joined"), node.get("lifecycle")
-        addrs = in_netns(node["netns"], ["ip", "-4", "-o", "addr", "show", node["wg_ifname"]]).stdout
+        # the overlay address lives in the node's inner namespace (lo + WireGuard only), not the host's
+        addrs = in_inner(node, ["ip", "-4", "-o", "addr", "show", node["wg_ifname"]]).stdout
         assert node["overlay_ip"] in addrs
+        assert node["overlay_ip"] not in in_netns(node["netns"], ["ip", "-4", "-o", "addr"]).stdout
     keys = [n["shard"]["key_id"] for n in status["nodes"]]
     assert len(set(keys)) == len(keys), "one key per stage"
     layout = json.loads((Path(status["model"]["sealed"]["shards"]) / "stages.json").read_text())
@@ -150,10 +153,13 @@ KNOWN_PORTS = {6379, 8000, 8265, 9469, 10001, 52365, 29500}
 
 def test_from_an_unadmitted_namespace_only_admission_rendezvous_and_the_api_answer(ccluster):
     nodes = ccluster.status["nodes"]
-    listening = {n["name"]: listening_tcp_ports(n["netns"]) for n in nodes}
-    # The check is not empty: Ray's GCS, raylets, workers and vLLM really listen inside the hosts.
-    assert 6379 in listening["n0"] and 8000 in listening["n0"]
-    assert all(len(ports) >= 10 for ports in listening.values())
+    inner = {n["name"]: {int(l.split()[3].rsplit(":", 1)[1]) for l in in_inner(n, ["ss", "-ltnH"]).stdout.splitlines()
+                         if len(l.split()) >= 4} for n in nodes}
+    # The check is not empty: Ray's GCS, raylets and workers really listen inside the hosts (in each
+    # node's inner namespace; vLLM on a unix socket there).
+    assert 6379 in inner["n0"]
+    assert all(len(ports) >= 5 for ports in inner.values()), inner   # raylet, object manager, workers, agents
+    listening = {n["name"]: listening_tcp_ports(n["netns"]) | inner[n["name"]] for n in nodes}
     front = state_of(ccluster).get("front")
     public_port = int(front["port"]) if front else 8000   # the head's API (TLS front, else vLLM)
     allowed = {(nodes[0]["underlay_ip"], RENDEZVOUS), (nodes[0]["underlay_ip"], public_port)}

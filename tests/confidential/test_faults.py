@@ -25,7 +25,8 @@ from reliability.api_support import (ERROR_WITHIN, assert_ended_cleanly, cluster
                                       public_health, start_stream, wait_serving, wait_until)
 from serving import harness
 
-from .conftest import agent_status, in_netns
+from .conftest import agent_status
+from .inner import in_inner
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(1800)]
 
@@ -98,7 +99,7 @@ def test_wireguard_daemon_killed_on_a_worker_comes_back(ccluster, reference):
              30, "the worker's agent recreated its WireGuard device", interval=1.0)
     assert wireguard_go_pid(node["netns"]) != pid
     head_ip = worker(ccluster, 0)["overlay_ip"]
-    wait_until(lambda: in_netns(node["netns"], ["ping", "-c", "1", "-W", "2", head_ip]).returncode == 0,
+    wait_until(lambda: in_inner(node, ["ping", "-c", "1", "-W", "2", head_ip]).returncode == 0,
              30, "the overlay answers again from the worker", interval=1.0)
     print(f"\nwireguard-go restarted and the overlay answers {time.monotonic() - fault_at:.1f}s after the kill")
     stream.join(ERROR_WITHIN)

@@ -1,6 +1,7 @@
 """A real Prometheus inside the head scrapes every node agent's metrics over the overlay (issue 6).
 
-Prometheus (Debian package) runs in the head's network namespace, listening on 127.0.0.1 there,
+Prometheus (Debian package) runs in the head's inner network namespace (where the overlay is:
+runtime/node/inner_netns.py), listening on 127.0.0.1 there,
 with a temporary config and storage; it scrapes each agent's endpoint on the agent's OVERLAY
 address (port 9469, the only address it binds), the way an operator's scraper inside the
 deployment would. The head's agent appends vLLM's /metrics to its own exposition, so that one
@@ -14,6 +15,8 @@ import time
 import pytest
 
 from ops.prom_harness import running_prometheus
+
+from .inner import inner_info
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.timeout(1800)]
 
@@ -32,8 +35,9 @@ def test_prometheus_in_the_head_scrapes_every_agent_over_the_overlay(ccluster):
     head = next(n for n in nodes if n["role"] == "head")
     instance = {n["node_id"]: f"{n['overlay_ip']}:{METRICS_PORT}" for n in nodes}
     names = set(instance)
+    # the overlay exists only in the head's inner namespace (Ray and vLLM's): Prometheus runs there
     with running_prometheus(sorted(instance.values()), scrape_interval="2s",
-                            netns=head["netns"], port=PROM_PORT) as prom:
+                            netns=inner_info(head)["enter"], port=PROM_PORT) as prom:
         deadline = time.monotonic() + 30
 
         def wait_until(promql: str, count: int) -> list[dict]:

@@ -33,6 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def netns_prefix(netns: str) -> list[str]:
+    """A namespace name (`ip netns exec`) or a path to one (`nsenter --net=`: a node's inner
+    namespace, reached through the fd its agent holds; both exec the command in place)."""
+    return ["nsenter", f"--net={netns}"] if netns.startswith("/") else ["ip", "netns", "exec", netns]
+
+
 class PromClient:
     """Prometheus' HTTP API at base_url, reached directly or from inside network namespace netns."""
 
@@ -44,7 +50,7 @@ class PromClient:
         if self.netns is None:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.read().decode()
-        res = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c", _FETCH, url],
+        res = subprocess.run([*netns_prefix(self.netns), sys.executable, "-c", _FETCH, url],
                              capture_output=True, text=True, timeout=15)
         if res.returncode != 0:
             raise OSError(f"GET {path} in {self.netns}: rc={res.returncode} {res.stderr.strip()[-500:]}")
@@ -106,7 +112,7 @@ def running_prometheus(targets: list[str], job: str = "conclave", scrape_interva
     }))
     log = open(workdir / "prometheus.log", "wb")
     # `ip netns exec` execs prometheus in place: the PID is prometheus itself either way
-    prefix = ["ip", "netns", "exec", netns] if netns else []
+    prefix = netns_prefix(netns) if netns else []
     proc = subprocess.Popen([*prefix, binary, f"--config.file={config}",
                              f"--storage.tsdb.path={workdir / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}",

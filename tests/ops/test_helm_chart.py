@@ -150,8 +150,8 @@ def test_one_single_pod_statefulset_per_stage_in_a_cvm_with_wireguard_rights():
         assert spec["runtimeClassName"].startswith("kata-qemu-")
         assert spec["nodeSelector"] == {"conclave.dev/owner": pool}
         container = spec["containers"][0]
-        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"],
-                                                                  "add": ["NET_ADMIN"]}
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"],   # inner netns: SYS_ADMIN
+                                                                  "add": ["NET_ADMIN", "SYS_ADMIN"]}
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert "@sha256:" in container["image"]
         tun = next(v for v in spec["volumes"] if v["name"] == "tun")
