@@ -1,4 +1,4 @@
-"""Admission: answer a challenge with bound evidence, and decide whether to admit a peer.
+"""Admission: decide whether to admit a peer (the prover side is overlay/prover.py).
 
 Verifier side, in order, failing closed at the first problem:
  1. structure of the reply (sizes, fields)            -> malformed_message
@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from cryptography import x509
 
 from conclave.overlay.identity import Announcement, MalformedAnnouncement
-from conclave.overlay.nonces import NONCE_LEN, NonceCache, NonceError
-from conclave.overlay.proto import conclave_pb2 as pb
+from conclave.overlay.nonces import NonceCache, NonceError
 from conclave.overlay.reasons import OverlayReason
 from conclave.runtime import attestation
 from conclave.runtime.attestation import binding, collateral_merge, nvgpu_requirement, policy as policy_mod
@@ -40,8 +39,8 @@ from conclave.runtime.attestation.core import (AttestationError, PolicyViolated,
 from conclave.runtime.errors import ConclaveError, ExitCode
 from conclave.runtime.manifest import enrolment as enrolment_mod
 
-if TYPE_CHECKING:   # a type only: the prover's evidence sources (collect.py) stay out of the decision's imports
-    from conclave.overlay.evidence import EvidenceSource
+if TYPE_CHECKING:   # types only: the decision reads received messages field by field, builds none
+    from conclave.overlay.proto.conclave_pb2 import AttestReply, EvidenceItem
 
 log = logging.getLogger("conclave.overlay.admission")
 
@@ -87,19 +86,6 @@ def node_keys_of(ann: Announcement) -> enrolment_mod.NodeKeys:
     return enrolment_mod.NodeKeys(ann.wg_public_key.raw, ann.hpke_public_key.raw, ann.statement_key)
 
 
-def answer_challenge(*, me: Announcement, source: EvidenceSource, manifest_digest: bytes,
-                     nonce: bytes, enrolment: bytes = b"") -> pb.AttestReply:
-    """The prover side: evidence over REPORT_DATA binding our keys and the verifier's nonce, with
-    our owner's enrolment of those keys (empty until the owner enrolled this boot)."""
-    if len(nonce) != NONCE_LEN:
-        raise AdmissionRejected(OverlayReason.MALFORMED_MESSAGE, "nonce must be 32 bytes")
-    rd = report_data_for(manifest_digest, me, nonce)
-    items = source.collect(rd)
-    return pb.AttestReply(identity=me.to_proto(), nonce=nonce, evidence=[
-        pb.EvidenceItem(tee=str(i.tee), data=i.data, certs=list(i.certs), collateral=i.collateral)
-        for i in items], enrolment=enrolment)
-
-
 def _load_collateral(tee: TeeType, blob: bytes | None) -> object | None:
     return attestation.load_collateral_bytes(tee, blob)
 
@@ -142,7 +128,7 @@ class Verifier:
         self.manifest = manifest
         return self
 
-    def admit(self, *, challenged: Announcement, reply: pb.AttestReply, nonces: NonceCache,
+    def admit(self, *, challenged: Announcement, reply: "AttestReply", nonces: NonceCache,
               enrolment_optional: bool = False) -> AdmittedPeer:
         """enrolment_optional: only a node's check of its own evidence, before its owner enrolled
         it (stage and role are still checked; an enrolment that is present must hold)."""
@@ -235,7 +221,7 @@ class Verifier:
         except enrolment_mod.EnrolmentRejected as exc:
             raise AdmissionRejected(exc.reason, exc.message) from None
 
-    def _verify_item(self, item: pb.EvidenceItem, tee: TeeType, *, nonce: bytes | None) -> VerifiedEvidence:
+    def _verify_item(self, item: "EvidenceItem", tee: TeeType, *, nonce: bytes | None) -> VerifiedEvidence:
         if tee == TeeType.SIM and not self.policy.unsafe_allow_simulated:
             raise AdmissionRejected(Reason.SIMULATED_NOT_ALLOWED, "simulated evidence under a production policy")
         if tee not in self.policy.allowed_tee:

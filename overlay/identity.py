@@ -10,13 +10,16 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conclave.overlay.keys import WgPrivateKey, WgPublicKey
-from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.runtime.keys.hpke import HpkePrivateKey, HpkePublicKey
+
+if TYPE_CHECKING:   # a type only: overlay/wire.py builds messages, from_proto reads one field by field
+    from conclave.overlay.proto.conclave_pb2 import NodeAnnouncement
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_OWNER_LEN = 128
@@ -91,15 +94,8 @@ class Announcement:
             extra["statement_key"] = self.statement_key
         return extra
 
-    def to_proto(self) -> pb.NodeAnnouncement:
-        return pb.NodeAnnouncement(
-            node_id=self.node_id, owner=self.owner, role=str(self.role), underlay_host=self.underlay_host,
-            admission_port=self.admission_port, wireguard_port=self.wireguard_port,
-            wg_public_key=self.wg_public_key.raw, hpke_public_key=self.hpke_public_key.raw,
-            overlay_address=str(self.overlay_address), statement_key=self.statement_key)
-
     @classmethod
-    def from_proto(cls, msg: pb.NodeAnnouncement) -> "Announcement":
+    def from_proto(cls, msg: "NodeAnnouncement") -> "Announcement":
         """Structural checks only; raises MalformedAnnouncement."""
         if not NODE_ID_RE.match(msg.node_id):
             raise MalformedAnnouncement("node_id invalid")

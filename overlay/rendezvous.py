@@ -25,7 +25,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.overlay import rpc
+from conclave.overlay import rpc, wire
 from conclave.overlay.identity import Announcement, MalformedAnnouncement
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -69,7 +69,7 @@ def signed_announcement(ann: Announcement, sequence: int, signer: ed25519.Ed2551
     """The AnnounceRequest for `ann`, signed by `signer` (the key whose public half ann carries)."""
     if not 0 < sequence <= MAX_SEQUENCE:
         raise ValueError("sequence out of range")
-    return pb.AnnounceRequest(announcement=ann.to_proto(), sequence=sequence,
+    return pb.AnnounceRequest(announcement=wire.announcement_to_proto(ann), sequence=sequence,
                               signature=signer.sign(announcement_signed_bytes(ann, sequence)))
 
 
@@ -116,7 +116,7 @@ class RendezvousService(pb_grpc.RendezvousServicer):
             if entry is not None and sequence <= entry[1]:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"{OverlayReason.ANNOUNCEMENT_STALE}: sequence {sequence} is not above {entry[1]}")
-            self._entries[key] = (ann.to_proto(), sequence, self.clock() + self.ttl)
+            self._entries[key] = (wire.announcement_to_proto(ann), sequence, self.clock() + self.ttl)
         return pb.AnnounceReply(ttl_seconds=int(self.ttl))
 
     def List(self, request: pb.ListRequest, context) -> pb.ListReply:

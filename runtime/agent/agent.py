@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 import grpc
 
 from conclave.overlay import keyrelease, rpc
-from conclave.overlay.admission import AdmissionRejected, answer_challenge
+from conclave.overlay.admission import AdmissionRejected
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.desired import AdmittedPeerConfig, desired_device
 from conclave.overlay.device import WgDevice
 from conclave.overlay.firewall import Firewall, ruleset

@@ -1,8 +1,8 @@
 """The node's side of the key broker: prove itself as its stage and receive that stage's shard key."""
 from __future__ import annotations
 
-from conclave.overlay import rpc
-from conclave.overlay.admission import answer_challenge
+from conclave.overlay import rpc, wire
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
 from conclave.runtime.errors import ConclaveError, ExitCode
@@ -30,7 +30,7 @@ def fetch_stage_key(target: str, *, me, identity, source, manifest_digest: bytes
     try:
         stub = pb_grpc.KeyBrokerStub(channel)
         try:
-            challenge = stub.Challenge(pb.BrokerChallengeRequest(identity=me.to_proto()), timeout=TIMEOUT)
+            challenge = stub.Challenge(pb.BrokerChallengeRequest(identity=wire.announcement_to_proto(me)), timeout=TIMEOUT)
             if challenge.status != pb.OK:
                 raise StageKeyRefused(challenge.reason or "broker_refused", f"the key broker refused the challenge")
             reply = answer_challenge(me=me, source=source, manifest_digest=manifest_digest,

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge
+from conclave.overlay.admission import AdmissionRejected, Verifier
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.evidence import NodeEvidenceSource
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.nonces import NonceCache

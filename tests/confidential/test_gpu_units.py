@@ -15,7 +15,8 @@ import pytest
 from cryptography import x509
 
 from conclave.overlay.addressing import derive_address
-from conclave.overlay.admission import AdmissionRejected, answer_challenge
+from conclave.overlay.admission import AdmissionRejected
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.evidence import NodeEvidenceSource
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.nonces import NonceCache

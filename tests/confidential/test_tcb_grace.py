@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conclave.overlay.admission import AdmissionRejected, answer_challenge
+from conclave.overlay.admission import AdmissionRejected
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.nonces import NonceCache
 from conclave.runtime.agent.admission_flow import _grace_epoch

@@ -6,7 +6,7 @@ import ipaddress
 import secrets
 from types import SimpleNamespace
 
-from conclave.overlay.admission import answer_challenge
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.evidence import SimEvidenceSource
 from conclave.overlay.identity import Announcement, NodeIdentity
 from conclave.runtime.endpoint.bundle import BundleBuilder

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from conclave.overlay import admission
+from conclave.overlay import prover, wire
 from conclave.overlay.identity import Announcement
 from conclave.overlay.keys import WgPrivateKey
 from conclave.runtime.agent import agent as agent_mod
@@ -47,10 +47,10 @@ def install(mode: str) -> None:
     def wrong_key(self, nonce: bytes):
         other = WgPrivateKey.generate().public_key()
         fake = Announcement(**{**self.me.__dict__, "wg_public_key": other})
-        reply = admission.answer_challenge(me=fake, source=self.cfg.evidence_source,
+        reply = prover.answer_challenge(me=fake, source=self.cfg.evidence_source,
                                            manifest_digest=self.cfg.manifest_digest, nonce=nonce,
                                            enrolment=self.enrolment)   # the enrolment of our real keys
-        reply.identity.CopyFrom(self.me.to_proto())   # present our real key, evidence binds another
+        reply.identity.CopyFrom(wire.announcement_to_proto(self.me))   # present our real key, evidence binds another
         return reply
 
     def replay(self, nonce: bytes, verifier: bytes = b""):

@@ -7,7 +7,9 @@ import secrets
 
 import pytest
 
-from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge
+from conclave.overlay import wire
+from conclave.overlay.admission import AdmissionRejected, Verifier
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.evidence import SimEvidenceSource
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.keys import WgPrivateKey
@@ -46,7 +48,7 @@ def challenge(ann, src, nonces, *, digest=DIGEST, bound=None):
     nonce = nonces.issue(ann.node_id)
     reply = answer_challenge(me=bound or ann, source=src, manifest_digest=digest, nonce=nonce)
     if bound is not None:
-        reply.identity.CopyFrom(ann.to_proto())
+        reply.identity.CopyFrom(wire.announcement_to_proto(ann))
     return reply
 
 
@@ -171,7 +173,7 @@ def test_garbage_evidence_is_malformed_not_a_crash(root):
 
 def test_wire_round_trip_of_announcement(root):
     ann, _ = make_node(root)
-    assert Announcement.from_proto(pb.NodeAnnouncement.FromString(ann.to_proto().SerializeToString())) == ann
+    assert Announcement.from_proto(pb.NodeAnnouncement.FromString(wire.announcement_to_proto(ann).SerializeToString())) == ann
 
 
 class FakeGpu:

@@ -8,7 +8,7 @@ import socket
 import grpc
 import pytest
 
-from conclave.overlay import rpc
+from conclave.overlay import rpc, wire
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
 from conclave.overlay.proto import conclave_pb2 as pb
 from conclave.overlay.proto import conclave_pb2_grpc as pb_grpc
@@ -86,7 +86,7 @@ def test_entries_expire(two_rendezvous):
 
 def test_malformed_announcements_are_refused(two_rendezvous):
     targets, _, _ = two_rendezvous
-    msg = ann("a", 1).to_proto()
+    msg = wire.announcement_to_proto(ann("a", 1))
     msg.wg_public_key = b"\x00" * 5
     with rpc.channel(targets[0]) as ch:
         with pytest.raises(grpc.RpcError) as err:
@@ -143,7 +143,7 @@ def test_overwrite_attempt_leaves_the_real_entry_listed(two_rendezvous):
                                       {"overlay_address": ipaddress.IPv4Address("100.64.0.66")}), start=1):
         bogus = dataclasses.replace(real, **change)
         # 1. unsigned, as before this fix
-        err = _raw_announce(targets[0], pb.AnnounceRequest(announcement=bogus.to_proto()))
+        err = _raw_announce(targets[0], pb.AnnounceRequest(announcement=wire.announcement_to_proto(bogus)))
         assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.details().startswith("announcement_unsigned")
         # 2. the victim's statement key, signed by the attacker's key
@@ -151,7 +151,7 @@ def test_overwrite_attempt_leaves_the_real_entry_listed(two_rendezvous):
         assert err is not None and err.details().startswith("announcement_signature_invalid")
         # 3. the victim's real signature over its real fields, glued to the changed fields
         genuine = signed_announcement(real, client.next_sequence() + 10, SIGNERS[real.statement_key])
-        glued = pb.AnnounceRequest(announcement=bogus.to_proto(), sequence=genuine.sequence,
+        glued = pb.AnnounceRequest(announcement=wire.announcement_to_proto(bogus), sequence=genuine.sequence,
                                    signature=genuine.signature)
         err = _raw_announce(targets[0], glued)
         assert err is not None and err.details().startswith("announcement_signature_invalid")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conclave.overlay.admission import AdmissionRejected, Verifier, answer_challenge, node_keys_of
+from conclave.overlay.admission import AdmissionRejected, Verifier, node_keys_of
+from conclave.overlay.prover import answer_challenge
 from conclave.overlay.device import FakeDevice
 from conclave.overlay.evidence import SimEvidenceSource
 from conclave.overlay.identity import Announcement, NodeIdentity, Role
